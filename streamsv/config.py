@@ -1,0 +1,341 @@
+"""Settings: frozen dataclasses loaded from YAML, validated strictly, overridable by CLI flags.
+
+Search order for the file (first hit wins): an explicit path (``--config``), ``$STREAMSV_CONFIG``,
+``~/.config/streamsv/config.yaml``, ``/etc/streamsv/config.yaml``; with none of them, the defaults.
+An explicit path or ``$STREAMSV_CONFIG`` that does not exist is an error (a typo there should not
+silently run with defaults); the two standard locations are optional.
+
+Every problem raises ``StreamsvError`` with one line that names the key:
+``config: scoring.threshold: expected a number, got 'x' (in /etc/streamsv/config.yaml)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import StreamsvError
+
+ENV_CONFIG = "STREAMSV_CONFIG"
+ENV_PROFILES_DIR = "STREAMSV_PROFILES_DIR"
+USER_CONFIG = Path("~/.config/streamsv/config.yaml")
+SYSTEM_CONFIG = Path("/etc/streamsv/config.yaml")
+DEFAULT_PROFILES_DIR = Path("profiles")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few hundred bytes; refuse to parse anything huge
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    device: str | int | None = None  # None = the system default input
+    sample_rate: int = 16000
+    block_ms: int = 30
+    queue_s: float = 2.0  # capture queue bound; beyond it the oldest audio is dropped
+    source: str = "mic"  # "mic" or a path to an audio file
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    aggressiveness: int = 2
+    start_ms: int = 90
+    hangover_ms: int = 300
+    padding_ms: int = 150
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    threshold: float = 0.70
+    min_margin: float = 0.05
+    min_speech_s: float = 1.0
+    hop_s: float = 0.5
+    window_s: float = 3.0
+    smoothing_hops: int = 3
+
+
+@dataclass(frozen=True)
+class ProfilesConfig:
+    dir: str | None = None  # None = $STREAMSV_PROFILES_DIR, else ./profiles
+
+    def resolved(self) -> Path:
+        """The folder profiles live in, after the env fallback; ``~`` expanded."""
+        raw = self.dir or os.environ.get(ENV_PROFILES_DIR) or str(DEFAULT_PROFILES_DIR)
+        return Path(raw).expanduser()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str | None = None  # None = the shipped weights
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    json: bool | None = None  # None = JSON lines when stdout is not a TTY
+    stats_interval_s: float = 10.0
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    # Where the settings came from (a path, or None for defaults); for logs, not for equality.
+    source: str | None = field(default=None, compare=False)
+
+    def with_overrides(self, **overrides: Any) -> "Config":
+        """A copy with ``{"section.key": value}`` replaced, validated like the file.
+
+        The CLI passes only the flags the user gave: a ``None`` here sets the key to ``None``
+        (valid only for the optional keys), it does not mean "leave alone".
+        """
+        tree = as_dict(self)
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            if section not in tree or not key or key not in tree[section]:
+                raise StreamsvError(f"config: {dotted}: unknown key")
+            tree[section][key] = value
+        return _build(tree, where="", source=self.source)
+
+
+def as_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Plain nested dict of every setting (for ``config show`` and round-trips)."""
+    return {f.name: dataclasses.asdict(getattr(cfg, f.name)) for f in _sections()}
+
+
+# --- validators: each returns the (possibly normalised) value or raises _Bad(problem) ---
+
+
+class _Bad(Exception):
+    pass
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _Bad(f"expected an integer, got {_show(v)}")
+        if not lo <= v <= hi:
+            raise _Bad(f"out of range: {v} (allowed {lo}..{hi})")
+        return v
+
+    return check
+
+
+def _num(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _Bad(f"expected a number, got {_show(v)}")
+        v = float(v)
+        if not math.isfinite(v):
+            raise _Bad(f"expected a finite number, got {v}")
+        if v < lo or v > hi or (lo_open and v == lo):
+            bound = f"> {lo:g} and <= {hi:g}" if lo_open else f"{lo:g}..{hi:g}"
+            raise _Bad(f"out of range: {v:g} (allowed {bound})")
+        return v
+
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if not isinstance(v, str):
+            raise _Bad(f"expected one of {', '.join(options)}, got {_show(v)}")
+        if v.lower() not in options:
+            raise _Bad(f"expected one of {', '.join(options)}, got {_show(v)}")
+        return v.lower()
+
+    return check
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _Bad(f"expected a string, got {_show(v)}")
+    if not v.strip():
+        raise _Bad("must not be empty")
+    return v
+
+
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda v: None if v is None else check(v)
+
+
+def _device(v: Any) -> str | int | None:
+    # A PortAudio index (int) or a name / ALSA name such as "plughw:1,0" (str).
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise _Bad(f"expected a device name or index, got {_show(v)}")
+    if isinstance(v, int) and v < 0:
+        raise _Bad(f"out of range: {v} (device index must be >= 0)")
+    if isinstance(v, str) and not v.strip():
+        raise _Bad("must not be empty (leave it out for the default device)")
+    return v
+
+
+def _optional_bool(v: Any) -> bool | None:
+    if v is None or isinstance(v, bool):
+        return v
+    raise _Bad(f"expected true, false or null, got {_show(v)}")
+
+
+def _block_ms(v: Any) -> int:
+    v = _int(10, 1000)(v)
+    if v % 10:
+        raise _Bad(f"out of range: {v} (must be a multiple of 10 ms, the VAD frame grid)")
+    return v
+
+
+# webrtcvad only accepts these capture rates natively; anything else would be resampled anyway,
+# so a typo like 1600 is far more likely than a real need for another rate.
+_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def _rate(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Bad(f"expected an integer, got {_show(v)}")
+    if v not in _RATES:
+        raise _Bad(f"out of range: {v} (allowed {', '.join(map(str, _RATES))})")
+    return v
+
+
+CHECKS: dict[str, Callable[[Any], Any]] = {
+    "audio.device": _device,
+    "audio.sample_rate": _rate,
+    "audio.block_ms": _block_ms,
+    "audio.queue_s": _num(0.0, 60.0, lo_open=True),
+    "audio.source": _text,
+    "vad.aggressiveness": _int(0, 3),
+    "vad.start_ms": _int(0, 5000),
+    "vad.hangover_ms": _int(0, 10000),
+    "vad.padding_ms": _int(0, 5000),
+    "scoring.threshold": _num(-1.0, 1.0),
+    "scoring.min_margin": _num(0.0, 2.0),
+    "scoring.min_speech_s": _num(0.0, 60.0),
+    "scoring.hop_s": _num(0.0, 10.0, lo_open=True),
+    "scoring.window_s": _num(0.0, 30.0, lo_open=True),
+    "scoring.smoothing_hops": _int(1, 100),
+    "profiles.dir": _optional(_text),
+    "model.path": _optional(_text),
+    "output.json": _optional_bool,
+    "output.stats_interval_s": _num(0.0, 86400.0, lo_open=True),
+    "output.log_level": _choice(LOG_LEVELS),
+}
+
+
+def _sections() -> tuple[dataclasses.Field, ...]:
+    return tuple(f for f in dataclasses.fields(Config) if f.name != "source")
+
+
+def _build(tree: Any, where: str, source: str | None) -> Config:
+    """Validate a parsed tree (possibly partial) and turn it into a Config."""
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise StreamsvError(f"config: expected a mapping of sections at the top level, got {_show(tree)}{where}")
+    sections = {f.name: f.default_factory for f in _sections()}  # type: ignore[misc]
+    built = {}
+    for name in tree:
+        if name not in sections:
+            raise StreamsvError(f"config: {name}: unknown section (known: {', '.join(sections)}){where}")
+    for name, factory in sections.items():
+        raw = tree.get(name)
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise StreamsvError(f"config: {name}: expected a mapping of settings, got {_show(raw)}{where}")
+        known = {f.name for f in dataclasses.fields(factory)}
+        values = {}
+        for key, value in raw.items():
+            dotted = f"{name}.{key}"
+            if key not in known:
+                raise StreamsvError(f"config: {dotted}: unknown key (known: {', '.join(sorted(known))}){where}")
+            try:
+                values[key] = CHECKS[dotted](value)
+            except _Bad as bad:
+                raise StreamsvError(f"config: {dotted}: {bad}{where}") from None
+        built[name] = factory(**values)
+    cfg = Config(**built, source=source)
+    if cfg.scoring.hop_s > cfg.scoring.window_s:
+        raise StreamsvError(
+            f"config: scoring.hop_s: out of range: {cfg.scoring.hop_s:g} "
+            f"(must not exceed scoring.window_s = {cfg.scoring.window_s:g}){where}"
+        )
+    return cfg
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _mapping_no_dupes(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen[key] = True
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_no_dupes)
+
+
+def parse_config(text: str, source: str | None = None) -> Config:
+    """Parse and validate YAML text; ``source`` only labels error messages."""
+    where = f" (in {source})" if source else ""
+    try:
+        tree = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise StreamsvError(f"config: malformed YAML{at}: {problem}{where}") from None
+    return _build(tree, where, source)
+
+
+def find_config(path: str | os.PathLike | None = None) -> Path | None:
+    """The file ``load_config`` would read, or None for the defaults."""
+    if path is not None and str(path) != "":
+        return Path(path).expanduser()
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return Path(env).expanduser()
+    for candidate in (USER_CONFIG.expanduser(), SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Load settings following the search order; defaults when no file is found."""
+    found = find_config(path)
+    if found is None:
+        return Config()
+    try:
+        if not found.exists():
+            origin = "--config" if path else f"${ENV_CONFIG}"
+            raise StreamsvError(f"config: {found}: no such file (from {origin})")
+        if found.is_dir():
+            raise StreamsvError(f"config: {found}: is a folder, expected a YAML file")
+        if found.stat().st_size > MAX_CONFIG_BYTES:
+            raise StreamsvError(f"config: {found}: too large for a settings file (> {MAX_CONFIG_BYTES} bytes)")
+        text = found.read_text(encoding="utf-8")
+    except PermissionError:
+        raise StreamsvError(f"config: {found}: permission denied") from None
+    except UnicodeDecodeError:
+        raise StreamsvError(f"config: {found}: not UTF-8 text") from None
+    except OSError as exc:
+        raise StreamsvError(f"config: {found}: cannot read ({exc.strerror or exc})") from None
+    return parse_config(text, source=str(found))
