@@ -1,0 +1,129 @@
+"""The Resemblyzer teacher (training and evaluation only; never imported by the package).
+
+resemblyzer is installed with --no-deps by tools/install-train-deps.sh (its declared
+dependency on the old `webrtcvad` sdist would clash with `webrtcvad-wheels`).
+
+Embeddings follow the README's reference figures: `VoiceEncoder.embed_utterance` on the
+raw clip, without `preprocess_wav` (no volume normalisation, no silence trimming).
+`Teacher.embed_batch` gives the same vectors, but runs the partial windows of many clips
+through the LSTM as one batch, which is several times faster on CPU.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000
+PARTIAL_RATE = 1.3  # partial windows per second: embed_utterance's default
+MIN_COVERAGE = 0.75  # embed_utterance's default
+MAX_BATCH_PARTIALS = 512  # bounds peak memory of one LSTM forward (512 x 160 x 40 floats in)
+
+
+def _import_resemblyzer():
+    try:
+        with warnings.catch_warnings():
+            # resemblyzer imports scipy.ndimage.morphology, deprecated in recent scipy.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import resemblyzer
+            from resemblyzer import audio, hparams
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"the teacher needs resemblyzer and librosa ({e}); run tools/install-train-deps.sh"
+        ) from e
+    return resemblyzer, audio, hparams
+
+
+def available() -> bool:
+    """True when resemblyzer (and its librosa dependency) can be imported."""
+    try:
+        _import_resemblyzer()
+    except ImportError:
+        return False
+    return True
+
+
+class Teacher:
+    """Resemblyzer's VoiceEncoder on CPU, with a batched embed_utterance."""
+
+    sample_rate = SAMPLE_RATE
+    dim = 256
+
+    def __init__(self) -> None:
+        resemblyzer, self._audio, self._hp = _import_resemblyzer()
+        self.encoder = resemblyzer.VoiceEncoder("cpu", verbose=False).eval()
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.encoder.parameters())
+
+    @property
+    def macs_per_second(self) -> int:
+        return teacher_macs_per_second(self.encoder)
+
+    def embed(self, wave: np.ndarray) -> np.ndarray:
+        """Exactly VoiceEncoder.embed_utterance on the raw 16 kHz clip."""
+        with torch.inference_mode():
+            return self.encoder.embed_utterance(np.asarray(wave, dtype=np.float32)).astype(np.float32)
+
+    def partial_mels(self, wave: np.ndarray) -> np.ndarray:
+        """The (n_partials, 160, 40) mel windows embed_utterance would feed the LSTM."""
+        wave = np.asarray(wave, dtype=np.float32)
+        wav_slices, mel_slices = self.encoder.compute_partial_slices(len(wave), PARTIAL_RATE, MIN_COVERAGE)
+        need = wav_slices[-1].stop
+        if need >= len(wave):
+            wave = np.pad(wave, (0, need - len(wave)))
+        mel = self._audio.wav_to_mel_spectrogram(wave)
+        return np.stack([mel[s] for s in mel_slices])
+
+    def embed_partials(self, mels: np.ndarray) -> np.ndarray:
+        """Unit-norm partial embeddings for a (n, frames, 40) batch of mel windows."""
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(mels), MAX_BATCH_PARTIALS):
+                out.append(self.encoder(torch.from_numpy(np.ascontiguousarray(mels[i : i + MAX_BATCH_PARTIALS]))).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def embed_batch(self, waves: list[np.ndarray]) -> np.ndarray:
+        """(len(waves), 256) utterance embeddings, equal to embed() per clip up to float rounding."""
+        mels = [self.partial_mels(w) for w in waves]
+        counts = [len(m) for m in mels]
+        partials = self.embed_partials(np.concatenate(mels)) if mels else np.zeros((0, self.dim), np.float32)
+        out = np.zeros((len(waves), self.dim), np.float32)
+        start = 0
+        for i, n in enumerate(counts):
+            mean = partials[start : start + n].mean(axis=0)
+            out[i] = mean / np.linalg.norm(mean)
+            start += n
+        return out
+
+
+def lstm_macs_per_frame(lstm: torch.nn.LSTM) -> int:
+    """Multiply-accumulates of one LSTM time step: every input-to-gate and hidden-to-gate weight once.
+
+    Counted from the weight shapes (4H x in and 4H x H per layer); the element-wise gate
+    products are O(H) and left out.
+    """
+    return sum(p.numel() for name, p in lstm.named_parameters() if name.startswith("weight_"))
+
+
+def teacher_macs_per_second(encoder=None, rate: float = PARTIAL_RATE) -> int:
+    """Model MACs per second of audio for embed_utterance on a long clip.
+
+    Each second holds `rate` partial windows of 160 frames (1.6 s at 100 frames/s), so the
+    LSTM runs rate * 160 frames per second of audio (1.3 x overlap), plus one Linear per
+    window. The mel front end (FFT + 40-band filterbank) is not counted.
+    """
+    if encoder is None:
+        encoder = Teacher().encoder
+    _, _, hp = _import_resemblyzer()
+    frames_per_s = rate * hp.partials_n_frames
+    per_frame = lstm_macs_per_frame(encoder.lstm)
+    per_window = encoder.linear.weight.numel()
+    return int(round(frames_per_s * per_frame + rate * per_window))
+
+
+if __name__ == "__main__":
+    t = Teacher()
+    print(f"teacher: {t.num_parameters} parameters, {t.macs_per_second / 1e6:.1f} MMAC per second of audio")
