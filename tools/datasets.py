@@ -130,6 +130,8 @@ def dev_speakers(root: Path | None = None) -> set[str]:
 def noise_files(split: str, root: Path | None = None) -> list[Path]:
     """Noise clips: "train" = speech-commands backgrounds + the ESC-10 classes not held out;
     "heldout" = the ESC-10 classes in HELDOUT_NOISE_CLASSES only."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"unknown noise split {split!r}; expected 'train' or 'heldout'")
     root = root or data_root()
     esc = root / "noise" / "esc10"
     classes = sorted(d.name for d in esc.iterdir() if d.is_dir())
@@ -139,9 +141,7 @@ def noise_files(split: str, root: Path | None = None) -> list[Path]:
             if c not in HELDOUT_NOISE_CLASSES:
                 out += _audio_files(esc / c)
         return out
-    if split == "heldout":
-        return [p for c in HELDOUT_NOISE_CLASSES for p in _audio_files(esc / c)]
-    raise ValueError(f"unknown noise split {split!r}; expected 'train' or 'heldout'")
+    return [p for c in HELDOUT_NOISE_CLASSES for p in _audio_files(esc / c)]
 
 
 def read_audio(path: str | Path) -> np.ndarray:
