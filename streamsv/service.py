@@ -1,0 +1,725 @@
+"""Running unattended under systemd: sd_notify, an audio-driven watchdog, signals, reconnects, logs.
+
+The pieces are small and separately testable; ``ServiceRunner`` ties them to a pipeline:
+
+* ``Notifier`` speaks the sd_notify datagram protocol on ``$NOTIFY_SOCKET`` (a path, or ``@name``
+  for the abstract namespace). With no socket every call is a cheap no-op, so the same code runs
+  in a terminal.
+* ``WatchdogPolicy`` decides when to send ``WATCHDOG=1``: every half of ``$WATCHDOG_USEC``, and only
+  while audio keeps arriving. A capture that stalls (or a processing loop that hangs, since the
+  heartbeat comes from the consumer side) stops the pings, and systemd restarts the service.
+* ``install_signal_handlers``: SIGTERM/SIGINT set a stop event, SIGHUP asks for a reload.
+* ``Backoff``: capped exponential delays for reopening a microphone that failed mid-run.
+* ``setup_logging``: plain one-line records when stdout is not a terminal (journald timestamps
+  them itself), with ``<N>`` syslog priority prefixes when stderr goes to the journal.
+* ``unit_text`` / ``install_unit``: the systemd unit (the copy in ``systemd/streamsv.service`` is
+  this text rendered with the default executable; a test keeps them equal).
+
+The pipeline contract ``ServiceRunner`` relies on (streamsv.pipeline.Pipeline meets it):
+``run(stop) -> Iterator[dict]`` whose last event is a stats event, an ``on_audio(n_samples)``
+attribute called for every chunk the loop consumes, ``request_reload()`` safe from any thread, and
+a ``source`` attribute that may be replaced between runs after a device failure.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .config import Config
+from .errors import StreamsvError
+
+log = logging.getLogger("streamsv.service")
+
+NOTIFY_ENV = "NOTIFY_SOCKET"
+UNIT_NAME = "streamsv.service"
+UNIT_PATH = Path("/etc/systemd/system") / UNIT_NAME
+DEFAULT_EXECUTABLE = "/usr/local/bin/streamsv"
+SERVICE_USER = "streamsv"
+PROFILES_DIR = "/var/lib/streamsv/profiles"
+WATCHDOG_SEC = 30
+STATUS_MIN_INTERVAL_S = 2.0  # STATUS= is for humans running `systemctl status`; no need to flood
+TICK_S = 0.25  # the monitor thread's polling period (shorter when the watchdog interval is tiny)
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+# journald reads a "<N>" prefix on each stdout/stderr line as the syslog priority.
+_SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+# --------------------------------------------------------------------------- sd_notify
+
+
+def _notify_address(raw: str | None) -> str | None:
+    """The sendto() address for a NOTIFY_SOCKET value, or None if unusable."""
+    if not raw:
+        return None
+    if raw.startswith("@"):
+        return "\0" + raw[1:]  # abstract namespace: leading NUL, no filesystem entry
+    if raw.startswith("/"):
+        return raw
+    log.warning("ignoring NOTIFY_SOCKET=%r: only absolute paths and @abstract names are supported", raw)
+    return None
+
+
+class Notifier:
+    """Send sd_notify state strings to the service manager; silent no-op without a socket.
+
+    Failures are logged once and never raised: the service must keep verifying speakers even if
+    the manager went away.
+    """
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = _notify_address(address)
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._warned = False
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Notifier":
+        env = os.environ if environ is None else environ
+        return cls(env.get(NOTIFY_ENV))
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def notify(self, *assignments: str) -> bool:
+        """Send one datagram of newline-separated ``KEY=value`` assignments; True if sent."""
+        if self.address is None or not assignments:
+            return False
+        for a in assignments:
+            if "=" not in a or "\n" in a:
+                raise ValueError(f"bad sd_notify assignment {a!r}")
+        payload = "\n".join(assignments).encode("utf-8")
+        with self._lock:
+            try:
+                if self._sock is None:
+                    self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                    self._sock.setblocking(False)  # never stall the audio path on a busy manager
+                self._sock.sendto(payload, self.address)
+                return True
+            except OSError as exc:
+                if not self._warned:
+                    log.warning("sd_notify to %s failed: %s", self.address.replace("\0", "@"), exc)
+                    self._warned = True
+                self._close_locked()
+                return False
+
+    def ready(self, status: str | None = None) -> bool:
+        return self.notify("READY=1", *([f"STATUS={_one_line(status)}"] if status else []))
+
+    def status(self, text: str) -> bool:
+        return self.notify(f"STATUS={_one_line(text)}")
+
+    def watchdog(self) -> bool:
+        return self.notify("WATCHDOG=1")
+
+    def reloading(self) -> bool:
+        # systemd >= 253 wants MONOTONIC_USEC with RELOADING=1 (CLOCK_MONOTONIC, microseconds).
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+
+    def stopping(self, status: str | None = None) -> bool:
+        return self.notify("STOPPING=1", *([f"STATUS={_one_line(status)}"] if status else []))
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def watchdog_timeout(environ: dict[str, str] | None = None, pid: int | None = None) -> float | None:
+    """Seconds of ``$WATCHDOG_USEC`` if the manager expects pings from this process, else None."""
+    env = os.environ if environ is None else environ
+    raw = env.get("WATCHDOG_USEC")
+    if not raw:
+        return None
+    owner = env.get("WATCHDOG_PID")
+    if owner and owner.strip() != str(os.getpid() if pid is None else pid):
+        return None  # meant for another process (e.g. our parent)
+    try:
+        usec = int(raw)
+    except ValueError:
+        log.warning("ignoring WATCHDOG_USEC=%r: not an integer", raw)
+        return None
+    return usec / 1e6 if usec > 0 else None
+
+
+@dataclass
+class WatchdogPolicy:
+    """When to ping: every ``timeout_s / 2``, and only if audio arrived within the last ``timeout_s / 2``.
+
+    After a stall, the last ping is at most half an interval later, so systemd acts within
+    1.5 x WatchdogSec of the last audio frame.
+    """
+
+    timeout_s: float
+    last_audio: float | None = None
+    last_ping: float | None = None
+
+    @property
+    def period_s(self) -> float:
+        return self.timeout_s / 2
+
+    def heartbeat(self, now: float) -> None:
+        self.last_audio = now
+
+    def audio_fresh(self, now: float) -> bool:
+        return self.last_audio is not None and now - self.last_audio <= self.period_s
+
+    def should_ping(self, now: float) -> bool:
+        if not self.audio_fresh(now):
+            return False
+        return self.last_ping is None or now - self.last_ping >= self.period_s
+
+    def pinged(self, now: float) -> None:
+        self.last_ping = now
+
+
+# --------------------------------------------------------------------------- retry
+
+
+@dataclass
+class Backoff:
+    """Capped exponential delays: 0.5, 1, 2, 4 ... up to ``max_s``; ``reset()`` after a good run."""
+
+    start_s: float = BACKOFF_START_S
+    factor: float = 2.0
+    max_s: float = BACKOFF_MAX_S
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.max_s, self.start_s * self.factor ** self.attempt)
+        if delay < self.max_s:
+            self.attempt += 1  # stop growing the exponent once capped (no float overflow after days)
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def install_signal_handlers(
+    stop: threading.Event, on_reload: Callable[[], None] | None = None
+) -> Callable[[], None]:
+    """SIGTERM/SIGINT set ``stop``; SIGHUP calls ``on_reload`` (it must only set a flag).
+
+    A second SIGTERM/SIGINT while stopping exits at once with status 1, for a stuck shutdown.
+    Returns a function that restores the previous handlers. Only works on the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("signal handlers can only be installed from the main thread")
+
+    def on_stop(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            os.write(2, b"streamsv: second stop signal, exiting now\n")
+            os._exit(1)
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    def on_hup(signum: int, frame: Any) -> None:
+        if on_reload is not None:
+            on_reload()
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup if on_reload is not None else signal.SIG_IGN)
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+    return restore
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class PlainFormatter(logging.Formatter):
+    """``LEVEL logger: message`` on exactly one line; no timestamp (journald adds its own)."""
+
+    def __init__(self, syslog_prefix: bool = False) -> None:
+        super().__init__()
+        self.syslog_prefix = syslog_prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info:
+            exc = record.exc_info[1]
+            text += f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+        text = " | ".join(part for part in text.splitlines() if part.strip()) or "-"
+        line = f"{record.levelname} {record.name}: {text}"
+        if self.syslog_prefix:
+            line = f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{line}"
+        return line
+
+
+def _stream_is_journal(stream: Any) -> bool:
+    """True when ``stream`` is the journald connection systemd handed us ($JOURNAL_STREAM=dev:inode)."""
+    raw = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in raw.split(":"))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return st.st_dev == dev and st.st_ino == ino
+
+
+def setup_logging(level: str = "info", stream: Any = None, tty: bool | None = None) -> logging.Handler:
+    """Configure the ``streamsv`` logger; returns the handler it installed.
+
+    A terminal gets rich's readable records; anything else (journald, a pipe, a file) gets
+    ``PlainFormatter`` lines. ``tty`` defaults to ``sys.stdout.isatty()``: stdout carries the
+    events, so "interactive" is judged there even though logs go to stderr.
+    """
+    stream = sys.stderr if stream is None else stream
+    if tty is None:
+        tty = bool(getattr(sys.stdout, "isatty", lambda: False)())
+    handler: logging.Handler
+    if tty:
+        from rich.logging import RichHandler
+        from rich.console import Console
+
+        handler = RichHandler(console=Console(file=stream), markup=False, show_path=False, rich_tracebacks=False)
+    else:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(PlainFormatter(syslog_prefix=_stream_is_journal(stream)))
+    root = logging.getLogger("streamsv")
+    for old in [h for h in root.handlers if getattr(h, "_streamsv", False)]:
+        root.removeHandler(old)
+    handler._streamsv = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    root.propagate = False
+    return handler
+
+
+# --------------------------------------------------------------------------- status line
+
+
+def status_line(event: dict, state: str = "listening") -> str:
+    """A one-line STATUS= summary from a stats event (plus the last decision, if any)."""
+    parts = [state]
+    if event.get("profiles") is not None:
+        parts.append(f"{event['profiles']} profiles")
+    if event.get("audio_s") is not None:
+        parts.append(f"audio {float(event['audio_s']):.0f} s")
+    if event.get("decisions") is not None:
+        parts.append(f"{event['decisions']} decisions")
+    if event.get("latency_p95_ms") is not None:
+        parts.append(f"p95 latency {float(event['latency_p95_ms']):.0f} ms")
+    if event.get("drops"):
+        parts.append(f"dropped {event['drops']} chunks")
+    return ", ".join(parts)
+
+
+def _decision_note(event: dict) -> str | None:
+    if event.get("event") not in ("decision", "speech_end") or "speaker" not in event:
+        return None
+    score = event.get("score")
+    who = event.get("speaker") if event.get("accepted") else "unknown"
+    return f"last: {who}" + (f" {float(score):.2f}" if score is not None else "")
+
+
+# --------------------------------------------------------------------------- runner
+
+
+@dataclass
+class ServiceRunner:
+    """Drive a pipeline as a long-running service.
+
+    ``emit`` receives every event (the CLI's writer). ``reopen_source`` makes a fresh capture
+    source after a failure (None: a failure is fatal, as for a file). ``reload_config`` re-reads
+    settings on SIGHUP; profiles are reloaded by the pipeline at its next chunk, without
+    interrupting capture.
+    """
+
+    pipeline: Any
+    emit: Callable[[dict], None]
+    reopen_source: Callable[[], Any] | None = None
+    reload_config: Callable[[], Config] | None = None
+    notifier: Notifier = field(default_factory=Notifier.from_env)
+    watchdog_s: float | None = field(default_factory=watchdog_timeout)
+    backoff: Backoff = field(default_factory=Backoff)
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self.stop = threading.Event()
+        self.ready_sent = False
+        self.audio_chunks = 0
+        self.reloads = 0
+        self.failures = 0
+        self._policy = WatchdogPolicy(self.watchdog_s) if self.watchdog_s else None
+        self._wake = threading.Event()
+        self._reload_wanted = threading.Event()
+        self._lock = threading.Lock()
+        self._status = "starting"
+        self._status_sent: tuple[str, float] | None = None
+        self._note: str | None = None
+        self._monitor: threading.Thread | None = None
+        self._finished = False
+        previous = getattr(self.pipeline, "on_audio", None)
+        self._chained = previous if callable(previous) else None
+        self.pipeline.on_audio = self.heartbeat
+
+    # -- hooks called from other threads / signal handlers
+
+    def heartbeat(self, n_samples: int = 0) -> None:
+        """Called by the pipeline for every chunk it consumes (the watchdog's evidence of life)."""
+        now = self.clock()
+        with self._lock:
+            self.audio_chunks += 1
+            if self._policy is not None:
+                self._policy.heartbeat(now)
+        if not self.ready_sent:
+            self._wake.set()
+        if self._chained is not None:
+            self._chained(n_samples)
+
+    def request_reload(self) -> None:
+        """Signal-safe: only sets a flag; the monitor thread does the work."""
+        self._reload_wanted.set()
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self._wake.set()
+
+    # -- main loop
+
+    def run(self, install_signals: bool = True) -> int:
+        """Run until stopped (exit status 0) or until a non-recoverable error (raised)."""
+        restore = install_signal_handlers(self.stop, self.request_reload) if install_signals else None
+        self._monitor = threading.Thread(target=self._monitor_loop, name="streamsv-notify", daemon=True)
+        self._monitor.start()
+        self.notifier.status("starting audio")
+        try:
+            self._loop()
+            self.notifier.stopping(status="stopped")
+            return 0
+        except BaseException:
+            self.notifier.stopping(status="failed")
+            raise
+        finally:
+            self._finished = True
+            self.stop.set()
+            self._wake.set()
+            self._monitor.join(timeout=2.0)
+            if restore is not None:
+                restore()
+            self.notifier.close()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            chunks_before = self.audio_chunks
+            error: BaseException | None = None
+            try:
+                self._drain(self.pipeline.run(self.stop))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - any capture failure is retried for a mic
+                if self.reopen_source is None:
+                    raise
+                error = exc
+            if self.stop.is_set():
+                return
+            if self.reopen_source is None:
+                return  # a file or stdin ended: done
+            if error is None:
+                error = StreamsvError("audio stream ended")
+            self.failures += 1
+            if self.audio_chunks > chunks_before:
+                self.backoff.reset()  # it worked for a while: start over at the short delay
+            self._reconnect(error)
+        # Stopped while reconnecting (or before the first run): the pipeline is not running, so
+        # the final stats event it would have yielded comes from here.
+        stats = getattr(self.pipeline, "stats_event", None)
+        if callable(stats):
+            self._observe_and_emit(stats(final=True))
+
+    def _reconnect(self, error: BaseException) -> None:
+        while not self.stop.is_set():
+            delay = self.backoff.next_delay()
+            log.warning("audio failed: %s; retrying in %.1f s", _describe(error), delay)
+            self._set_status(f"audio failed ({_describe(error)}); retrying in {delay:.1f} s", force=True)
+            if self.stop.wait(delay):
+                return
+            try:
+                self.pipeline.source = self.reopen_source()
+            except Exception as exc:  # noqa: BLE001 - device still gone: keep trying
+                error = exc
+                continue
+            log.info("audio source reopened")
+            self._set_status("audio reopened", force=True)
+            return
+
+    def _drain(self, events: Iterable[dict]) -> None:
+        for event in events:
+            self._observe_and_emit(event)
+
+    def _observe_and_emit(self, event: dict) -> None:
+        self.emit(event)
+        kind = event.get("event") if isinstance(event, dict) else None
+        if kind == "stats":
+            text = status_line(event)
+            self._set_status(text + (f", {self._note}" if self._note else ""))
+        elif kind == "profiles_reloaded":
+            log.info("profiles reloaded: %s", ", ".join(event.get("profiles", [])) or "none")
+            self._set_status(f"profiles reloaded ({event.get('count', 0)})", force=True)
+        else:
+            note = _decision_note(event) if isinstance(event, dict) else None
+            if note:
+                self._note = note
+
+    # -- the monitor thread: READY, WATCHDOG, STATUS, reloads
+
+    def _set_status(self, text: str, force: bool = False) -> None:
+        with self._lock:
+            self._status = text
+            if force:
+                self._status_sent = None
+        self._wake.set()
+
+    def _monitor_loop(self) -> None:
+        tick = TICK_S if self._policy is None else min(TICK_S, self._policy.period_s / 2)
+        while not self._finished:
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self._finished:
+                return
+            now = self.clock()
+            if not self.ready_sent and self.audio_chunks > 0:
+                self.ready_sent = True
+                self.notifier.ready(status="listening")
+                log.info("ready: audio is flowing")
+                with self._lock:
+                    self._status_sent = ("listening", now)
+            if self._reload_wanted.is_set():
+                self._reload_wanted.clear()
+                self._do_reload()
+            with self._lock:
+                ping = self.ready_sent and self._policy is not None and self._policy.should_ping(now)
+                if ping:
+                    self._policy.pinged(now)
+                status = self._status
+                due = self._status_sent is None or (
+                    status != self._status_sent[0] and now - self._status_sent[1] >= STATUS_MIN_INTERVAL_S
+                )
+                if due and self.ready_sent:
+                    self._status_sent = (status, now)
+            if ping:
+                self.notifier.watchdog()
+            if due and self.ready_sent:
+                self.notifier.status(status)
+
+    def _do_reload(self) -> None:
+        self.notifier.reloading()
+        new_cfg = None
+        if self.reload_config is not None:
+            try:
+                new_cfg = self.reload_config()
+            except StreamsvError as exc:
+                log.error("reload: %s; keeping the current settings", exc)
+            except Exception as exc:  # noqa: BLE001 - a bad reload must not kill the service
+                log.error("reload failed: %s; keeping the current settings", _describe(exc))
+        request = getattr(self.pipeline, "request_reload", None)
+        if callable(request):
+            if new_cfg is not None and _accepts_config(request):
+                request(new_cfg)
+            else:
+                if new_cfg is not None:
+                    log.warning("reload: this pipeline reloads profiles only; new thresholds apply after a restart")
+                request()
+        self.reloads += 1
+        log.info("reload requested (SIGHUP)")
+        self.notifier.ready(status="listening (reloaded)")
+
+
+def _accepts_config(fn: Callable) -> bool:
+    try:
+        return len(inspect.signature(fn).parameters) >= 1
+    except (TypeError, ValueError):
+        return False
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text if isinstance(exc, StreamsvError) else f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- unit file
+
+_UNIT_TEMPLATE = """\
+# streamsv: live speaker verification as a systemd service.
+# Installed by `streamsv service install`; `streamsv service install --print` shows it.
+# One-time setup (the service runs as its own user, in the audio group):
+#   sudo useradd --system --no-create-home --shell /usr/sbin/nologin --groups audio streamsv
+#   sudo systemctl daemon-reload && sudo systemctl enable --now streamsv
+# Settings: /etc/streamsv/config.yaml.  Profiles: /var/lib/streamsv/profiles (enroll with
+#   sudo -u streamsv STREAMSV_PROFILES_DIR=/var/lib/streamsv/profiles streamsv enroll NAME).
+# After editing profiles or thresholds: sudo systemctl reload streamsv (SIGHUP; audio keeps flowing).
+
+[Unit]
+Description=streamsv live speaker verification
+After=sound.target
+Wants=sound.target
+# A USB microphone may stay unplugged for a long time: keep restarting, never give up.
+StartLimitIntervalSec=0
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={exec_start} listen --service
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec=5s
+# READY=1 comes once the model is loaded and audio flows; loading is slow on a Pi.
+TimeoutStartSec=120s
+# SIGTERM stops within 2 s; anything slower is a bug, killed here.
+TimeoutStopSec=10s
+# WATCHDOG=1 is sent every {half}s only while audio frames arrive: a stalled capture is restarted.
+WatchdogSec={watchdog}s
+
+User={user}
+SupplementaryGroups=audio
+StateDirectory=streamsv
+StateDirectoryMode=0700
+ConfigurationDirectory=streamsv
+CacheDirectory=streamsv
+Environment=STREAMSV_PROFILES_DIR={profiles}
+Environment=XDG_CACHE_HOME=/var/cache/streamsv
+Environment=PYTHONUNBUFFERED=1
+# Profiles are biometric data: nothing the service creates is readable by others.
+UMask=0077
+
+# Sandboxing. Audio needs /dev/snd, /proc/asound and /usr/share/alsa, nothing more.
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome={protect_home}
+PrivateTmp=yes
+# PrivateDevices=yes would hide /dev/snd (audio breaks); instead allow only the ALSA devices.
+PrivateDevices=no
+DevicePolicy=closed
+DeviceAllow=char-alsa rw
+# AF_UNIX carries sd_notify and ALSA plugins; no IP, no netlink (ALSA enumerates cards through
+# /dev/snd control devices, not udev netlink); the service has no network at all.
+RestrictAddressFamilies=AF_UNIX
+PrivateNetwork=yes
+IPAddressDeny=any
+PrivateMounts=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RemoveIPC=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+# A refused call fails with EPERM instead of killing the process (PortAudio may try to raise its
+# thread priority; it carries on without).
+SystemCallErrorNumber=EPERM
+# Deliberately not set: ProcSubset=pid (hides /proc/asound, ALSA fails), PrivateUsers=yes (the
+# audio group would be unmapped, /dev/snd denied), MemoryDenyWriteExecute=yes (sounddevice's cffi
+# callbacks and torch may need executable memory).
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _default_executable() -> str:
+    """How systemd should start streamsv: the installed console script, else this Python."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if argv0 is not None and argv0.name == "streamsv" and argv0.exists():
+        return str(argv0.resolve())
+    found = shutil.which("streamsv")
+    if found:
+        return str(Path(found).resolve())
+    return f"{Path(sys.executable).resolve()} -m streamsv"
+
+
+def unit_text(executable: str | None = None, watchdog_s: int = WATCHDOG_SEC) -> str:
+    """The unit file. ``executable`` defaults to the running streamsv (as installed)."""
+    exec_start = executable or _default_executable()
+    if not exec_start.startswith("/"):
+        raise StreamsvError(f"service: executable must be an absolute path, got {exec_start!r}")
+    # ProtectHome=yes hides /home: a streamsv installed in a venv there could not even start.
+    in_home = any(exec_start.startswith(p) for p in ("/home/", "/root/", "/run/user/"))
+    return _UNIT_TEMPLATE.format(
+        exec_start=exec_start,
+        watchdog=watchdog_s,
+        half=f"{watchdog_s / 2:g}",
+        user=SERVICE_USER,
+        profiles=PROFILES_DIR,
+        protect_home="read-only" if in_home else "yes",
+    )
+
+
+def install_unit(path: str | os.PathLike = UNIT_PATH, print_only: bool = False, executable: str | None = None) -> str:
+    """Write the unit file atomically (0644) unless ``print_only``; returns its text."""
+    text = unit_text(executable)
+    if print_only:
+        return text
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise StreamsvError(f"service: {target.parent}: no such folder (is systemd installed?)")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=str(target.parent))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except PermissionError:
+        raise StreamsvError(f"service: cannot write {target}: permission denied (run with sudo, or use --print)") from None
+    except OSError as exc:
+        raise StreamsvError(f"service: cannot write {target}: {exc.strerror or exc}") from None
+    return text
+
+
+def install_hints(path: str | os.PathLike = UNIT_PATH) -> str:
+    """What to run after ``install_unit`` (printed by the CLI)."""
+    return (
+        f"wrote {path}\n"
+        "next:\n"
+        f"  id {SERVICE_USER} >/dev/null 2>&1 || sudo useradd --system --no-create-home "
+        f"--shell /usr/sbin/nologin --groups audio {SERVICE_USER}\n"
+        "  sudo systemctl daemon-reload\n"
+        "  sudo systemctl enable --now streamsv\n"
+        "  journalctl -u streamsv -f"
+    )

@@ -1,0 +1,599 @@
+"""Service layer: sd_notify against a real AF_UNIX datagram socket, watchdog, signals, reconnects,
+logging and the unit file."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from streamsv import service
+from streamsv.errors import StreamsvError
+from streamsv.service import (
+    Backoff,
+    Notifier,
+    PlainFormatter,
+    ServiceRunner,
+    WatchdogPolicy,
+    install_unit,
+    setup_logging,
+    unit_text,
+    watchdog_timeout,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CHUNK = 480  # 30 ms at 16 kHz
+
+
+class NotifySocket:
+    """A bound AF_UNIX datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, abstract: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if abstract:
+            name = f"streamsv-test-{uuid.uuid4().hex[:12]}"
+            self.sock.bind("\0" + name)
+            self.env = "@" + name
+            self.dir = None
+        else:
+            # sun_path is limited to 107 bytes: keep the folder short rather than under pytest's tmp_path.
+            self.dir = tempfile.mkdtemp(prefix="sv-", dir="/tmp")
+            path = os.path.join(self.dir, "notify")
+            self.sock.bind(path)
+            self.env = path
+        self.received: list[tuple[float, bytes]] = []
+
+    def recv_all(self, timeout: float = 0.3) -> list[bytes]:
+        """Everything that arrives until ``timeout`` passes with nothing new."""
+        self.sock.settimeout(timeout)
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                break
+            self.received.append((time.monotonic(), data))
+        return [d for _, d in self.received]
+
+    def collect_for(self, seconds: float) -> None:
+        """Receive (and timestamp on arrival) everything sent during the next ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                self.received.append((time.monotonic(), self.sock.recv(4096)))
+            except socket.timeout:
+                break
+
+    def wait_for(self, payload_start: bytes, timeout: float = 10.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        for _, d in self.received:
+            if d.startswith(payload_start):
+                return d
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                break
+            self.received.append((time.monotonic(), data))
+            if data.startswith(payload_start):
+                return data
+        raise AssertionError(f"no datagram starting {payload_start!r}; got {[d for _, d in self.received]}")
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """setup_logging reconfigures the "streamsv" logger; undo it so caplog keeps working."""
+    logger = logging.getLogger("streamsv")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
+
+
+@pytest.fixture
+def notify_socket():
+    s = NotifySocket()
+    yield s
+    s.close()
+
+
+# --------------------------------------------------------------------------- sd_notify
+
+
+def test_notifier_sends_exact_datagrams(notify_socket):
+    n = Notifier(notify_socket.env)
+    assert n.enabled
+    assert n.ready(status="model loaded")
+    assert n.status("3 profiles\nlast: alice")
+    assert n.watchdog()
+    assert n.reloading()
+    assert n.stopping()
+    got = notify_socket.recv_all()
+    assert got[:3] == [b"READY=1\nSTATUS=model loaded", b"STATUS=3 profiles last: alice", b"WATCHDOG=1"]
+    assert re.fullmatch(rb"RELOADING=1\nMONOTONIC_USEC=\d+", got[3])
+    usec = int(got[3].split(b"=")[-1])
+    assert abs(usec / 1e6 - time.clock_gettime(time.CLOCK_MONOTONIC)) < 5
+    assert got[4:] == [b"STOPPING=1"]
+    n.close()
+
+
+def test_notifier_abstract_namespace_socket(monkeypatch):
+    s = NotifySocket(abstract=True)
+    try:
+        monkeypatch.setenv("NOTIFY_SOCKET", s.env)
+        n = Notifier.from_env()
+        assert n.address.startswith("\0")
+        assert n.ready()
+        assert n.watchdog()
+        assert s.recv_all() == [b"READY=1", b"WATCHDOG=1"]
+    finally:
+        s.close()
+
+
+def test_notifier_without_socket_is_a_no_op(monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    n = Notifier.from_env()
+    assert not n.enabled
+    assert n.ready() is False and n.watchdog() is False
+    assert Notifier("relative/path").enabled is False  # neither absolute nor @abstract: ignored
+
+
+def test_notifier_survives_a_vanished_manager(notify_socket, caplog):
+    n = Notifier(notify_socket.env)
+    notify_socket.close()  # socket file gone: sendto fails with ENOENT
+    with caplog.at_level(logging.WARNING, logger="streamsv"):
+        assert n.watchdog() is False
+        assert n.watchdog() is False
+    assert len([r for r in caplog.records if "sd_notify" in r.getMessage()]) == 1  # warned once
+
+
+def test_notifier_rejects_malformed_assignments(notify_socket):
+    with pytest.raises(ValueError):
+        Notifier(notify_socket.env).notify("READY")
+    with pytest.raises(ValueError):
+        Notifier(notify_socket.env).notify("STATUS=a\nb")
+
+
+# --------------------------------------------------------------------------- watchdog policy
+
+
+def test_watchdog_timeout_from_environment():
+    assert watchdog_timeout({}) is None
+    assert watchdog_timeout({"WATCHDOG_USEC": "30000000"}) == 30.0
+    assert watchdog_timeout({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 30.0
+    assert watchdog_timeout({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_timeout({"WATCHDOG_USEC": "soon"}) is None
+    assert watchdog_timeout({"WATCHDOG_USEC": "0"}) is None
+
+
+def test_watchdog_pings_at_half_interval_only_while_audio_is_fresh():
+    p = WatchdogPolicy(timeout_s=10.0)
+    assert not p.should_ping(0.0)  # no audio yet
+    p.heartbeat(0.0)
+    assert p.should_ping(0.1)
+    p.pinged(0.1)
+    assert not p.should_ping(3.0)  # too soon after the last ping
+    p.heartbeat(4.9)
+    assert p.should_ping(5.1)  # half the interval since the last ping, audio 0.2 s old
+    p.pinged(5.1)
+    # audio stops at 4.9: by 10.1 the last frame is 5.2 s old (> 5 s), so no more pings
+    assert not p.should_ping(10.1)
+    assert not p.should_ping(60.0)
+    p.heartbeat(61.0)  # audio back
+    assert p.should_ping(61.0)
+
+
+def test_backoff_is_exponential_capped_and_resettable():
+    b = Backoff(start_s=0.5, factor=2.0, max_s=4.0)
+    assert [b.next_delay() for _ in range(7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
+    for _ in range(10_000):
+        b.next_delay()  # no overflow after very many failures
+    assert b.next_delay() == 4.0
+    b.reset()
+    assert b.next_delay() == 0.5
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def test_plain_log_lines_for_non_tty(monkeypatch):
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    buf = io.StringIO()
+    setup_logging("info", stream=buf, tty=False)
+    logging.getLogger("streamsv.test").warning("mic [bold]gone[/bold]\nsecond line")
+    logging.getLogger("streamsv.test").debug("hidden")
+    try:
+        raise OSError("device unplugged")
+    except OSError:
+        logging.getLogger("streamsv.test").exception("capture failed")
+    lines = buf.getvalue().splitlines()
+    assert lines == [
+        "WARNING streamsv.test: mic [bold]gone[/bold] | second line",
+        "ERROR streamsv.test: capture failed (OSError: device unplugged)",
+    ]
+
+
+def test_syslog_priority_prefix_when_stderr_is_the_journal(tmp_path, monkeypatch):
+    target = tmp_path / "journal"
+    with open(target, "w") as f:
+        st = os.fstat(f.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        setup_logging("debug", stream=f, tty=False)
+        logging.getLogger("streamsv.x").info("ready")
+        logging.getLogger("streamsv.x").error("boom")
+        logging.getLogger("streamsv.x").debug("detail")
+    assert target.read_text().splitlines() == [
+        "<6>INFO streamsv.x: ready",
+        "<3>ERROR streamsv.x: boom",
+        "<7>DEBUG streamsv.x: detail",
+    ]
+
+
+def test_plain_formatter_has_no_timestamp():
+    rec = logging.LogRecord("streamsv", logging.INFO, __file__, 1, "hello %s", ("pi",), None)
+    assert PlainFormatter().format(rec) == "INFO streamsv: hello pi"
+
+
+# --------------------------------------------------------------------------- unit file
+
+
+def unit_directives(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line and not line.startswith(("#", "[")) and "=" in line:
+            key, _, value = line.partition("=")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_repo_unit_file_is_the_rendered_text():
+    assert (REPO / "systemd" / "streamsv.service").read_text() == unit_text(service.DEFAULT_EXECUTABLE)
+
+
+def test_unit_file_directives():
+    d = unit_directives(unit_text("/usr/local/bin/streamsv"))
+    expect = {
+        "Type": "notify",
+        "ExecStart": "/usr/local/bin/streamsv listen --service",
+        "WatchdogSec": "30s",
+        "User": "streamsv",
+        "SupplementaryGroups": "audio",
+        "StateDirectory": "streamsv",
+        "ConfigurationDirectory": "streamsv",
+        "Restart": "on-failure",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "no",
+        "RestrictAddressFamilies": "AF_UNIX",
+        "DeviceAllow": "char-alsa rw",
+        "UMask": "0077",
+    }
+    for key, value in expect.items():
+        assert d.get(key) == [value], key
+    assert "STREAMSV_PROFILES_DIR=/var/lib/streamsv/profiles" in d["Environment"]
+    assert not any(k in d for k in ("ProcSubset", "PrivateUsers", "MemoryDenyWriteExecute"))
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_accepts_the_unit(tmp_path):
+    unit = tmp_path / "streamsv.service"
+    unit.write_text(unit_text("/bin/true"))  # verify checks that ExecStart exists
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "Unknown" not in res.stderr and "unknown" not in res.stderr, res.stderr
+
+
+def test_install_unit_writes_atomically_with_mode_0644(tmp_path):
+    target = tmp_path / "streamsv.service"
+    text = install_unit(target, executable="/opt/streamsv/bin/streamsv")
+    assert target.read_text() == text
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert "ExecStart=/opt/streamsv/bin/streamsv listen --service" in text
+    assert [p.name for p in tmp_path.iterdir()] == ["streamsv.service"]  # no temp file left behind
+
+
+def test_install_unit_print_only_writes_nothing(tmp_path):
+    target = tmp_path / "streamsv.service"
+    text = install_unit(target, print_only=True, executable="/usr/bin/streamsv")
+    assert not target.exists()
+    assert text.startswith("# streamsv") and "Type=notify" in text
+
+
+def test_install_unit_errors_are_one_line(tmp_path):
+    with pytest.raises(StreamsvError, match=r"no such folder"):
+        install_unit(tmp_path / "missing" / "streamsv.service", executable="/usr/bin/streamsv")
+    with pytest.raises(StreamsvError, match=r"absolute path"):
+        unit_text("streamsv")
+
+
+def test_unit_for_an_executable_in_home_relaxes_protect_home():
+    d = unit_directives(unit_text("/home/pi/.venv/bin/streamsv"))
+    assert d["ProtectHome"] == ["read-only"]
+
+
+def test_default_executable_is_absolute():
+    assert unit_directives(unit_text())["ExecStart"][0].startswith("/")
+
+
+# --------------------------------------------------------------------------- runner
+
+
+class PacedPipeline:
+    """A real producer with the pipeline contract: paced chunks, heartbeats, events, final stats.
+
+    ``stall`` = (start_s, end_s) pauses audio (the loop keeps running); ``fail_at_chunk`` raises
+    OSError like a device error mid-run (once per source generation in ``fail_generations``).
+    """
+
+    def __init__(self, chunk_s: float = 0.01, stall: tuple[float, float] | None = None,
+                 fail_generations: tuple[int, ...] = (), fail_at_chunk: int = 20, limit_chunks: int | None = None):
+        self.chunk_s = chunk_s
+        self.stall = stall
+        self.fail_generations = fail_generations
+        self.fail_at_chunk = fail_at_chunk
+        self.limit_chunks = limit_chunks
+        self.on_audio = None
+        self.source = 0  # generation number of the "device"
+        self.chunks_in = 0
+        self.reload_calls = 0
+        self.runs = 0
+
+    def request_reload(self) -> None:
+        self.reload_calls += 1
+
+    def stats_event(self, final: bool = False) -> dict:
+        return {"event": "stats", "final": final, "audio_s": self.chunks_in * 0.03, "profiles": 2,
+                "decisions": self.chunks_in // 10, "drops": 0}
+
+    def run(self, stop):
+        self.runs += 1
+        t0 = time.monotonic()
+        n = 0
+        while not stop.is_set():
+            if self.limit_chunks is not None and self.chunks_in >= self.limit_chunks:
+                break
+            el = time.monotonic() - t0
+            if self.stall and self.stall[0] <= el < self.stall[1]:
+                stop.wait(0.01)
+                continue
+            if self.source in self.fail_generations and n == self.fail_at_chunk:
+                raise OSError("Input overflowed / device disappeared")
+            stop.wait(self.chunk_s)
+            n += 1
+            self.chunks_in += 1
+            self.on_audio(CHUNK)
+            if n % 10 == 0:
+                yield {"event": "decision", "speaker": "alice", "accepted": True, "score": 0.81}
+            if n % 25 == 0:
+                yield self.stats_event()
+        yield self.stats_event(final=True)
+
+
+def run_in_thread(runner: ServiceRunner) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+
+    def target():
+        try:
+            out["rc"] = runner.run(install_signals=False)
+        except BaseException as exc:  # noqa: BLE001
+            out["exc"] = exc
+
+    t = threading.Thread(target=target)
+    t.start()
+    return t, out
+
+
+def test_runner_ready_watchdog_status_stopping(notify_socket):
+    events: list[dict] = []
+    pipe = PacedPipeline()
+    runner = ServiceRunner(pipe, events.append, notifier=Notifier(notify_socket.env), watchdog_s=0.2)
+    t, out = run_in_thread(runner)
+    assert notify_socket.wait_for(b"READY=1") == b"READY=1\nSTATUS=listening"
+    time.sleep(0.8)
+    runner.request_stop()
+    t.join(5)
+    assert not t.is_alive() and out == {"rc": 0}
+    got = notify_socket.recv_all()
+    assert got[0] == b"STATUS=starting audio"  # before READY
+    ready_at = got.index(b"READY=1\nSTATUS=listening")
+    pings = [i for i, d in enumerate(got) if d == b"WATCHDOG=1"]
+    assert len(pings) >= 4 and min(pings) > ready_at  # every 0.1 s for 0.8 s, never before READY
+    assert got[-1] == b"STOPPING=1\nSTATUS=stopped"
+    assert events[-1]["event"] == "stats" and events[-1]["final"] is True
+    assert sum(1 for d in got if d.startswith(b"READY=1")) == 1
+
+
+def test_status_carries_live_figures(notify_socket):
+    pipe = PacedPipeline(chunk_s=0.005)
+    runner = ServiceRunner(pipe, lambda e: None, notifier=Notifier(notify_socket.env), watchdog_s=None)
+    t, _ = run_in_thread(runner)
+    notify_socket.wait_for(b"READY=1")
+    status = notify_socket.wait_for(b"STATUS=listening, 2 profiles", timeout=6)
+    runner.request_stop()
+    t.join(5)
+    assert re.fullmatch(rb"STATUS=listening, 2 profiles, audio \d+ s, \d+ decisions(, last: alice 0.81)?", status), status
+
+
+def test_watchdog_stops_while_audio_stalls_and_resumes(notify_socket):
+    # audio for 0.6 s, nothing for 1.2 s, then audio again; watchdog interval 0.2 s (ping every 0.1 s)
+    pipe = PacedPipeline(stall=(0.6, 1.8))
+    runner = ServiceRunner(pipe, lambda e: None, notifier=Notifier(notify_socket.env), watchdog_s=0.2)
+    t, _ = run_in_thread(runner)
+    notify_socket.wait_for(b"READY=1")
+    t_ready = notify_socket.received[-1][0]
+    notify_socket.collect_for(2.4)
+    runner.request_stop()
+    t.join(5)
+    notify_socket.recv_all()
+    pings = [ts - t_ready for ts, d in notify_socket.received if d == b"WATCHDOG=1"]
+    # last audio before the stall is at ~0.6 s; audio counts as fresh for 0.1 s more, so no ping
+    # may fall between ~0.75 s and the resume at 1.8 s (margins for scheduling jitter)
+    silent = [p for p in pings if 0.85 < p < 1.6]
+    assert silent == [], pings
+    assert any(p < 0.6 for p in pings) and any(p > 1.8 for p in pings), pings
+
+
+def test_device_failure_is_retried_with_backoff(notify_socket, caplog):
+    events: list[dict] = []
+    pipe = PacedPipeline(fail_generations=(0,), fail_at_chunk=15)
+    opened: list[int] = []
+
+    def reopen():
+        opened.append(len(opened) + 1)
+        if len(opened) == 1:
+            raise StreamsvError("input device 'USB mic' not found")  # still unplugged
+        return len(opened)
+
+    runner = ServiceRunner(pipe, events.append, reopen_source=reopen, notifier=Notifier(notify_socket.env),
+                           watchdog_s=0.2, backoff=Backoff(start_s=0.1, max_s=0.4))
+    with caplog.at_level(logging.WARNING, logger="streamsv"):
+        t, out = run_in_thread(runner)
+        notify_socket.wait_for(b"READY=1")
+        notify_socket.wait_for(b"STATUS=audio reopened", timeout=5)
+        time.sleep(0.5)
+        runner.request_stop()
+        t.join(5)
+    assert out == {"rc": 0}
+    assert opened == [1, 2] and pipe.source == 2 and pipe.runs == 2
+    assert runner.failures == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings[0] == "audio failed: OSError: Input overflowed / device disappeared; retrying in 0.1 s"
+    assert warnings[1] == "audio failed: input device 'USB mic' not found; retrying in 0.2 s"
+    got = notify_socket.recv_all()
+    assert any(d.startswith(b"STATUS=audio failed (OSError") for d in got)
+    assert sum(1 for d in got if d.startswith(b"READY=1")) == 1
+    assert events[-1]["final"] is True
+
+
+def test_stop_during_reconnect_still_emits_final_stats(notify_socket):
+    events: list[dict] = []
+    pipe = PacedPipeline(fail_generations=(0,), fail_at_chunk=5)
+
+    def reopen():
+        raise StreamsvError("no input audio device found")
+
+    runner = ServiceRunner(pipe, events.append, reopen_source=reopen, notifier=Notifier(notify_socket.env),
+                           watchdog_s=None, backoff=Backoff(start_s=0.05, max_s=0.1))
+    t, out = run_in_thread(runner)
+    notify_socket.wait_for(b"STATUS=audio failed")
+    time.sleep(0.3)
+    t_stop = time.monotonic()
+    runner.request_stop()
+    t.join(5)
+    assert time.monotonic() - t_stop < 0.5
+    assert out == {"rc": 0}
+    assert events[-1] == pipe.stats_event(final=True)
+
+
+def test_without_reopen_a_failure_is_fatal_and_reported(notify_socket):
+    pipe = PacedPipeline(fail_generations=(0,), fail_at_chunk=3)
+    runner = ServiceRunner(pipe, lambda e: None, notifier=Notifier(notify_socket.env), watchdog_s=None)
+    t, out = run_in_thread(runner)
+    t.join(5)
+    assert isinstance(out.get("exc"), OSError)
+    assert notify_socket.recv_all()[-1] == b"STOPPING=1\nSTATUS=failed"
+
+
+def test_source_end_without_reopen_exits_zero(notify_socket):
+    events: list[dict] = []
+    pipe = PacedPipeline(chunk_s=0.001, limit_chunks=40)
+    runner = ServiceRunner(pipe, events.append, notifier=Notifier(notify_socket.env), watchdog_s=None)
+    t, out = run_in_thread(runner)
+    t.join(5)
+    assert out == {"rc": 0} and events[-1]["final"] is True and pipe.runs == 1
+
+
+def test_reload_rereads_config_and_asks_pipeline(notify_socket):
+    pipe = PacedPipeline()
+    calls = []
+
+    def reload_config():
+        calls.append(1)
+        raise StreamsvError("config: scoring.threshold: out of range: 3 (allowed -1..1)")
+
+    runner = ServiceRunner(pipe, lambda e: None, reload_config=reload_config,
+                           notifier=Notifier(notify_socket.env), watchdog_s=None)
+    t, _ = run_in_thread(runner)
+    notify_socket.wait_for(b"READY=1")
+    chunks_before = pipe.chunks_in
+    runner.request_reload()
+    notify_socket.wait_for(b"READY=1\nSTATUS=listening (reloaded)")
+    time.sleep(0.2)
+    runner.request_stop()
+    t.join(5)
+    assert calls == [1] and pipe.reload_calls == 1 and runner.reloads == 1
+    assert pipe.runs == 1 and pipe.chunks_in > chunks_before  # audio never restarted
+    assert any(re.fullmatch(rb"RELOADING=1\nMONOTONIC_USEC=\d+", d) for d in notify_socket.recv_all())
+
+
+# --------------------------------------------------------------------------- real signals, real process
+
+SIGNAL_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    sys.path.insert(0, {tests!r})
+    from test_service import PacedPipeline
+    from streamsv.service import ServiceRunner, setup_logging
+
+    setup_logging("info", tty=False)
+    pipe = PacedPipeline()
+    def emit(e):
+        print(json.dumps(e), flush=True)
+    runner = ServiceRunner(pipe, emit)
+    rc = runner.run()
+    print(json.dumps({{"runs": pipe.runs, "reloads": pipe.reload_calls}}), flush=True)
+    sys.exit(rc)
+    """
+)
+
+
+def test_sigterm_and_sighup_in_a_real_process(notify_socket, tmp_path):
+    script = tmp_path / "svc.py"
+    script.write_text(SIGNAL_SCRIPT.format(tests=str(Path(__file__).parent)))
+    env = dict(os.environ, NOTIFY_SOCKET=notify_socket.env, WATCHDOG_USEC="400000", PYTHONPATH=str(REPO))
+    env.pop("WATCHDOG_PID", None)
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        notify_socket.wait_for(b"READY=1", timeout=30)
+        notify_socket.wait_for(b"WATCHDOG=1", timeout=5)
+        proc.send_signal(signal.SIGHUP)
+        notify_socket.wait_for(b"RELOADING=1", timeout=5)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert took < 2.0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines[-1] == {"runs": 1, "reloads": 1}  # SIGHUP did not restart audio
+    assert lines[-2]["event"] == "stats" and lines[-2]["final"] is True
+    assert "INFO streamsv.service: received SIGTERM, stopping" in err.splitlines()
+    assert notify_socket.recv_all()[-1] == b"STOPPING=1\nSTATUS=stopped"
