@@ -597,3 +597,67 @@ def test_sigterm_and_sighup_in_a_real_process(notify_socket, tmp_path):
     assert lines[-2]["event"] == "stats" and lines[-2]["final"] is True
     assert "INFO streamsv.service: received SIGTERM, stopping" in err.splitlines()
     assert notify_socket.recv_all()[-1] == b"STOPPING=1\nSTATUS=stopped"
+
+
+# --------------------------------------------------------------------------- with the real pipeline
+
+PIPELINE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import torch
+    torch.set_num_threads(1)
+    from streamsv.config import Config
+    from streamsv.embedder import Embedder
+    from streamsv.pipeline import Pipeline
+    from streamsv.service import ServiceRunner, setup_logging
+    from streamsv.sources import FileSource
+
+    setup_logging("info", tty=False)
+    emb = Embedder.untrained(seed=0)
+    profiles = {"alice": np.ones(emb.dim, dtype=np.float32)}
+    pipe = Pipeline(emb, FileSource(sys.argv[1], realtime=True), Config(), profiles)
+    runner = ServiceRunner(pipe, lambda e: print(json.dumps(e), flush=True))
+    sys.exit(runner.run())
+    """
+)
+
+
+def test_real_pipeline_ready_reload_and_sigterm(notify_socket, tmp_path):
+    pytest.importorskip("streamsv.pipeline")
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    t = np.arange(16000 * 30) / 16000
+    # 30 s: 1 s voiced-like bursts (harmonic tone + noise) and 1 s of near-silence, alternating
+    voiced = (0.3 * np.sin(2 * np.pi * 140 * t) + 0.15 * np.sin(2 * np.pi * 280 * t) + 0.02 * rng.standard_normal(t.size))
+    wave = np.where((t.astype(int) % 2) == 0, voiced, 0.001 * rng.standard_normal(t.size)).astype(np.float32)
+    wav = tmp_path / "speechlike.wav"
+    sf.write(wav, wave, 16000)
+    script = tmp_path / "svc_real.py"
+    script.write_text(PIPELINE_SCRIPT)
+    env = dict(os.environ, NOTIFY_SOCKET=notify_socket.env, WATCHDOG_USEC="2000000", PYTHONPATH=str(REPO))
+    env.pop("WATCHDOG_PID", None)
+    proc = subprocess.Popen([sys.executable, str(script), str(wav)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        notify_socket.wait_for(b"READY=1", timeout=60)
+        notify_socket.wait_for(b"WATCHDOG=1", timeout=5)
+        proc.send_signal(signal.SIGHUP)
+        notify_socket.wait_for(b"RELOADING=1", timeout=5)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert took < 2.0, took
+    events = [json.loads(line) for line in out.splitlines()]
+    assert any(e["event"] == "profiles_reloaded" and e["profiles"] == ["alice"] for e in events)
+    assert events[-1]["event"] == "stats" and events[-1]["final"] is True
+    assert 0 < events[-1]["audio_s"] < 30  # stopped mid-file, not at its end
+    assert notify_socket.recv_all()[-1] == b"STOPPING=1\nSTATUS=stopped"
