@@ -665,7 +665,7 @@ def _default_executable() -> str:
     found = shutil.which("streamsv")
     if found:
         return str(Path(found).resolve())
-    return f"{Path(sys.executable).resolve()} -m streamsv"
+    return f"{Path(sys.executable).resolve()} -m streamsv.cli"  # cli.py runs main() as a module
 
 
 def unit_text(executable: str | None = None, watchdog_s: int = WATCHDOG_SEC) -> str:
