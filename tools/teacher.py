@@ -10,6 +10,7 @@ through the LSTM as one batch, which is several times faster on CPU.
 """
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -19,6 +20,7 @@ SAMPLE_RATE = 16000
 PARTIAL_RATE = 1.3  # partial windows per second: embed_utterance's default
 MIN_COVERAGE = 0.75  # embed_utterance's default
 MAX_BATCH_PARTIALS = 512  # bounds peak memory of one LSTM forward (512 x 160 x 40 floats in)
+MIN_STREAM_S = 0.1  # as the student's MIN_AUDIO_S: below this no embedding
 
 
 def _import_resemblyzer():
@@ -67,6 +69,10 @@ class Teacher:
         with torch.inference_mode():
             return self.encoder.embed_utterance(np.asarray(wave, dtype=np.float32)).astype(np.float32)
 
+    def stream(self, window_s: float = 3.0) -> "TeacherStream":
+        """The student's streaming interface, done the teacher's way: re-embed the last window per call."""
+        return TeacherStream(self, window_s)
+
     def partial_mels(self, wave: np.ndarray) -> np.ndarray:
         """The (n_partials, 160, 40) mel windows embed_utterance would feed the LSTM."""
         wave = np.asarray(wave, dtype=np.float32)
@@ -99,6 +105,37 @@ class Teacher:
         return out
 
 
+class TeacherStream:
+    """Rolling-window teacher pipeline: push() only buffers, embedding() runs embed_utterance on
+    the most recent window_s seconds (the LSTM is not incremental across windows)."""
+
+    def __init__(self, teacher: Teacher, window_s: float):
+        self._teacher = teacher
+        self._max = int(window_s * SAMPLE_RATE)
+        self.compute_seconds = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self._buf = np.zeros(0, np.float32)
+
+    @property
+    def seconds(self) -> float:
+        return len(self._buf) / SAMPLE_RATE
+
+    def push(self, audio: np.ndarray) -> None:
+        started = time.perf_counter()
+        self._buf = np.concatenate([self._buf, np.asarray(audio, np.float32)])[-self._max :]
+        self.compute_seconds += time.perf_counter() - started
+
+    def embedding(self) -> np.ndarray | None:
+        if len(self._buf) < MIN_STREAM_S * SAMPLE_RATE:
+            return None
+        started = time.perf_counter()
+        vector = self._teacher.embed(self._buf)
+        self.compute_seconds += time.perf_counter() - started
+        return vector
+
+
 def lstm_macs_per_frame(lstm: torch.nn.LSTM) -> int:
     """Multiply-accumulates of one LSTM time step: every input-to-gate and hidden-to-gate weight once.
 
@@ -122,6 +159,16 @@ def teacher_macs_per_second(encoder=None, rate: float = PARTIAL_RATE) -> int:
     per_frame = lstm_macs_per_frame(encoder.lstm)
     per_window = encoder.linear.weight.numel()
     return int(round(frames_per_s * per_frame + rate * per_window))
+
+
+def teacher_stream_macs_per_second(window_s: float = 3.0, hop_s: float = 0.5, encoder=None) -> int:
+    """Model MACs per second of audio when the whole window is re-embedded every hop."""
+    if encoder is None:
+        encoder = Teacher().encoder
+    _, _, hp = _import_resemblyzer()
+    _, mel_slices = encoder.compute_partial_slices(int(window_s * SAMPLE_RATE), PARTIAL_RATE, MIN_COVERAGE)
+    per_window = len(mel_slices) * (hp.partials_n_frames * lstm_macs_per_frame(encoder.lstm) + encoder.linear.weight.numel())
+    return int(round(per_window / hop_s))
 
 
 if __name__ == "__main__":
