@@ -38,6 +38,8 @@ DURATIONS = {"full": None, "2s": 2.0, "1s": 1.0}  # value: crop length in second
 ENROLL_UTTERANCES = 3
 P_TARGET = 0.01  # minDCF operating point (C_miss = C_fa = 1), as in VoxCeleb/NIST SRE
 RT60_RANGE_S = (0.2, 0.7)  # simulated rooms: small office to living room
+DRR_RANGE_DB = (0.0, 10.0)  # direct-to-reverberant ratio: a device a metre or two from the talker
+DEGRADE_VERSION = "v2"  # bump when the noisy conditions change: it keys the embedding cache
 MFCC_N = 20
 
 
@@ -117,14 +119,17 @@ def crop(wave: np.ndarray, seconds: float | None, rng: np.random.Generator) -> n
 
 
 def room_impulse_response(rng: np.random.Generator) -> np.ndarray:
-    """A synthetic RIR: direct path, then exponentially decaying noise reaching -60 dB at RT60."""
+    """A synthetic RIR: direct path, then exponentially decaying noise reaching -60 dB at RT60,
+    scaled so the direct-to-reverberant energy ratio falls in DRR_RANGE_DB."""
     rt60 = rng.uniform(*RT60_RANGE_S)
     t = np.arange(int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
     tail = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)
+    drr_db = rng.uniform(*DRR_RANGE_DB)
+    tail *= np.sqrt(10 ** (-drr_db / 10) / np.sum(tail**2))
     delay = int(rng.integers(int(0.002 * SAMPLE_RATE), int(0.010 * SAMPLE_RATE)))  # first reflection
     rir = np.zeros(len(t) + delay)
     rir[0] = 1.0
-    rir[delay:] += tail * rng.uniform(0.1, 0.3)
+    rir[delay:] += tail
     return rir / np.linalg.norm(rir)
 
 
@@ -234,7 +239,8 @@ def znorm(x: np.ndarray) -> np.ndarray:
 
 
 def embeddings(system: System, set_name: str, condition: str, duration: str, utts, noise, use_cache: bool) -> np.ndarray:
-    path = CACHE_DIR / f"{system.cache_id}__{set_name}__{condition}__{duration}.npz"
+    cond = condition if CONDITIONS[condition] is None else f"{condition}-{DEGRADE_VERSION}"
+    path = CACHE_DIR / f"{system.cache_id}__{set_name}__{cond}__{duration}.npz"
     keys = [str(u.path.relative_to(datasets.data_root())) for u in utts]
     use_cache = use_cache and system.cache_id is not None
     if use_cache and path.is_file():
