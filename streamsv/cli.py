@@ -1,0 +1,493 @@
+"""The ``streamsv`` command line.
+
+Every user-fixable problem is a StreamsvError; ``main`` prints it as
+``error: <message>`` on stderr and exits 2, never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+
+from .errors import StreamsvError
+
+EXIT_ERROR = 2
+EXIT_REJECT = 1
+ENROLL_SECONDS = 20.0
+ENROLL_PIECE_S = 3.0          # mic enrollment: one embedding per ~3 s of voice, like a live window
+NO_VOICE_WARN_S = 3.0
+QUIET_DBFS = -45.0            # RMS of a voiced frame below this is "too quiet"
+CLIP_LEVEL = 0.99
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="On-device, real-time speaker verification.")
+profiles_app = typer.Typer(no_args_is_help=True, help="List, show, delete, rename, export and import voice profiles.")
+app.add_typer(profiles_app, name="profiles")
+
+log = logging.getLogger("streamsv")
+
+# Shared option declarations.
+ConfigOpt = typer.Option(None, "--config", help="Settings file (YAML); default search: $STREAMSV_CONFIG, ~/.config/streamsv/config.yaml, /etc/streamsv/config.yaml.")
+ProfilesOpt = typer.Option(None, "--profiles-dir", help="Profiles folder (default: $STREAMSV_PROFILES_DIR or ./profiles).")
+ModelOpt = typer.Option(None, "--model", help="Model weights file (default: the shipped weights).")
+
+
+# --------------------------------------------------------------------------- plumbing
+
+def load_model(path: str | None):
+    """The embedder the CLI uses (tests replace this to run on an untrained model)."""
+    import torch
+
+    from . import load_embedder
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    return load_embedder(path)
+
+
+def _config(config: Optional[Path], **overrides):
+    from .config import load_config
+
+    cfg = load_config(str(config) if config is not None else None)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    cfg = cfg.with_overrides(**given) if given else cfg
+    logging.basicConfig(level=getattr(logging, cfg.output.log_level.upper(), logging.INFO),
+                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+    return cfg
+
+
+def _store(cfg):
+    from .profiles import ProfileStore
+
+    return ProfileStore(cfg.profiles.resolved())
+
+
+def _vad_settings(cfg):
+    from .vad import VadSettings
+
+    v = cfg.vad
+    return VadSettings(v.aggressiveness, v.start_ms, v.hangover_ms, v.padding_ms)
+
+
+def _err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+# --------------------------------------------------------------------------- devices
+
+@app.command()
+def devices() -> None:
+    """List audio input devices (use the index or part of the name with --device)."""
+    from .sources import list_input_devices
+
+    devs = list_input_devices()
+    if not devs:
+        _err("no input devices found")
+        return
+    for d in devs:
+        typer.echo(f"[{d['index']}] {d['name']}  ({d['hostapi']}, {d['channels']} ch, {d['default_samplerate']:.0f} Hz)")
+
+
+# --------------------------------------------------------------------------- enroll
+
+@app.command()
+def enroll(
+    name: str = typer.Argument(..., help="Profile name: 1-64 of A-Z a-z 0-9 _ . -"),
+    files: Optional[List[Path]] = typer.Argument(None, hidden=True),
+    from_: Optional[List[Path]] = typer.Option(None, "--from", help="Enroll from audio files instead of the mic: --from a.wav b.flac ..."),
+    seconds: float = typer.Option(ENROLL_SECONDS, "--seconds", help="Voiced seconds to collect from the mic."),
+    device: Optional[str] = typer.Option(None, "--device", help="Input device: index or part of its name."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing profile."),
+    config: Optional[Path] = ConfigOpt,
+    profiles_dir: Optional[str] = ProfilesOpt,
+    model: Optional[str] = ModelOpt,
+) -> None:
+    """Enroll a voice: from the microphone (default) or from files with --from."""
+    from .profiles import check_name, enroll as build_profile
+
+    check_name(name)
+    cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model, "audio.device": device})
+    store = _store(cfg)
+    if store.exists(name) and not force:
+        raise StreamsvError(f"profile {name!r} already exists; use --force to replace it")
+    paths = list(from_ or []) + list(files or [])
+    emb = load_model(cfg.model.path)
+    if paths:
+        from .sources import load_audio
+
+        waves = [load_audio(p) for p in paths]
+        profile, warnings = build_profile(emb, name, waves, _vad_settings(cfg), sources=[str(p) for p in paths])
+    else:
+        pieces = _record_enrollment(cfg, seconds)
+        profile, warnings = build_profile(emb, name, pieces, _vad_settings(cfg), trim=False)
+    for w in warnings:
+        _err(f"warning: {w}")
+    path = store.save(profile, force=force)
+    mean, low = profile.consistency()
+    verdict = "good" if low >= 0.75 else ("fair" if low >= 0.6 else "poor: re-enroll in a quiet room, one speaker only")
+    typer.echo(f"enrolled {name!r}: {profile.speech_s:.1f} s of speech, {len(profile.embeddings)} embeddings, "
+               f"consistency mean {mean:.2f} min {low:.2f} ({verdict}) -> {path}")
+
+
+def _record_enrollment(cfg, seconds: float) -> list[np.ndarray]:
+    """Collect ``seconds`` of voiced mic audio with a progress bar and live feedback."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from .sources import MicSource
+    from .vad import Segmenter, SpeechAudio
+
+    seg = Segmenter(_vad_settings(cfg))
+    collected: list[np.ndarray] = []
+    voiced_s = 0.0
+    last_voice = time.monotonic()
+    deadline = time.monotonic() + seconds * 4 + 30
+    clip_frames = quiet_frames = 0
+    with MicSource(cfg.audio.device, cfg.audio.block_ms, cfg.audio.queue_s) as mic, Progress(
+        TextColumn("[bold]voice[/]"), BarColumn(), TextColumn("{task.completed:.1f}/{task.total:.0f} s"),
+        TextColumn("{task.fields[hint]}"),
+    ) as bar:
+        task = bar.add_task("enroll", total=seconds, hint=f"speak naturally into '{mic.name}'")
+        for chunk, captured in mic.chunks():
+            peak = float(np.abs(chunk).max()) if len(chunk) else 0.0
+            for ev in seg.process(chunk, captured):
+                if isinstance(ev, SpeechAudio) and ev.voiced:
+                    collected.append(ev.audio)
+                    voiced_s += len(ev.audio) / 16000
+                    last_voice = time.monotonic()
+                    rms = float(np.sqrt(np.mean(ev.audio ** 2)) + 1e-12)
+                    quiet_frames = quiet_frames + 1 if 20 * np.log10(rms) < QUIET_DBFS else 0
+            clip_frames = clip_frames + 1 if peak >= CLIP_LEVEL else max(0, clip_frames - 1)
+            if clip_frames > 3:
+                hint = "[red]clipping: move back or lower the input gain[/]"
+            elif time.monotonic() - last_voice > NO_VOICE_WARN_S:
+                hint = "[yellow]no voice heard: speak up or check --device[/]"
+            elif quiet_frames > 10:
+                hint = "[yellow]too quiet: move closer to the microphone[/]"
+            else:
+                hint = "[green]hearing you[/]"
+            bar.update(task, completed=min(voiced_s, seconds), hint=hint)
+            if voiced_s >= seconds:
+                break
+            if time.monotonic() > deadline:
+                break
+    if voiced_s < seconds * 0.5:
+        raise StreamsvError(f"too short: heard only {voiced_s:.1f} s of voice (wanted {seconds:.0f} s); try again")
+    audio = np.concatenate(collected)
+    step = int(ENROLL_PIECE_S * 16000)
+    pieces = [audio[i:i + step] for i in range(0, len(audio), step)]
+    if len(pieces) > 1 and len(pieces[-1]) < step // 2:
+        pieces[-2] = np.concatenate([pieces[-2], pieces.pop()])
+    return pieces
+
+
+# --------------------------------------------------------------------------- listen
+
+@app.command()
+def listen(
+    source: Optional[str] = typer.Option(None, "--source", help="mic (default), an audio file, or - for raw s16le 16 kHz mono on stdin."),
+    device: Optional[str] = typer.Option(None, "--device", help="Input device: index or part of its name."),
+    realtime: bool = typer.Option(False, "--realtime", help="Play a file at wall-clock pace (as a mic would)."),
+    json_out: Optional[bool] = typer.Option(None, "--json/--no-json", help="JSON lines (default when stdout is not a TTY)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Accept when the best cosine is at least this."),
+    min_margin: Optional[float] = typer.Option(None, "--min-margin", help="...and leads the runner-up by at least this."),
+    config: Optional[Path] = ConfigOpt,
+    profiles_dir: Optional[str] = ProfilesOpt,
+    model: Optional[str] = ModelOpt,
+) -> None:
+    """Say live who is speaking: accept an enrolled name, or reject as unknown."""
+    cfg = _config(config, **{"audio.source": source, "audio.device": device, "output.json": json_out,
+                             "scoring.threshold": threshold, "scoring.min_margin": min_margin,
+                             "profiles.dir": profiles_dir, "model.path": model})
+    if cfg.audio.source in (None, "mic"):
+        from .sources import resolve_input_device
+
+        resolve_input_device(cfg.audio.device)   # a wrong --device fails before the model loads
+    emb = load_model(cfg.model.path)
+    run_listen(cfg, emb, realtime=realtime)
+
+
+def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
+               stop: threading.Event | None = None, on_event=None) -> dict:
+    """Build source + pipeline + output from a Config and run to the end; returns the final stats."""
+    from .output import make_output
+    from .pipeline import Pipeline
+    from .sources import open_source
+
+    store = _store(cfg)
+
+    def profiles():
+        return {n: p.centroid for n, p in store.load_all(emb.fingerprint).items()}
+
+    if not profiles():
+        log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
+    src = open_source(cfg.audio.source, cfg.audio.device, realtime, cfg.audio.block_ms, cfg.audio.queue_s)
+    pipe = Pipeline(emb, src, cfg, profiles)
+    out = make_output(cfg.output.json, title=title)
+    final: dict = {}
+    stop = stop or threading.Event()
+    with out:
+        events = pipe.run(stop)
+        try:
+            for ev in events:
+                out.update(ev, pipe)
+                if on_event is not None:
+                    on_event(ev)
+                if ev["event"] == "stats" and ev.get("final"):
+                    final = ev
+        except KeyboardInterrupt:
+            stop.set()
+            events.close()
+            final = pipe.stats_event(final=True)
+            out.update(final, pipe)
+    return final
+
+
+# --------------------------------------------------------------------------- verify / embed
+
+@app.command()
+def verify(
+    name: str = typer.Argument(..., help="Claimed profile name."),
+    file: Path = typer.Argument(..., help="Audio file of the speaker."),
+    threshold: Optional[float] = typer.Option(None, "--threshold"),
+    json_out: bool = typer.Option(False, "--json"),
+    config: Optional[Path] = ConfigOpt,
+    profiles_dir: Optional[str] = ProfilesOpt,
+    model: Optional[str] = ModelOpt,
+) -> None:
+    """Score FILE against NAME's profile; exit 0 on accept, 1 on reject."""
+    from .profiles import check_name
+    from .scoring import cosine_scores
+    from .sources import load_audio
+    from .vad import voiced
+
+    check_name(name)
+    cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model, "scoring.threshold": threshold})
+    wave = load_audio(file)
+    emb = load_model(cfg.model.path)
+    prof = _store(cfg).load(name, emb.fingerprint)
+    segments = voiced(wave, _vad_settings(cfg))
+    speech = np.concatenate(segments) if segments else np.zeros(0, np.float32)
+    if len(speech) < 16000 * 0.5:
+        raise StreamsvError(f"{file}: only {len(speech) / 16000:.1f} s of speech; need at least 0.5 s")
+    score = cosine_scores(emb.embed(speech), {name: prof.centroid})[name]
+    ok = score >= cfg.scoring.threshold
+    if json_out:
+        typer.echo(json.dumps({"speaker": name, "accepted": ok, "score": round(score, 4),
+                               "threshold": cfg.scoring.threshold, "speech_s": round(len(speech) / 16000, 2)}))
+    else:
+        typer.echo(f"{'accept' if ok else 'reject'} {name} score {score:.3f} (threshold {cfg.scoring.threshold:.2f})")
+    raise typer.Exit(0 if ok else EXIT_REJECT)
+
+
+@app.command()
+def embed(
+    files: List[Path] = typer.Argument(..., help="Audio files."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    model: Optional[str] = ModelOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Print the embedding of each whole file (unit vector)."""
+    from .sources import load_audio
+
+    cfg = _config(config, **{"model.path": model})
+    emb = load_model(cfg.model.path)
+    for f in files:
+        vec = emb.embed(load_audio(f))
+        if json_out:
+            typer.echo(json.dumps({"file": str(f), "model": emb.fingerprint, "dim": int(vec.size),
+                                   "embedding": [round(float(x), 6) for x in vec]}))
+        else:
+            typer.echo(f"{f}\t" + " ".join(f"{x:.6f}" for x in vec))
+
+
+# --------------------------------------------------------------------------- calibrate
+
+AUDIO_EXT = {".wav", ".flac", ".ogg", ".opus", ".mp3"}
+
+
+@app.command()
+def calibrate(
+    folder: Path = typer.Argument(..., help="One sub-folder per speaker, each with several recordings."),
+    enroll_n: int = typer.Option(3, "--enroll-n", help="Recordings per speaker used to build its profile."),
+    target_far: Optional[float] = typer.Option(None, "--target-far", help="Pick the threshold with at most this false-accept rate (e.g. 0.01) instead of the EER point."),
+    config: Optional[Path] = ConfigOpt,
+    model: Optional[str] = ModelOpt,
+) -> None:
+    """Derive an accept threshold from your own recordings and print it."""
+    from .profiles import centroid_of
+    from .scoring import calibrate as calib
+    from .sources import load_audio
+    from .vad import voiced
+
+    cfg = _config(config, **{"model.path": model})
+    if not folder.is_dir():
+        raise StreamsvError(f"{folder}: not a folder (expected one sub-folder per speaker)")
+    speakers = {}
+    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = sorted(f for f in d.iterdir() if f.suffix.lower() in AUDIO_EXT)
+        if len(files) > enroll_n:
+            speakers[d.name] = files
+        else:
+            _err(f"warning: {d.name}: needs more than {enroll_n} recordings, skipped")
+    if len(speakers) < 2:
+        raise StreamsvError(f"{folder}: need at least 2 speakers with more than {enroll_n} recordings each")
+    emb = load_model(cfg.model.path)
+    window = int(cfg.scoring.window_s * 16000)
+    min_len = int(cfg.scoring.min_speech_s * 16000)
+    centroids, tests = {}, []
+    for spk, files in speakers.items():
+        vecs = []
+        for i, f in enumerate(files):
+            segs = voiced(load_audio(f), _vad_settings(cfg))
+            speech = np.concatenate(segs) if segs else np.zeros(0, np.float32)
+            if len(speech) < min_len:
+                continue
+            if i < enroll_n:
+                vecs.append(emb.embed(speech))
+            else:
+                # Score windows of live length, as listen would.
+                for s in range(0, max(1, len(speech) - min_len + 1), window):
+                    tests.append((spk, emb.embed(speech[s:s + window])))
+        if not vecs:
+            raise StreamsvError(f"{spk}: no usable enrollment speech")
+        centroids[spk] = centroid_of(np.stack(vecs))
+    gen, imp = [], []
+    for spk, v in tests:
+        for other, c in centroids.items():
+            (gen if other == spk else imp).append(float(np.dot(v, c)))
+    res = calib(np.array(gen), np.array(imp), target_far)
+    typer.echo(f"speakers {len(centroids)}, genuine trials {res.n_genuine}, impostor trials {res.n_impostor}")
+    typer.echo(f"EER {res.eer * 100:.2f}%")
+    typer.echo(f"threshold {res.threshold:.3f}  (FAR {res.far * 100:.2f}%, FRR {res.frr * 100:.2f}%)")
+    typer.echo(f"use it: streamsv listen --threshold {res.threshold:.3f}   or   scoring: {{threshold: {res.threshold:.3f}}} in config.yaml")
+
+
+# --------------------------------------------------------------------------- profiles
+
+@profiles_app.command("list")
+def profiles_list(profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
+    """List enrolled profiles."""
+    cfg = _config(config, **{"profiles.dir": profiles_dir})
+    store = _store(cfg)
+    names = store.names()
+    if not names:
+        _err(f"no profiles in {store.dir}")
+        return
+    for n in names:
+        try:
+            p = store.load(n)
+            typer.echo(f"{n}\t{p.speech_s:.1f} s\t{len(p.embeddings)} emb\tmodel {p.model}\t"
+                       f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(p.created))}")
+        except StreamsvError as e:
+            typer.echo(f"{n}\tUNREADABLE: {e}")
+
+
+@profiles_app.command("show")
+def profiles_show(name: str, json_out: bool = typer.Option(False, "--json"),
+                  profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
+    """Show one profile's details."""
+    cfg = _config(config, **{"profiles.dir": profiles_dir})
+    p = _store(cfg).load(name)
+    mean, low = p.consistency()
+    info = {"name": p.name, "model": p.model, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(p.created)),
+            "speech_s": round(p.speech_s, 2), "embeddings": len(p.embeddings), "dim": p.dim,
+            "consistency_mean": round(mean, 4), "consistency_min": round(low, 4)}
+    if json_out:
+        typer.echo(json.dumps(info))
+    else:
+        for k, v in info.items():
+            typer.echo(f"{k:17} {v}")
+
+
+@profiles_app.command("delete")
+def profiles_delete(name: str, profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
+    """Delete a profile."""
+    cfg = _config(config, **{"profiles.dir": profiles_dir})
+    _store(cfg).delete(name)
+    typer.echo(f"deleted {name!r}")
+
+
+@profiles_app.command("rename")
+def profiles_rename(old: str, new: str, force: bool = typer.Option(False, "--force"),
+                    profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
+    """Rename a profile."""
+    cfg = _config(config, **{"profiles.dir": profiles_dir})
+    _store(cfg).rename(old, new, force=force)
+    typer.echo(f"renamed {old!r} -> {new!r}")
+
+
+@profiles_app.command("export")
+def profiles_export(name: str, dest: Path, profiles_dir: Optional[str] = ProfilesOpt,
+                    config: Optional[Path] = ConfigOpt) -> None:
+    """Copy a profile to a file (0600; it is biometric data: keep it private)."""
+    cfg = _config(config, **{"profiles.dir": profiles_dir})
+    out = _store(cfg).export(name, dest)
+    typer.echo(f"exported {name!r} -> {out}")
+
+
+@profiles_app.command("import")
+def profiles_import(file: Path, name: Optional[str] = typer.Option(None, "--name", help="Store under this name."),
+                    force: bool = typer.Option(False, "--force"), profiles_dir: Optional[str] = ProfilesOpt,
+                    config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt) -> None:
+    """Import a profile file made by this model."""
+    cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model})
+    emb = load_model(cfg.model.path)
+    p = _store(cfg).import_(file, name=name, force=force, fingerprint=emb.fingerprint)
+    typer.echo(f"imported {p.name!r}")
+
+
+# --------------------------------------------------------------------------- bench / demo
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Run the accuracy/latency benchmark (options are passed to streamsv.bench)."""
+    try:
+        from . import bench as bench_mod
+    except ImportError as e:
+        raise StreamsvError(f"streamsv bench is not available in this install ({e})") from None
+    rc = bench_mod.main(list(ctx.args))
+    raise typer.Exit(int(rc or 0))
+
+
+@app.command()
+def demo(
+    realtime: bool = typer.Option(True, "--realtime/--fast", help="Play the conversation at real-time pace."),
+    json_out: Optional[bool] = typer.Option(None, "--json/--no-json"),
+    keep: Optional[Path] = typer.Option(None, "--keep", help="Also save the generated audio in this folder."),
+    model: Optional[str] = ModelOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Enroll two synthetic voices and play a conversation through the live pipeline: start here."""
+    from .demo import run_demo
+
+    cfg = _config(config, **{"model.path": model, "output.json": json_out})
+    emb = load_model(cfg.model.path)
+    run_demo(cfg, emb, realtime=realtime, keep=keep)
+
+
+# --------------------------------------------------------------------------- entry point
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="streamsv")
+    except StreamsvError as e:
+        _err(f"error: {e}")
+        sys.exit(EXIT_ERROR)
+    except BrokenPipeError:
+        # `streamsv listen --json | head`: the reader left; not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

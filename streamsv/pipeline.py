@@ -1,0 +1,222 @@
+"""The live loop: source → VAD segments → rolling embedding → scores → events.
+
+``Pipeline.run(stop)`` yields plain-dict events (the JSON schema is in
+output.py's docstring). It is written to be driven by the CLI and by a service
+layer alike: ``on_audio`` is called for every chunk that arrives (a watchdog can
+hang off it), ``request_reload()`` is safe to call from any thread or a signal
+handler (profiles are re-read between chunks), and stopping — via the ``stop``
+event or the source ending — always yields a final ``stats`` event.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .config import Config
+from .scoring import Smoother, cosine_scores, decide, unit
+from .sources import SAMPLE_RATE, Source
+from .vad import Segmenter, SpeechAudio, SpeechEnd, SpeechStart, VadSettings
+
+TAIL_MIN_S = 0.3              # audio after the last hop worth adding to the turn summary
+LATENCY_KEEP = 5000            # recent hops kept for percentiles: bounded memory on a long-running service
+
+ProfileLoader = Callable[[], dict[str, np.ndarray]]
+
+
+def percentile(values, q: float) -> float | None:
+    return round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), 2) if len(values) else None
+
+
+class Pipeline:
+    def __init__(self, embedder, source: Source, cfg: Config, profiles: ProfileLoader | dict[str, np.ndarray],
+                 on_audio: Callable[[int], None] | None = None) -> None:
+        self.embedder = embedder
+        self.source = source
+        self.cfg = cfg
+        self.sc = cfg.scoring
+        self._loader: ProfileLoader = profiles if callable(profiles) else (lambda p=dict(profiles): p)
+        self.centroids: dict[str, np.ndarray] = {}
+        self.reload_profiles()
+        self._reload_requested = threading.Event()
+        self.on_audio = on_audio
+        v = cfg.vad
+        self.segmenter = Segmenter(VadSettings(v.aggressiveness, v.start_ms, v.hangover_ms, v.padding_ms))
+        self.stream = embedder.stream(window_s=self.sc.window_s)
+        self.smoother = Smoother(self.sc.smoothing_hops)
+        # Counters (read by the live view and a service layer).
+        self.chunks_in = 0
+        self.audio_s = 0.0
+        self.busy_s = 0.0            # wall time spent processing (VAD + model + scoring)
+        self.decisions = 0
+        self.segments = 0
+        self.in_speech = False
+        self.last_decision: dict | None = None
+        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_KEEP)
+        self.compute_ms: deque[float] = deque(maxlen=LATENCY_KEEP)
+        self._started = time.monotonic()
+        self._seg_reset()
+
+    # ------------------------------------------------------------------ profiles
+
+    def reload_profiles(self) -> int:
+        """Re-read profiles now (call from the loop's thread); returns how many are loaded."""
+        self.centroids = {n: unit(c) for n, c in self._loader().items()}
+        return len(self.centroids)
+
+    def request_reload(self) -> None:
+        """Ask for a reload at the next chunk boundary; safe from signal handlers and other threads."""
+        self._reload_requested.set()
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, stop: threading.Event | None = None) -> Iterator[dict]:
+        interval = self.cfg.output.stats_interval_s
+        next_stats = time.monotonic() + interval
+        try:
+            for chunk, captured in self.source.chunks(stop):
+                self.chunks_in += 1
+                if self.on_audio is not None:
+                    self.on_audio(len(chunk))
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    n = self.reload_profiles()
+                    yield {"event": "profiles_reloaded", "t": round(self.audio_s, 3), "profiles": sorted(self.centroids), "count": n}
+                began = time.perf_counter()
+                self.audio_s += len(chunk) / SAMPLE_RATE
+                events = self._process(self.segmenter.process(chunk, captured))
+                self.busy_s += time.perf_counter() - began
+                yield from events
+                if interval > 0 and time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + interval
+                    yield self.stats_event()
+                if stop is not None and stop.is_set():
+                    break
+            yield from self._process(self.segmenter.flush())
+        finally:
+            self.source.close()
+        yield self.stats_event(final=True)
+
+    def _seg_reset(self) -> None:
+        self.stream.reset()
+        self.smoother.reset()
+        self._seg_audio_s = 0.0
+        self._next_hop = self.sc.min_speech_s
+        self._seg_embeddings: list[np.ndarray] = []
+        self._buf: list[np.ndarray] = []
+        self._seg_hops = 0
+        self._seg_start = 0.0
+        self._compute_mark = self.stream.compute_seconds
+
+    def _process(self, vad_events) -> list[dict]:
+        out: list[dict] = []
+        for ev in vad_events:
+            if isinstance(ev, SpeechStart):
+                self._seg_reset()
+                self._seg_start = ev.t
+                self.in_speech = True
+                self.segments += 1
+                out.append({"event": "speech_start", "t": round(ev.t, 3)})
+            elif isinstance(ev, SpeechAudio):
+                # Audio is batched and pushed to the model once per hop: per-call
+                # overhead makes many 30 ms pushes several times dearer than one.
+                self._buf.append(ev.audio)
+                self._seg_audio_s += len(ev.audio) / SAMPLE_RATE
+                if self._seg_audio_s + 1e-9 >= self._next_hop:
+                    while self._next_hop <= self._seg_audio_s + 1e-9:
+                        self._next_hop += self.sc.hop_s
+                    d = self._hop(ev)
+                    if d is not None:
+                        out.append(d)
+            elif isinstance(ev, SpeechEnd):
+                self.in_speech = False
+                if self._seg_embeddings and sum(map(len, self._buf)) >= TAIL_MIN_S * SAMPLE_RATE:
+                    self._flush_buf()   # let the turn's last words count in its summary
+                    emb = self.stream.embedding()
+                    if emb is not None:
+                        self._seg_embeddings.append(emb)
+                out.append(self._summary(ev))
+        return out
+
+    def _flush_buf(self) -> None:
+        if self._buf:
+            self.stream.push(np.concatenate(self._buf))
+            self._buf = []
+
+    def _hop(self, ev: SpeechAudio) -> dict | None:
+        self._flush_buf()
+        emb = self.stream.embedding()
+        if emb is None:
+            return None
+        self._seg_embeddings.append(emb)
+        self._seg_hops += 1
+        raw = cosine_scores(emb, self.centroids)
+        smoothed = self.smoother.push(raw)
+        d = decide(smoothed, self.sc.threshold, self.sc.min_margin)
+        # Model time for this hop: every push since the previous hop, plus pooling.
+        compute_ms = (self.stream.compute_seconds - self._compute_mark) * 1000.0
+        self._compute_mark = self.stream.compute_seconds
+        latency_ms = (time.monotonic() - ev.capture_time) * 1000.0
+        self.latencies_ms.append(latency_ms)
+        self.compute_ms.append(compute_ms)
+        self.decisions += 1
+        event = {
+            "event": "decision",
+            "t": round(ev.t_end, 3),
+            "speaker": d.speaker,
+            "accepted": d.accepted,
+            "score": _r(d.score),
+            "scores": {n: _r(s) for n, s in sorted(smoothed.items())},
+            "speech_s": round(self.stream.seconds, 3),
+            "latency_ms": round(latency_ms, 2),
+            "compute_ms": round(compute_ms, 2),
+        }
+        self.last_decision = event
+        return event
+
+    def _summary(self, ev: SpeechEnd) -> dict:
+        event = {"event": "speech_end", "t": round(ev.t, 3), "start": round(self._seg_start, 3),
+                 "duration_s": round(ev.duration_s, 3), "decisions": self._seg_hops}
+        if self._seg_embeddings:
+            # The mean of the segment's hop embeddings covers the whole turn, not just its last window.
+            scores = cosine_scores(unit(np.mean(self._seg_embeddings, axis=0)), self.centroids)
+            d = decide(scores, self.sc.threshold, self.sc.min_margin)
+            event.update(speaker=d.speaker, accepted=d.accepted, score=_r(d.score),
+                         scores={n: _r(s) for n, s in sorted(scores.items())})
+        else:
+            # Shorter than min_speech_s: too little audio to say anything.
+            event.update(speaker=None, accepted=False, score=None, scores={})
+        return event
+
+    # ------------------------------------------------------------------ stats
+
+    def stats_event(self, final: bool = False) -> dict:
+        s = self.source.stats
+        lat = list(self.latencies_ms)
+        comp = list(self.compute_ms)
+        return {
+            "event": "stats",
+            "t": round(self.audio_s, 3),
+            "final": final,
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "audio_s": round(self.audio_s, 3),
+            "segments": self.segments,
+            "decisions": self.decisions,
+            "profiles": len(self.centroids),
+            "latency_p50_ms": percentile(lat, 50),
+            "latency_p95_ms": percentile(lat, 95),
+            "latency_p99_ms": percentile(lat, 99),
+            "compute_p50_ms": percentile(comp, 50),
+            "compute_p95_ms": percentile(comp, 95),
+            "rtf": round(self.busy_s / self.audio_s, 4) if self.audio_s > 0 else None,
+            "overflows": s.overflows,
+            "drops": s.drops,
+            "dropped_s": round(s.dropped_s, 3),
+        }
+
+
+def _r(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 4)

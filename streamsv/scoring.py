@@ -1,0 +1,115 @@
+"""Turning embeddings into decisions: cosine scores, threshold + margin, smoothing, calibration.
+
+score  = cosine between the live embedding and a profile centroid (unit vectors: -1..1).
+accept = best score >= threshold AND best - runner-up >= min_margin; otherwise "unknown".
+The margin keeps two similar enrolled voices from being confused: when the
+evidence does not clearly favour one of them we say unknown rather than guess.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_THRESHOLD = 0.70
+DEFAULT_MIN_MARGIN = 0.05
+
+
+@dataclass(frozen=True)
+class Decision:
+    speaker: str | None        # accepted profile name, None for unknown
+    accepted: bool
+    score: float               # best cosine (nan if no profiles)
+    best: str | None           # best-scoring profile even when rejected
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v
+
+
+def cosine_scores(embedding: np.ndarray, centroids: dict[str, np.ndarray]) -> dict[str, float]:
+    e = unit(embedding)
+    return {name: float(np.dot(e, unit(c))) for name, c in centroids.items()}
+
+
+def decide(scores: dict[str, float], threshold: float = DEFAULT_THRESHOLD,
+           min_margin: float = DEFAULT_MIN_MARGIN) -> Decision:
+    if not scores:
+        return Decision(None, False, float("nan"), None, {})
+    ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
+    best, top = ranked[0]
+    runner = ranked[1][1] if len(ranked) > 1 else -1.0
+    ok = top >= threshold and (top - runner) >= min_margin
+    return Decision(best if ok else None, ok, top, best, dict(scores))
+
+
+class Smoother:
+    """Average per-profile scores over the last ``hops`` decisions of one segment.
+
+    Averaging scores (rather than voting labels) lets one noisy hop nudge, not
+    flip, the label; ``reset()`` at every new segment so turns never mix.
+    """
+
+    def __init__(self, hops: int = 3) -> None:
+        self.hops = max(1, int(hops))
+        self._recent: collections.deque[dict[str, float]] = collections.deque(maxlen=self.hops)
+
+    def reset(self) -> None:
+        self._recent.clear()
+
+    def push(self, scores: dict[str, float]) -> dict[str, float]:
+        self._recent.append(scores)
+        out = {}
+        for n in scores:  # profiles present now (a reload may have removed some)
+            vals = [s[n] for s in self._recent if n in s]
+            out[n] = float(np.mean(vals))
+        return out
+
+
+# --------------------------------------------------------------------------- calibration
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float
+    eer: float                 # equal error rate at the EER threshold
+    far: float                 # false-accept rate at the chosen threshold
+    frr: float                 # false-reject rate at the chosen threshold
+    n_genuine: int
+    n_impostor: int
+
+
+def _rates(genuine: np.ndarray, impostor: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    g = np.sort(genuine)
+    i = np.sort(impostor)
+    frr = np.searchsorted(g, thr, side="left") / len(g)          # genuine below threshold
+    far = 1.0 - np.searchsorted(i, thr, side="left") / len(i)    # impostor at or above threshold
+    return far, frr
+
+
+def calibrate(genuine: np.ndarray, impostor: np.ndarray, target_far: float | None = None) -> Calibration:
+    """Threshold from score lists: the EER point, or the lowest threshold with FAR <= target_far."""
+    g = np.asarray(genuine, dtype=np.float64)
+    i = np.asarray(impostor, dtype=np.float64)
+    if len(g) == 0 or len(i) == 0:
+        raise ValueError("calibration needs both genuine and impostor scores")
+    cands = np.unique(np.concatenate([g, i, [np.nextafter(max(g.max(), i.max()), np.inf)]]))
+    far, frr = _rates(g, i, cands)
+    k = int(np.argmin(np.abs(far - frr)))
+    eer = float((far[k] + frr[k]) / 2)
+    if target_far is None:
+        # Midway between neighbours at the EER crossing is less brittle than a data point.
+        thr = float(cands[k])
+        if k > 0:
+            thr = float((cands[k - 1] + cands[k]) / 2)
+            far_m, frr_m = _rates(g, i, np.array([thr]))
+            if abs(far_m[0] - frr_m[0]) > abs(far[k] - frr[k]):
+                thr = float(cands[k])
+    else:
+        ok = np.nonzero(far <= target_far)[0]
+        thr = float(cands[ok[0]])
+    far_t, frr_t = _rates(g, i, np.array([thr]))
+    return Calibration(thr, eer, float(far_t[0]), float(frr_t[0]), len(g), len(i))

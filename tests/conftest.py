@@ -1,0 +1,81 @@
+"""Shared fixtures: a fast untrained embedder for plumbing, real speech when available."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SR = 16000
+
+
+def data_dir() -> Path | None:
+    """../shared/data beside the checkout, or $STREAMSV_DATA; None when absent."""
+    d = Path(os.environ.get("STREAMSV_DATA") or REPO.parent / "shared" / "data")
+    return d if d.is_dir() else None
+
+
+def dev_speakers() -> list[str]:
+    d = data_dir()
+    if d is None:
+        return []
+    f = d / "speechocean762" / "dev-speakers.txt"
+    return [s.strip() for s in f.read_text().split() if s.strip()] if f.is_file() else []
+
+
+def dev_utterances(speaker: str) -> list[Path]:
+    d = data_dir()
+    return sorted((d / "speechocean762" / "train" / speaker).glob("*.opus")) if d else []
+
+
+@pytest.fixture(scope="session")
+def untrained():
+    from streamsv.embedder import Embedder
+
+    return Embedder.untrained(seed=0)
+
+
+def _espeak(text: str, path: Path, voice: str = "en-us+m3") -> np.ndarray | None:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        return None
+    subprocess.run([exe, "-v", voice, "-w", str(path), text], check=True, capture_output=True)
+    from streamsv.sources import load_audio
+
+    return load_audio(path)
+
+
+@pytest.fixture(scope="session")
+def speech_clips(tmp_path_factory) -> list[np.ndarray]:
+    """A few seconds-long clips of real speech (dev speaker), else espeak-ng speech; skip if neither."""
+    from streamsv.sources import load_audio
+
+    spk = dev_speakers()
+    if spk:
+        return [load_audio(p) for p in dev_utterances(spk[0])[:3]]
+    tmp = tmp_path_factory.mktemp("espeak")
+    clips = [_espeak(t, tmp / f"{i}.wav") for i, t in enumerate((
+        "The quick brown fox jumps over the lazy dog near the river bank.",
+        "Please remember to water the plants in the kitchen every morning.",
+        "I usually take the early train to work when the weather is nice."))]
+    if clips[0] is None:
+        pytest.skip("needs ../shared/data or espeak-ng for real speech")
+    return clips
+
+
+def with_pauses(clips: list[np.ndarray], pause_s: float = 1.0) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Concatenate clips with silence between; returns audio and (start, end) of each clip."""
+    pause = np.zeros(int(pause_s * SR), dtype=np.float32)
+    parts, spans, t = [pause], [], pause_s
+    for c in clips:
+        parts += [c.astype(np.float32), pause]
+        spans.append((t, t + len(c) / SR))
+        t += (len(c) + len(pause)) / SR
+    return np.concatenate(parts), spans

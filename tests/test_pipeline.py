@@ -1,0 +1,120 @@
+import threading
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import with_pauses
+from streamsv.config import Config
+from streamsv.pipeline import Pipeline
+from streamsv.sources import FileSource
+
+SR = 16000
+DECISION_KEYS = {"event", "t", "speaker", "accepted", "score", "scores", "speech_s", "latency_ms", "compute_ms"}
+
+
+@pytest.fixture(scope="module")
+def conversation(tmp_path_factory, speech_clips):
+    audio, spans = with_pauses(speech_clips, pause_s=1.2)
+    p = tmp_path_factory.mktemp("conv") / "conv.wav"
+    sf.write(p, audio, SR)
+    return p, spans
+
+
+def profiles_for(emb, clips):
+    return {"first": emb.embed(clips[0]), "other": emb.embed(clips[1][::-1].copy())}
+
+
+def test_event_stream_shape(untrained, speech_clips, conversation):
+    path, spans = conversation
+    cfg = Config()
+    pipe = Pipeline(untrained, FileSource(path), cfg, profiles_for(untrained, speech_clips))
+    events = list(pipe.run())
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "speech_start" and kinds[-1] == "stats" and events[-1]["final"]
+    decisions = [e for e in events if e["event"] == "decision"]
+    assert len(decisions) >= 3
+    open_seg, seg_start, last_t = False, None, -1.0
+    for e in events:
+        if e["event"] == "speech_start":
+            assert not open_seg
+            open_seg, seg_start, hops = True, e["t"], []
+        elif e["event"] == "decision":
+            assert open_seg, "decision outside a speech segment"
+            assert set(e) == DECISION_KEYS
+            assert e["t"] > last_t
+            last_t = e["t"]
+            assert set(e["scores"]) == {"first", "other"}
+            assert e["score"] == max(e["scores"].values())
+            assert e["accepted"] == (e["speaker"] is not None)
+            assert 0 < e["speech_s"] <= cfg.scoring.window_s + 1e-6
+            assert e["latency_ms"] >= 0 and e["compute_ms"] >= 0
+            hops.append(e)
+            if len(hops) == 1:
+                # The first hop of a segment comes after min_speech_s of its audio: the stream was reset.
+                assert e["speech_s"] <= cfg.scoring.min_speech_s + 0.1
+                assert e["t"] - seg_start >= cfg.scoring.min_speech_s - 1e-6
+            else:
+                assert e["t"] - hops[-2]["t"] >= cfg.scoring.hop_s - 0.031
+        elif e["event"] == "speech_end":
+            assert open_seg
+            open_seg = False
+            assert e["decisions"] == len(hops)
+    stats = events[-1]
+    assert stats["decisions"] == len(decisions)
+    assert stats["latency_p95_ms"] is not None and stats["rtf"] > 0
+    assert stats["audio_s"] == pytest.approx(sf.info(path).duration, abs=0.05)
+
+
+def test_decision_tracks_the_enrolled_clip(untrained, speech_clips, conversation):
+    # Even an untrained encoder scores a clip highest against its own embedding.
+    path, spans = conversation
+    cfg = Config().with_overrides(**{"scoring.threshold": 0.0, "scoring.min_margin": 0.0})
+    profs = {f"clip{i}": untrained.embed(c) for i, c in enumerate(speech_clips)}
+    events = list(Pipeline(untrained, FileSource(path), cfg, profs).run())
+    summaries = [e for e in events if e["event"] == "speech_end" and e["decisions"]]
+    assert summaries
+    for s in summaries:
+        turn = [i for i, (a, b) in enumerate(spans) if a - 0.5 <= s["start"] <= b]
+        assert s["speaker"] == f"clip{turn[0]}"
+
+
+def test_reload_stop_and_audio_hook(untrained, speech_clips, conversation):
+    path, _ = conversation
+    profs = {"first": untrained.embed(speech_clips[0])}
+    seen = []
+    pipe = Pipeline(untrained, FileSource(path), Config(), lambda: dict(profs), on_audio=seen.append)
+    stop = threading.Event()
+    events = []
+    for e in pipe.run(stop):
+        events.append(e)
+        if e["event"] == "decision" and "second" not in profs:
+            profs["second"] = untrained.embed(speech_clips[1])
+            pipe.request_reload()
+        if e["event"] == "decision" and set(e["scores"]) == {"first", "second"}:
+            stop.set()
+    reload = [e for e in events if e["event"] == "profiles_reloaded"]
+    assert reload and reload[0]["profiles"] == ["first", "second"]
+    assert events[-1]["event"] == "stats" and events[-1]["final"]
+    assert events[-1]["audio_s"] < sf.info(path).duration - 1.0     # stopped early
+    assert len(seen) == pipe.chunks_in and all(n == 480 for n in seen)
+
+
+def test_realtime_stats_report_latency(untrained, speech_clips, tmp_path):
+    audio, _ = with_pauses(speech_clips[:1], pause_s=0.3)
+    p = tmp_path / "rt.wav"
+    sf.write(p, audio[: int(2.5 * SR)], SR)
+    cfg = Config().with_overrides(**{"output.stats_interval_s": 1.0})
+    events = list(Pipeline(untrained, FileSource(p, realtime=True), cfg, {"x": untrained.embed(speech_clips[0])}).run())
+    stats = [e for e in events if e["event"] == "stats"]
+    assert len(stats) >= 2 and not stats[0]["final"] and stats[-1]["final"]
+    assert stats[-1]["latency_p95_ms"] is not None
+    # Capture-to-decision at real time: the hop's compute, not the file's length.
+    assert 0 < stats[-1]["latency_p95_ms"] < 1000
+
+
+def test_no_profiles_rejects_everything(untrained, conversation):
+    path, _ = conversation
+    events = list(Pipeline(untrained, FileSource(path), Config(), {}).run())
+    ds = [e for e in events if e["event"] == "decision"]
+    assert ds and all(not d["accepted"] and d["scores"] == {} and d["score"] is None for d in ds)

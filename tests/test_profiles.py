@@ -1,0 +1,132 @@
+import json
+import logging
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from streamsv.errors import StreamsvError
+from streamsv.profiles import ProfileStore, check_name, enroll, new_profile
+
+
+def prof(name="alice", model="m1", n=4, dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    e = rng.normal(size=(n, dim)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    return new_profile(name, e, 12.5, model)
+
+
+def mode(p):
+    return stat.S_IMODE(os.stat(p).st_mode)
+
+
+def test_roundtrip_and_permissions(tmp_path):
+    store = ProfileStore(tmp_path / "profiles")
+    p = prof()
+    path = store.save(p)
+    assert mode(path) == 0o600 and mode(store.dir) == 0o700
+    q = store.load("alice", fingerprint="m1")
+    assert np.allclose(q.embeddings, p.embeddings) and np.allclose(q.centroid, p.centroid)
+    assert q.speech_s == 12.5 and q.model == "m1" and q.created == pytest.approx(p.created)
+    data = json.loads(path.read_text())
+    assert data["format"] == "streamsv-profile" and data["version"] == 1
+    assert np.linalg.norm(q.centroid) == pytest.approx(1.0, abs=1e-5)
+    assert [f.name for f in store.dir.iterdir()] == ["alice.json"]   # no temp files left behind
+
+
+def test_existing_loose_dir_is_tightened(tmp_path):
+    d = tmp_path / "p"
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    ProfileStore(d).save(prof())
+    assert mode(d) == 0o700
+
+
+def test_replace_needs_force(tmp_path):
+    store = ProfileStore(tmp_path)
+    store.save(prof())
+    with pytest.raises(StreamsvError, match="--force"):
+        store.save(prof(seed=1))
+    store.save(prof(seed=1), force=True)
+    assert np.allclose(store.load("alice").embeddings, prof(seed=1).embeddings)
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "../x", "a..b", ".hidden", "x" * 65, "sp ace", "é", "a\\b"])
+def test_bad_names_refused(bad, tmp_path):
+    with pytest.raises(StreamsvError, match="invalid profile name"):
+        check_name(bad)
+    with pytest.raises(StreamsvError):
+        ProfileStore(tmp_path).load(bad)
+
+
+@pytest.mark.parametrize("good", ["alice", "Bob_2", "a.b-c", "x" * 64])
+def test_good_names(good):
+    assert check_name(good) == good
+
+
+def test_other_model_refused_with_reenroll_message(tmp_path):
+    store = ProfileStore(tmp_path)
+    store.save(prof(model="old"))
+    with pytest.raises(StreamsvError, match="re-enroll"):
+        store.load("alice", fingerprint="new")
+    assert store.load_all(fingerprint="new") == {}
+
+
+def test_corrupt_profile_warns_and_others_load(tmp_path, caplog):
+    store = ProfileStore(tmp_path)
+    store.save(prof("alice"))
+    store.save(prof("bob", seed=2))
+    (tmp_path / "bob.json").write_text('{"format": "streamsv-profile", "version": 1, "name": "bob", "embe')
+    (tmp_path / "carol.json").write_bytes(b"\x80\x81 not json")
+    with caplog.at_level(logging.WARNING, logger="streamsv.profiles"):
+        got = store.load_all()
+    assert list(got) == ["alice"]
+    assert "bob.json" in caplog.text and "carol.json" in caplog.text
+    with pytest.raises(StreamsvError, match="corrupt"):
+        store.load("bob")
+
+
+def test_malformed_fields_refused(tmp_path):
+    store = ProfileStore(tmp_path)
+    path = store.save(prof())
+    data = json.loads(path.read_text())
+    data["centroid"] = data["centroid"][:-1]
+    path.write_text(json.dumps(data))
+    with pytest.raises(StreamsvError, match="malformed"):
+        store.load("alice")
+    data["version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(StreamsvError, match="version"):
+        store.load("alice")
+
+
+def test_rename_delete_export_import(tmp_path):
+    store = ProfileStore(tmp_path / "a")
+    store.save(prof())
+    store.rename("alice", "alicia")
+    assert store.names() == ["alicia"]
+    out = store.export("alicia", tmp_path)
+    assert out == tmp_path / "alicia.json" and mode(out) == 0o600
+    other = ProfileStore(tmp_path / "b")
+    with pytest.raises(StreamsvError, match="another model"):
+        other.import_(out, fingerprint="m2")
+    other.import_(out, name="al", fingerprint="m1")
+    assert other.load("al").name == "al"
+    with pytest.raises(StreamsvError, match="--force"):
+        other.import_(out, name="al")
+    store.delete("alicia")
+    assert store.names() == []
+    with pytest.raises(StreamsvError, match="no profile"):
+        store.delete("alicia")
+
+
+def test_enroll_from_recordings(untrained, speech_clips):
+    silence = np.zeros(16000, np.float32)
+    p, warnings = enroll(untrained, "spk", list(speech_clips) + [silence], sources=["a", "b", "c", "quiet"])
+    assert len(p.embeddings) == len(speech_clips)
+    assert warnings == ["quiet: only 0.0 s of speech, skipped"]
+    assert p.model == untrained.fingerprint and p.dim == untrained.dim
+    assert 2.0 < p.speech_s <= sum(len(c) for c in speech_clips) / 16000 + 1e-6
+    with pytest.raises(StreamsvError, match="no usable speech"):
+        enroll(untrained, "spk", [silence])

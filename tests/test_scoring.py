@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from streamsv.scoring import Smoother, calibrate, cosine_scores, decide
+
+
+def test_cosine_scores_are_cosines():
+    c = {"a": np.array([1.0, 0, 0]), "b": np.array([0, 2.0, 0])}
+    s = cosine_scores(np.array([1.0, 1.0, 0]), c)
+    assert s["a"] == pytest.approx(np.sqrt(0.5)) and s["b"] == pytest.approx(np.sqrt(0.5))
+
+
+def test_decide_threshold_and_margin():
+    d = decide({"a": 0.8, "b": 0.5}, threshold=0.7, min_margin=0.05)
+    assert d.accepted and d.speaker == "a" and d.score == 0.8
+    d = decide({"a": 0.65, "b": 0.5}, threshold=0.7, min_margin=0.05)
+    assert not d.accepted and d.speaker is None and d.best == "a"
+    d = decide({"a": 0.80, "b": 0.78}, threshold=0.7, min_margin=0.05)   # too close to call
+    assert not d.accepted and d.speaker is None
+    d = decide({"a": 0.71}, threshold=0.7, min_margin=0.05)              # single profile: no runner-up
+    assert d.accepted
+    d = decide({}, threshold=0.7)
+    assert not d.accepted and np.isnan(d.score)
+
+
+def test_smoother_averages_recent_hops_and_resets():
+    s = Smoother(hops=3)
+    assert s.push({"a": 0.9, "b": 0.1}) == {"a": 0.9, "b": 0.1}
+    out = s.push({"a": 0.3, "b": 0.7})        # one contrary hop does not flip the label
+    assert out["a"] > out["b"]
+    s.push({"a": 0.3, "b": 0.7})
+    out = s.push({"a": 0.3, "b": 0.7})        # ...but a sustained change does
+    assert out == pytest.approx({"a": 0.3, "b": 0.7})
+    s.reset()
+    assert s.push({"a": 0.2}) == {"a": 0.2}
+
+
+def test_calibrate_eer_and_target_far():
+    rng = np.random.default_rng(0)
+    gen = rng.normal(0.8, 0.05, 2000)
+    imp = rng.normal(0.5, 0.05, 20000)
+    c = calibrate(gen, imp)
+    assert 0.62 < c.threshold < 0.68             # midway between equal-variance classes
+    assert c.eer < 0.01 and abs(c.far - c.frr) < 0.01
+    strict = calibrate(gen, imp, target_far=0.0001)
+    assert strict.threshold > c.threshold and strict.far <= 0.0001
+    # Overlapping classes: EER is where FAR and FRR meet.
+    c2 = calibrate(rng.normal(0.6, 0.1, 5000), rng.normal(0.5, 0.1, 5000))
+    assert 0.25 < c2.eer < 0.35 and abs(c2.far - c2.frr) < 0.02
+    with pytest.raises(ValueError):
+        calibrate(np.array([]), imp)
