@@ -185,6 +185,7 @@ class System:
     num_parameters: int | None = None
     macs_per_second: float | None = None
     _embed_many: object = field(default=None, repr=False)
+    embedder: object = field(default=None, repr=False)  # the student's Embedder, for other tools
 
     def embed_many(self, waves: list[np.ndarray]) -> np.ndarray:
         return self._embed_many(waves)
@@ -207,6 +208,7 @@ def student_system(spec: str) -> System:
         num_parameters=getattr(emb, "num_parameters", None),
         macs_per_second=getattr(emb, "macs_per_second", None),
         _embed_many=lambda waves: np.stack([emb.embed(w) for w in waves]),
+        embedder=emb,
     )
 
 

@@ -51,6 +51,7 @@ class Teacher:
 
     sample_rate = SAMPLE_RATE
     dim = 256
+    fingerprint = "resemblyzer-0.1.4"  # profiles record which model made them
 
     def __init__(self) -> None:
         resemblyzer, self._audio, self._hp = _import_resemblyzer()
