@@ -48,7 +48,9 @@ def load_model(path: str | None):
 
     from . import load_embedder
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    # One thread: the streaming model is small, and OpenMP workers spinning against whatever else
+    # runs on the device (measured: a busy 2-core box) made hops 100x slower, not faster.
+    torch.set_num_threads(1)
     return load_embedder(path)
 
 
@@ -225,10 +227,10 @@ def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
     def profiles():
         return {n: p.centroid for n, p in store.load_all(emb.fingerprint).items()}
 
-    if not profiles():
-        log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
     src = open_source(cfg.audio.source, cfg.audio.device, realtime, cfg.audio.block_ms, cfg.audio.queue_s)
     pipe = Pipeline(emb, src, cfg, profiles)
+    if not pipe.centroids:
+        log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
     out = make_output(cfg.output.json, title=title)
     final: dict = {}
     stop = stop or threading.Event()
@@ -339,34 +341,42 @@ def calibrate(
     if len(speakers) < 2:
         raise StreamsvError(f"{folder}: need at least 2 speakers with more than {enroll_n} recordings each")
     emb = load_model(cfg.model.path)
-    window = int(cfg.scoring.window_s * 16000)
-    min_len = int(cfg.scoring.min_speech_s * 16000)
-    centroids, tests = {}, []
+    sc = cfg.scoring
+    lengths = {"full": int(sc.window_s * 16000), "short": int(sc.min_speech_s * 16000)}
+    centroids, tests = {}, {k: [] for k in lengths}
     for spk, files in speakers.items():
         vecs = []
         for i, f in enumerate(files):
             segs = voiced(load_audio(f), _vad_settings(cfg))
             speech = np.concatenate(segs) if segs else np.zeros(0, np.float32)
-            if len(speech) < min_len:
+            if len(speech) < lengths["short"]:
                 continue
             if i < enroll_n:
                 vecs.append(emb.embed(speech))
-            else:
-                # Score windows of live length, as listen would.
-                for s in range(0, max(1, len(speech) - min_len + 1), window):
-                    tests.append((spk, emb.embed(speech[s:s + window])))
+                continue
+            # Score windows as listen would: full windows, and the shortest that gets a decision.
+            for kind, n in lengths.items():
+                for s0 in range(0, max(1, len(speech) - n + 1), n):
+                    tests[kind].append((spk, emb.embed(speech[s0:s0 + n])))
         if not vecs:
             raise StreamsvError(f"{spk}: no usable enrollment speech")
         centroids[spk] = centroid_of(np.stack(vecs))
-    gen, imp = [], []
-    for spk, v in tests:
-        for other, c in centroids.items():
-            (gen if other == spk else imp).append(float(np.dot(v, c)))
-    res = calib(np.array(gen), np.array(imp), target_far)
-    typer.echo(f"speakers {len(centroids)}, genuine trials {res.n_genuine}, impostor trials {res.n_impostor}")
-    typer.echo(f"EER {res.eer * 100:.2f}%")
-    typer.echo(f"threshold {res.threshold:.3f}  (FAR {res.far * 100:.2f}%, FRR {res.frr * 100:.2f}%)")
-    typer.echo(f"use it: streamsv listen --threshold {res.threshold:.3f}   or   scoring: {{threshold: {res.threshold:.3f}}} in config.yaml")
+    res = {}
+    for kind, trials in tests.items():
+        gen, imp = [], []
+        for spk, v in trials:
+            for other, c in centroids.items():
+                (gen if other == spk else imp).append(float(np.dot(v, c)))
+        res[kind] = calib(np.array(gen), np.array(imp), target_far)
+    full, short = res["full"], res["short"]
+    span = sc.window_s - sc.min_speech_s
+    slope = max(0.0, (full.threshold - short.threshold) / span) if span > 0 else 0.0
+    typer.echo(f"speakers {len(centroids)}, {sc.window_s:g} s windows: genuine trials {full.n_genuine}, "
+               f"impostor trials {full.n_impostor}")
+    typer.echo(f"EER {full.eer * 100:.2f}% ({sc.window_s:g} s windows), {short.eer * 100:.2f}% ({sc.min_speech_s:g} s windows)")
+    typer.echo(f"threshold {full.threshold:.3f}  (FAR {full.far * 100:.2f}%, FRR {full.frr * 100:.2f}%)")
+    typer.echo(f"short-window threshold {short.threshold:.3f} at {sc.min_speech_s:g} s -> duration_slope {slope:.3f} per second")
+    typer.echo(f"use it: streamsv listen --threshold {full.threshold:.3f}   or   scoring: {{threshold: {full.threshold:.3f}}} in config.yaml")
 
 
 # --------------------------------------------------------------------------- profiles

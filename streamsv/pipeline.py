@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .config import Config
-from .scoring import Smoother, cosine_scores, decide, unit
+from .scoring import DEFAULT_DURATION_SLOPE, Smoother, cosine_scores, decide, threshold_for, unit
 from .sources import SAMPLE_RATE, Source
 from .vad import Segmenter, SpeechAudio, SpeechEnd, SpeechStart, VadSettings
 
@@ -38,6 +38,7 @@ class Pipeline:
         self.source = source
         self.cfg = cfg
         self.sc = cfg.scoring
+        self.slope = float(getattr(cfg.scoring, "duration_slope", DEFAULT_DURATION_SLOPE))
         self._loader: ProfileLoader = profiles if callable(profiles) else (lambda p=dict(profiles): p)
         self.centroids: dict[str, np.ndarray] = {}
         self.reload_profiles()
@@ -155,7 +156,8 @@ class Pipeline:
         self._seg_hops += 1
         raw = cosine_scores(emb, self.centroids)
         smoothed = self.smoother.push(raw)
-        d = decide(smoothed, self.sc.threshold, self.sc.min_margin)
+        thr = threshold_for(self.sc.threshold, self.stream.seconds, self.sc.window_s, self.slope)
+        d = decide(smoothed, thr, self.sc.min_margin)
         # Model time for this hop: every push since the previous hop, plus pooling.
         compute_ms = (self.stream.compute_seconds - self._compute_mark) * 1000.0
         self._compute_mark = self.stream.compute_seconds
@@ -183,7 +185,8 @@ class Pipeline:
         if self._seg_embeddings:
             # The mean of the segment's hop embeddings covers the whole turn, not just its last window.
             scores = cosine_scores(unit(np.mean(self._seg_embeddings, axis=0)), self.centroids)
-            d = decide(scores, self.sc.threshold, self.sc.min_margin)
+            thr = threshold_for(self.sc.threshold, self._seg_audio_s, self.sc.window_s, self.slope)
+            d = decide(scores, thr, self.sc.min_margin)
             event.update(speaker=d.speaker, accepted=d.accepted, score=_r(d.score),
                          scores={n: _r(s) for n, s in sorted(scores.items())})
         else:

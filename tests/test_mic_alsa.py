@@ -179,6 +179,8 @@ def test_listen_on_mic_stops_cleanly_with_final_stats(tmp_path, speech_clips):
     cfg = tmp_path / "config.yaml"
     cfg.write_text("output:\n  stats_interval_s: 0.5\n")
     code = f"""
+        import torch
+        torch.set_num_threads(1)
         from streamsv import cli
         from streamsv.embedder import Embedder
         cli.load_model = lambda path: Embedder.untrained(seed=0)

@@ -118,3 +118,27 @@ def test_no_profiles_rejects_everything(untrained, conversation):
     events = list(Pipeline(untrained, FileSource(path), Config(), {}).run())
     ds = [e for e in events if e["event"] == "decision"]
     assert ds and all(not d["accepted"] and d["scores"] == {} and d["score"] is None for d in ds)
+
+
+def test_live_view_renders(untrained, speech_clips, conversation):
+    import io
+
+    from rich.console import Console
+
+    from streamsv.output import JsonWriter, LiveView
+
+    path, _ = conversation
+    pipe = Pipeline(untrained, FileSource(path), Config(), profiles_for(untrained, speech_clips))
+    buf = io.StringIO()
+    view = LiveView(console=Console(file=buf, force_terminal=True, width=100))
+    lines = io.StringIO()
+    writer = JsonWriter(lines)
+    with view:
+        for ev in pipe.run():
+            view.update(ev, pipe)
+            writer.update(ev)
+    text = buf.getvalue()
+    assert "first" in text and "other" in text and "latency p50/p95" in text and "recent turns" in text
+    import json
+
+    assert [json.loads(x)["event"] for x in lines.getvalue().splitlines()][-1] == "stats"

@@ -49,3 +49,11 @@ def test_calibrate_eer_and_target_far():
     assert 0.25 < c2.eer < 0.35 and abs(c2.far - c2.frr) < 0.02
     with pytest.raises(ValueError):
         calibrate(np.array([]), imp)
+
+
+def test_threshold_is_lowered_for_short_windows():
+    from streamsv.scoring import threshold_for
+
+    assert threshold_for(0.7, 3.0, 3.0, slope=0.08) == pytest.approx(0.7)
+    assert threshold_for(0.7, 1.0, 3.0, slope=0.08) == pytest.approx(0.54)
+    assert threshold_for(0.7, 5.0, 3.0, slope=0.08) == pytest.approx(0.7)   # never raised above the full-window bar

@@ -1,0 +1,199 @@
+"""The CLI in-process (untrained model for plumbing) and a couple of real subprocess runs."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import REPO, dev_speakers, dev_utterances, with_pauses
+from streamsv import cli
+from streamsv.embedder import Embedder
+
+SR = 16000
+
+
+@pytest.fixture(autouse=True)
+def untrained_cli(monkeypatch, untrained, tmp_path):
+    monkeypatch.setattr(cli, "load_model", lambda path: untrained)
+    monkeypatch.delenv("STREAMSV_CONFIG", raising=False)
+    monkeypatch.setenv("STREAMSV_PROFILES_DIR", str(tmp_path / "profiles"))
+    monkeypatch.setenv("HOME", str(tmp_path))          # no user config file leaks in
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    try:
+        cli.main(list(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def clips(tmp_path, speech_clips):
+    paths = []
+    for i, c in enumerate(speech_clips):
+        p = tmp_path / f"clip{i}.wav"
+        sf.write(p, c, SR)
+        paths.append(p)
+    return paths
+
+
+def test_enroll_from_files_then_force(capsys, clips, tmp_path):
+    code, out, err = run(capsys, "enroll", "alice", "--from", *map(str, clips))
+    assert code == 0, err
+    assert "enrolled 'alice'" in out and "consistency" in out
+    f = tmp_path / "profiles" / "alice.json"
+    assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    code, out, err = run(capsys, "enroll", "alice", "--from", str(clips[0]))
+    assert code == 2 and err.strip() == "error: profile 'alice' already exists; use --force to replace it"
+    code, out, err = run(capsys, "enroll", "alice", "--force", "--from", *map(str, clips))
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["enroll", "../evil", "--from", "x.wav"], "invalid profile name"),
+    (["enroll", "bob", "--from", "/nonexistent.wav"], "no such file"),
+    (["verify", "nobody", "/nonexistent.wav"], "no such file"),
+    (["listen", "--source", "/nonexistent.wav", "--json"], "no such file"),
+    (["embed", "/nonexistent.wav"], "no such file"),
+    (["profiles", "show", "ghost"], "no profile named 'ghost'"),
+    (["listen", "--source", "x.wav", "--threshold", "7"], "config: scoring.threshold"),
+])
+def test_errors_are_one_line_exit_2(capsys, argv, msg):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("error: ") and msg in err and err.count("\n") == 1
+
+
+def test_not_audio_file(capsys, tmp_path):
+    bad = tmp_path / "notes.wav"
+    bad.write_text("hello")
+    code, _, err = run(capsys, "embed", str(bad))
+    assert code == 2 and "cannot read audio" in err
+
+
+def test_verify_accept_and_reject(capsys, clips):
+    assert run(capsys, "enroll", "alice", "--from", str(clips[0]), str(clips[1]))[0] == 0
+    code, out, _ = run(capsys, "verify", "alice", str(clips[0]), "--threshold", "0.5", "--json")
+    res = json.loads(out)
+    assert code == 0 and res["accepted"] and res["score"] > 0.5
+    code, out, _ = run(capsys, "verify", "alice", str(clips[2]), "--threshold", "1.0")
+    assert code == 1 and out.startswith("reject alice score")
+
+
+def test_listen_file_json(capsys, clips, tmp_path, speech_clips):
+    assert run(capsys, "enroll", "alice", "--from", str(clips[0]), str(clips[1]))[0] == 0
+    audio, _ = with_pauses(speech_clips, 1.0)
+    conv = tmp_path / "conv.flac"
+    sf.write(conv, audio, SR)
+    code, out, err = run(capsys, "listen", "--source", str(conv), "--json")
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    kinds = {e["event"] for e in events}
+    assert {"speech_start", "decision", "speech_end", "stats"} <= kinds
+    assert events[-1]["event"] == "stats" and events[-1]["final"] and events[-1]["profiles"] == 1
+    assert all(set(e["scores"]) == {"alice"} for e in events if e["event"] == "decision")
+
+
+def test_listen_skips_other_model_profile(capsys, caplog, clips, tmp_path, speech_clips):
+    assert run(capsys, "enroll", "alice", "--from", str(clips[0]), str(clips[1]))[0] == 0
+    f = tmp_path / "profiles" / "alice.json"
+    data = json.loads(f.read_text())
+    data["model"] = "some-older-model"
+    f.write_text(json.dumps(data))
+    code, out, err = run(capsys, "listen", "--source", str(clips[2]), "--json")
+    assert code == 0
+    assert "re-enroll with: streamsv enroll alice --force" in caplog.text
+    assert json.loads(out.splitlines()[-1])["profiles"] == 0
+    code, _, err = run(capsys, "verify", "alice", str(clips[0]))
+    assert code == 2 and "streamsv enroll alice --force" in err
+
+
+def test_embed_json(capsys, clips, untrained):
+    code, out, _ = run(capsys, "embed", "--json", str(clips[0]), str(clips[1]))
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(rows) == 2
+    v = np.array(rows[0]["embedding"])
+    assert v.shape == (untrained.dim,) and abs(np.linalg.norm(v) - 1) < 1e-4
+    assert np.allclose(v, untrained.embed(speech_clips_of(clips[0])), atol=1e-5)
+    code, out, _ = run(capsys, "embed", str(clips[0]))
+    assert out.startswith(str(clips[0]) + "\t") and len(out.split("\t")[1].split()) == untrained.dim
+
+
+def speech_clips_of(path):
+    from streamsv.sources import load_audio
+
+    return load_audio(path)
+
+
+def test_profiles_commands(capsys, clips, tmp_path):
+    assert run(capsys, "enroll", "alice", "--from", str(clips[0]), str(clips[1]))[0] == 0
+    code, out, _ = run(capsys, "profiles", "list")
+    assert code == 0 and out.startswith("alice\t")
+    code, out, _ = run(capsys, "profiles", "show", "alice", "--json")
+    info = json.loads(out)
+    assert info["embeddings"] == 2 and info["dim"] == 256
+    assert run(capsys, "profiles", "rename", "alice", "carol")[0] == 0
+    exported = tmp_path / "carol-export.json"
+    assert run(capsys, "profiles", "export", "carol", str(exported))[0] == 0
+    assert stat.S_IMODE(exported.stat().st_mode) == 0o600
+    assert run(capsys, "profiles", "delete", "carol")[0] == 0
+    assert run(capsys, "profiles", "list")[2].startswith("no profiles")
+    assert run(capsys, "profiles", "import", str(exported), "--name", "dave")[0] == 0
+    code, out, _ = run(capsys, "profiles", "list")
+    assert out.startswith("dave\t")
+    code, _, err = run(capsys, "profiles", "rename", "dave", "a/b")
+    assert code == 2 and "invalid profile name" in err
+
+
+def test_calibrate_from_folders(capsys, tmp_path):
+    spk = dev_speakers()[:3]
+    if len(spk) < 3:
+        pytest.skip("needs ../shared/data (speechocean762 dev speakers)")
+    root = tmp_path / "cal"
+    for s in spk:
+        (root / s).mkdir(parents=True)
+        for u in dev_utterances(s)[:5]:
+            (root / s / u.name).symlink_to(u)
+    code, out, err = run(capsys, "calibrate", str(root))
+    assert code == 0, err
+    thr = float(out.split("threshold ")[1].split()[0])
+    assert -1 <= thr <= 1 and "EER" in out
+    code, out, err = run(capsys, "calibrate", str(root), "--target-far", "0.0")
+    assert code == 0 and "FAR 0.00%" in out
+    code, _, err = run(capsys, "calibrate", str(root / spk[0]))
+    assert code == 2 and "at least 2 speakers" in err
+
+
+def test_bench_is_forwarded(capsys):
+    code, out, err = run(capsys, "bench", "--help")
+    assert code == 0 and "streamsv bench" in out
+
+
+def test_stdin_source_subprocess(tmp_path, speech_clips):
+    audio, _ = with_pauses(speech_clips[:2], 0.8)
+    pcm = (audio * 32767).astype("<i2").tobytes()
+    code = textwrap.dedent("""
+        import torch
+        torch.set_num_threads(1)
+        from streamsv import cli
+        from streamsv.embedder import Embedder
+        cli.load_model = lambda path: Embedder.untrained(seed=0)
+        cli.main(["listen", "--source", "-"])
+    """)
+    env = dict(os.environ, STREAMSV_PROFILES_DIR=str(tmp_path / "none"), HOME=str(tmp_path))
+    env.pop("STREAMSV_CONFIG", None)
+    r = subprocess.run([sys.executable, "-c", code], input=pcm, capture_output=True, env=env, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr.decode()
+    events = [json.loads(line) for line in r.stdout.decode().splitlines()]   # not a TTY → JSON lines
+    assert events[-1]["event"] == "stats" and events[-1]["audio_s"] == pytest.approx(len(audio) / SR, abs=0.03)
+    assert sum(e["event"] == "speech_start" for e in events) >= 2
