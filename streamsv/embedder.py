@@ -7,6 +7,7 @@ import time
 from collections import deque
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,8 +29,9 @@ class EmbeddingStream:
     embedding pools the most recent ``window_s`` seconds of encoder frames.
     """
 
-    def __init__(self, model: SpeakerEncoder, window_s: float):
+    def __init__(self, model: SpeakerEncoder, window_s: float, finish: Callable[[torch.Tensor], np.ndarray]):
         self._model = model
+        self._finish = finish
         self._max_frames = max(1, round(window_s * FRAMES_PER_SECOND))
         self.compute_seconds = 0.0
         self.reset()
@@ -70,18 +72,33 @@ class EmbeddingStream:
         with torch.inference_mode():
             features = torch.cat(list(self._features))[-self._max_frames:]
             logits = torch.cat(list(self._logits))[-self._max_frames:]
-            vector = _unit(self._model.head.pool(features[None], logits[None])[0])
+            vector = self._finish(self._model.head.pool(features[None], logits[None])[0])
         self.compute_seconds += time.perf_counter() - started
         return vector
 
 
 class Embedder:
+    """A speaker encoder plus its scoring backend.
+
+    The backend (optional) centres unit embeddings on the training speakers' mean and
+    whitens their within-speaker scatter, both fitted on training speakers only
+    (tools/fit_backend.py). Cosine scoring then weighs the directions that separate voices.
+    """
+
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, model: SpeakerEncoder, fingerprint: str):
+    def __init__(self, model: SpeakerEncoder, fingerprint: str, backend: dict[str, torch.Tensor] | None = None):
         self.model = model.eval()
         self.fingerprint = fingerprint
         self.dim = model.cfg.embedding_dim
+        self.backend = backend
+
+    def finish(self, raw: torch.Tensor) -> np.ndarray:
+        """Raw pooled output -> the unit-norm embedding that is scored."""
+        vector = torch.nn.functional.normalize(raw, dim=-1)
+        if self.backend is not None:
+            vector = torch.nn.functional.normalize((vector - self.backend["center"]) @ self.backend["whiten"], dim=-1)
+        return vector.numpy().astype(np.float32)
 
     @classmethod
     def untrained(cls, seed: int = 0, config: ModelConfig | None = None) -> "Embedder":
@@ -110,14 +127,10 @@ class Embedder:
         if wave.size < MIN_AUDIO_S * SAMPLE_RATE:
             raise StreamsvError(f"audio too short: {wave.size / SAMPLE_RATE:.2f} s (need at least {MIN_AUDIO_S} s)")
         with torch.inference_mode():
-            return _unit(self.model(log_mel(torch.from_numpy(wave))[None])[0])
+            return self.finish(self.model(log_mel(torch.from_numpy(wave))[None])[0])
 
     def stream(self, window_s: float = 3.0) -> EmbeddingStream:
-        return EmbeddingStream(self.model, window_s)
-
-
-def _unit(vector: torch.Tensor) -> np.ndarray:
-    return torch.nn.functional.normalize(vector, dim=-1).numpy().astype(np.float32)
+        return EmbeddingStream(self.model, window_s, self.finish)
 
 
 def count_macs_per_second(model: torch.nn.Module, seconds: float = 10.0) -> float:
@@ -132,11 +145,12 @@ def count_macs_per_second(model: torch.nn.Module, seconds: float = 10.0) -> floa
     return counter.get_total_flops() / 2 / seconds
 
 
-def save_checkpoint(path: Path, model: SpeakerEncoder, meta: dict) -> None:
+def save_checkpoint(path: Path, model: SpeakerEncoder, meta: dict, backend: dict[str, torch.Tensor] | None = None) -> None:
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": asdict(model.cfg),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "backend": backend,
         "meta": meta,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +170,10 @@ def load_embedder(path: str | Path | None = None) -> Embedder:
             raise ValueError(f"unsupported checkpoint format {payload.get('format')!r}")
         model = SpeakerEncoder(ModelConfig(**payload["config"]))
         model.load_state_dict(payload["state_dict"])
+        backend = payload.get("backend")
+        if backend is not None and (backend["center"].shape != (model.cfg.embedding_dim,)
+                                    or backend["whiten"].shape != (model.cfg.embedding_dim,) * 2):
+            raise ValueError("backend does not match the embedding size")
     except Exception as exc:  # any unreadable checkpoint is the user's file problem
         raise StreamsvError(f"cannot load model weights {path}: {exc}") from None
-    return Embedder(model, fingerprint=hashlib.sha256(raw).hexdigest()[:16])
+    return Embedder(model, fingerprint=hashlib.sha256(raw).hexdigest()[:16], backend=backend)
