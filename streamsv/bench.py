@@ -29,6 +29,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .embedder import Embedder
+
 SAMPLE_RATE = 16000
 BLOCK_S = 0.03
 HOP_S = 0.5
@@ -101,19 +103,69 @@ def bench_audio(seconds: float, path: str | None) -> tuple[np.ndarray, str]:
     return synthetic_speech(seconds), "synthetic voiced audio (no speech data found)"
 
 
-def load_system(kind: str, model: str | None):
+def load_system(kind: str, model: str | None, variant: str = "eager"):
     """('student', 'untrained' | path | None) or ('teacher', _) -> (embedder-like, description)."""
     if kind == "teacher":
         sys.path.insert(0, str(REPO_TOOLS))
         import teacher
 
         return teacher.Teacher(), "Resemblyzer VoiceEncoder (teacher)"
-    from .embedder import DEFAULT_WEIGHTS, Embedder, load_embedder
+    from .embedder import DEFAULT_WEIGHTS, load_embedder
 
+    suffix = "" if variant == "eager" else f", {variant}"
     if model == "untrained" or (model is None and not DEFAULT_WEIGHTS.is_file()):
-        return Embedder.untrained(seed=0), "untrained student (no weights: speed figures only)"
+        return apply_variant(Embedder.untrained(seed=0), variant), f"untrained student{suffix} (no weights: speed figures only)"
     emb = load_embedder(model)
-    return emb, f"student {model or DEFAULT_WEIGHTS.name} ({emb.fingerprint})"
+    return apply_variant(emb, variant), f"student {model or DEFAULT_WEIGHTS.name} ({emb.fingerprint}{suffix})"
+
+
+VARIANTS = ("eager", "int8", "compile")
+
+
+def apply_variant(emb, variant: str):
+    """A speed-up option applied to a student Embedder (a new Embedder; the input is untouched).
+
+    int8: dynamic int8 quantization of every nn.Linear (weights int8, activations quantized on
+    the fly), fbgemm/x86 kernels here, qnnpack on ARM. compile: torch.compile of the encoder."""
+    import copy
+    import platform
+    import warnings
+
+    import torch
+
+    if variant == "eager":
+        return emb
+    model = copy.deepcopy(emb.model)
+    if variant == "int8":
+        engines = torch.backends.quantized.supported_engines
+        if platform.machine().lower() in ("aarch64", "arm64", "armv7l") and "qnnpack" in engines:
+            torch.backends.quantized.engine = "qnnpack"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    elif variant == "compile":
+        model.encode = torch.compile(model.encode)
+    else:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    return VariantEmbedder(model, emb, variant)
+
+
+class VariantEmbedder(Embedder):
+    """Same arithmetic as the original, so its counted parameters and MACs are reported
+    (quantized Linear weights are not nn.Parameters, and the FLOP counter skips their kernels)."""
+
+    def __init__(self, model, original: Embedder, variant: str):
+        super().__init__(model, fingerprint=original.fingerprint)
+        self.variant = variant
+        self._params, self._macs = original.num_parameters, original.macs_per_second
+
+    @property
+    def num_parameters(self) -> int:
+        return self._params
+
+    @property
+    def macs_per_second(self) -> float:
+        return self._macs
 
 
 def teacher_available() -> bool:
@@ -267,7 +319,7 @@ def _rss_mb() -> tuple[float | None, float | None]:
         return None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child_main(kind: str, model: str | None, audio_path: str) -> int:
+def child_main(kind: str, model: str | None, audio_path: str, variant: str = "eager") -> int:
     """Run as a fresh process: load, print READY, stream (real-time until the first decision,
     then as fast as possible), report memory."""
     import torch
@@ -275,7 +327,7 @@ def child_main(kind: str, model: str | None, audio_path: str) -> int:
     torch.set_num_threads(1)
     import soundfile as sf
 
-    system, _ = load_system(kind, model)
+    system, _ = load_system(kind, model, variant)
     wave = sf.read(audio_path, dtype="float32")[0]
     source = TimedSource(wave, realtime=True)
     pipe = make_pipeline(system, wave, source)
@@ -290,8 +342,8 @@ def child_main(kind: str, model: str | None, audio_path: str) -> int:
     return 0
 
 
-def startup(kind: str, model: str | None, audio_path: str) -> dict:
-    cmd = [sys.executable, "-m", "streamsv.bench", "--child", kind, "--audio", audio_path]
+def startup(kind: str, model: str | None, audio_path: str, variant: str = "eager") -> dict:
+    cmd = [sys.executable, "-m", "streamsv.bench", "--child", kind, "--audio", audio_path, "--variant", variant]
     if model:
         cmd += ["--model", model]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -391,7 +443,7 @@ def run_bench(args) -> dict:
         audio_path = str(Path(tmp) / "bench.wav")
         sf.write(audio_path, wave[: int(max(args.seconds, 5) * SAMPLE_RATE)], SAMPLE_RATE, subtype="FLOAT")
         for kind in kinds:
-            system, desc = load_system(kind, args.model)
+            system, desc = load_system(kind, args.model, args.variant if kind == "student" else "eager")
             if kind == "student":
                 result["student_desc"] = desc
             sect = {"once": counted(kind, system)}
@@ -400,7 +452,7 @@ def run_bench(args) -> dict:
                 sect[name] = measure(system, wave, args.realtime_s)
             torch.set_num_threads(1)
             if not args.no_startup:
-                sect["once"].update(startup(kind, args.model, audio_path))
+                sect["once"].update(startup(kind, args.model, audio_path, args.variant if kind == "student" else "eager"))
             result["systems"][kind] = sect
     return result
 
@@ -411,6 +463,7 @@ def main(args: list[str] | None = None) -> int:
     p.add_argument("--audio", help="audio file to stream (default: dev speech from the shared data, else synthetic)")
     p.add_argument("--seconds", type=float, default=30.0, help="seconds of audio streamed as fast as possible")
     p.add_argument("--realtime-s", type=float, default=8.0, help="seconds streamed at real-time pace for latency (0: skip)")
+    p.add_argument("--variant", default="eager", choices=VARIANTS, help="speed-up option for the student")
     p.add_argument("--no-teacher", action="store_true", help="student only")
     p.add_argument("--no-startup", action="store_true", help="skip the start-up and memory subprocesses")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -420,7 +473,7 @@ def main(args: list[str] | None = None) -> int:
     from .errors import StreamsvError
 
     if a.child:
-        return child_main(a.child, a.model, a.audio)
+        return child_main(a.child, a.model, a.audio, a.variant)
     if a.seconds < 2 or a.realtime_s < 0:
         raise StreamsvError("bench: --seconds must be at least 2 and --realtime-s not negative")
     result = run_bench(a)

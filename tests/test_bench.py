@@ -44,7 +44,7 @@ def test_pipeline_run_times_every_hop():
 
 
 def test_bench_json_has_every_figure(capsys):
-    rc = bench.main(["--model", "untrained", "--audio", "", "--seconds", "3", "--realtime-s", "1.5",
+    rc = bench.main(["--model", "untrained", "--audio", "", "--seconds", "3", "--realtime-s", "1",
                      "--no-teacher", "--no-startup", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
@@ -55,6 +55,20 @@ def test_bench_json_has_every_figure(capsys):
         for key in ("hop_p50_ms", "hop_p95_ms", "hop_p99_ms", "rtf", "latency_p50_ms", "latency_p95_ms"):
             assert figs[key] is not None and figs[key] > 0, key
         assert figs["hop_p50_ms"] <= figs["hop_p95_ms"] <= figs["hop_p99_ms"]
+
+
+def test_int8_variant_keeps_embeddings_and_counts():
+    from streamsv.embedder import Embedder
+
+    emb = Embedder.untrained(seed=0)
+    q = bench.apply_variant(emb, "int8")
+    wave = bench.synthetic_speech(3.0)
+    assert float(emb.embed(wave) @ q.embed(wave)) > 0.99
+    assert q.num_parameters == emb.num_parameters and q.fingerprint == emb.fingerprint
+    assert any("Quantized" in type(m).__name__ or "quantized" in type(m).__module__ for m in q.model.modules())
+    assert bench.apply_variant(emb, "eager") is emb
+    with pytest.raises(ValueError):
+        bench.apply_variant(emb, "nope")
 
 
 def test_bench_refuses_bad_options():

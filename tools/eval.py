@@ -192,19 +192,23 @@ class System:
 
 
 def student_system(spec: str) -> System:
-    """spec: PATH, LABEL=PATH, or 'untrained' (random init, for plumbing checks)."""
+    """spec: [LABEL=]PATH[@VARIANT]; PATH may be 'untrained' (random init, for plumbing checks);
+    VARIANT is a speed-up option of streamsv.bench (int8, compile)."""
     import streamsv
+    from streamsv.bench import apply_variant
     from streamsv.embedder import Embedder
 
     label, _, path = spec.rpartition("=")
+    path, _, variant = path.partition("@")
     emb = Embedder.untrained(seed=0) if path == "untrained" else streamsv.load_embedder(path)
+    emb = apply_variant(emb, variant or "eager")
     if not label:
         default = path != "untrained" and Path(path).resolve() == streamsv.embedder.DEFAULT_WEIGHTS.resolve()
-        label = "student" if default else Path(path).stem
+        label = ("student" if default else Path(path).stem) + (f"@{variant}" if variant else "")
     return System(
         label=label,
         # A random model's fingerprint does not track architecture edits: never cache it.
-        cache_id=None if path == "untrained" else f"student-{emb.fingerprint}",
+        cache_id=None if path == "untrained" else f"student-{emb.fingerprint}" + (f"-{variant}" if variant else ""),
         num_parameters=getattr(emb, "num_parameters", None),
         macs_per_second=getattr(emb, "macs_per_second", None),
         _embed_many=lambda waves: np.stack([emb.embed(w) for w in waves]),
