@@ -185,7 +185,8 @@ def _record_enrollment(cfg, seconds: float) -> list[np.ndarray]:
     step = int(ENROLL_PIECE_S * 16000)
     pieces = [audio[i:i + step] for i in range(0, len(audio), step)]
     if len(pieces) > 1 and len(pieces[-1]) < step // 2:
-        pieces[-2] = np.concatenate([pieces[-2], pieces.pop()])
+        tail = pieces.pop()
+        pieces[-1] = np.concatenate([pieces[-1], tail])
     return pieces
 
 

@@ -200,3 +200,26 @@ def test_listen_on_mic_stops_cleanly_with_final_stats(tmp_path, speech_clips):
     assert final["profiles"] == 1
     # The file plugin delivers far faster than real time: the bounded queue must have dropped audio.
     assert final["drops"] > 0
+
+
+def test_enroll_from_mic(tmp_path, speech_clips):
+    # The file plugin runs far ahead of real time and the queue keeps only the newest audio, so
+    # the "room" must be long enough to still be talking while the consumer collects its seconds.
+    env = make_home(tmp_path, np.concatenate(list(speech_clips) * 40))
+    code = f"""
+        import torch
+        torch.set_num_threads(1)
+        from streamsv import cli
+        from streamsv.embedder import Embedder
+        cli.load_model = lambda path: Embedder.untrained(seed=0)
+        cli.main(["enroll", "micuser", "--device", {DEVICE!r}, "--seconds", "4",
+                  "--profiles-dir", {str(tmp_path / 'profiles')!r}])
+    """
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "enrolled 'micuser'" in r.stdout
+    from streamsv.profiles import ProfileStore
+
+    p = ProfileStore(tmp_path / "profiles").load("micuser")
+    assert p.speech_s >= 3.0 and len(p.embeddings) >= 1
