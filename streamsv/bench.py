@@ -157,15 +157,15 @@ class VariantEmbedder(Embedder):
     def __init__(self, model, original: Embedder, variant: str):
         super().__init__(model, fingerprint=original.fingerprint)
         self.variant = variant
-        self._params, self._macs = original.num_parameters, original.macs_per_second
+        self._original = original
 
     @property
     def num_parameters(self) -> int:
-        return self._params
+        return self._original.num_parameters
 
     @property
     def macs_per_second(self) -> float:
-        return self._macs
+        return self._original.macs_per_second
 
 
 def teacher_available() -> bool:
