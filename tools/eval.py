@@ -317,6 +317,20 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown_wide(rows: list[dict]) -> str:
+    """Compact view: one line per (set, condition, duration), "pairs / enroll EER %" per system."""
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    keys = list(dict.fromkeys((r["set"], r["condition"], r["duration"]) for r in rows))
+    cell = {(r["set"], r["condition"], r["duration"], r["system"]): r for r in rows}
+    lines = ["| set | condition | duration | " + " | ".join(f"{s} EER pairs / enroll %" for s in systems) + " |",
+             "|---|---|---|" + "---:|" * len(systems)]
+    for k in keys:
+        vals = [cell.get((*k, s)) for s in systems]
+        lines.append(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(
+            "-" if v is None else f"{v['pairs_eer']:.2f} / {v['enroll_eer']:.2f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
 def _csv(value: str, allowed) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     bad = [v for v in items if v not in allowed]
@@ -335,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--durations", default=",".join(DURATIONS))
     p.add_argument("--no-cache", action="store_true", help="recompute embeddings instead of reading cache/eval")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON ('-' for stdout)")
+    p.add_argument("--wide", action="store_true", help="compact table: pairs / enroll EER per system")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: share the machine)")
     a = p.parse_args(argv)
 
@@ -365,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.json == "-":
         print(json.dumps(rows, indent=1))
     else:
-        print(markdown(rows))
+        print(markdown_wide(rows) if a.wide else markdown(rows))
         if a.json:
             Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0
