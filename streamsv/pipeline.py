@@ -77,6 +77,10 @@ class Pipeline:
     def run(self, stop: threading.Event | None = None) -> Iterator[dict]:
         interval = self.cfg.output.stats_interval_s
         next_stats = time.monotonic() + interval
+        # A service may call run() again with a fresh source after a device failure: start clean.
+        self.segmenter = Segmenter(self.segmenter.settings)
+        self.in_speech = False
+        self._seg_reset()
         try:
             for chunk, captured in self.source.chunks(stop):
                 self.chunks_in += 1

@@ -109,8 +109,9 @@ def test_realtime_stats_report_latency(untrained, speech_clips, tmp_path):
     stats = [e for e in events if e["event"] == "stats"]
     assert len(stats) >= 2 and not stats[0]["final"] and stats[-1]["final"]
     assert stats[-1]["latency_p95_ms"] is not None
-    # Capture-to-decision at real time: the hop's compute, not the file's length.
-    assert 0 < stats[-1]["latency_p95_ms"] < 1000
+    # Capture-to-decision at real time is the hop's compute, not the file's length (2.5 s); the bound
+    # is loose because CI boxes may be busy.
+    assert 0 < stats[-1]["latency_p95_ms"] < 2000
 
 
 def test_no_profiles_rejects_everything(untrained, conversation):
@@ -142,3 +143,18 @@ def test_live_view_renders(untrained, speech_clips, conversation):
     import json
 
     assert [json.loads(x)["event"] for x in lines.getvalue().splitlines()][-1] == "stats"
+
+
+def test_run_again_with_a_new_source(untrained, speech_clips, conversation):
+    # The service layer reopens the source after a device failure and calls run() again.
+    path, _ = conversation
+    pipe = Pipeline(untrained, FileSource(path), Config(), profiles_for(untrained, speech_clips))
+    stop = threading.Event()
+    for e in pipe.run(stop):
+        if e["event"] == "decision":
+            stop.set()                      # stop mid-segment
+    first = pipe.decisions
+    pipe.source = FileSource(path)
+    events = list(pipe.run())
+    assert events[0]["event"] == "speech_start"          # no stale open segment carried over
+    assert events[-1]["decisions"] > first and events[-1]["final"]
