@@ -107,6 +107,8 @@ class CausalDepthwiseConv(nn.Module):
         self.conv = nn.Conv1d(channels, channels, kernel, groups=channels)
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        if x.shape[1] == 0:
+            return x, state
         if state is None:
             state = x.new_zeros(x.shape[0], self.context, x.shape[2])
         padded = torch.cat([state, x], dim=1)
@@ -254,7 +256,7 @@ class Stem(nn.Module):
         pending, conv_state = state if state is not None else (mel[:, :0], None)
         frames = torch.cat([pending, (mel - self.mel_mean) / self.mel_std], dim=1)
         pairs = frames.shape[1] // 2
-        stacked = frames[:, : 2 * pairs].reshape(frames.shape[0], pairs, -1)
+        stacked = frames[:, : 2 * pairs].reshape(frames.shape[0], pairs, 2 * frames.shape[2])
         y, conv_state = self.conv(self.stack(stacked), conv_state)
         return self.out(F.gelu(y)), (frames[:, 2 * pairs:], conv_state)
 
@@ -297,6 +299,9 @@ class SpeakerEncoder(nn.Module):
         """Log-mels (B, T, n_mels) -> per-frame head inputs at 20 ms, and the stream state."""
         s = state or {}
         x, s_stem = self.stem(mel, s.get("stem"))
+        if x.shape[1] == 0:  # a push shorter than one 20 ms frame: only the stem advanced
+            empty = x.new_zeros(x.shape[0], 0, self.cfg.width)
+            return empty, empty, {"stem": s_stem, "blocks": s.get("blocks", [None] * len(self.blocks))}
         layers, s_blocks = [], []
         for i, block in enumerate(self.blocks):
             x, s_block = block(x, s["blocks"][i] if s else None)

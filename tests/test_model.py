@@ -65,6 +65,18 @@ def test_rolling_window_pools_only_recent_frames():
     assert float(everything @ streamed) < 0.9999
 
 
+@pytest.mark.parametrize("first", [160, 400, 480, 560, 720])
+def test_tiny_first_pushes_carry_state(first):
+    """Pushes that complete a mel frame but not a 20 ms model frame must only advance the stem."""
+    embedder = Embedder.untrained(seed=0)
+    wave = _speechlike(1.2, seed=9)
+    stream = embedder.stream()
+    stream.push(wave[:first])
+    stream.push(wave[first:first + 80])
+    stream.push(wave[first + 80:])
+    assert float(stream.embedding() @ embedder.embed(wave)) >= 0.9999
+
+
 def test_stream_reset_starts_a_new_segment():
     embedder = Embedder.untrained(seed=0)
     first, second = _speechlike(1.5, seed=7), _speechlike(1.5, seed=8)
