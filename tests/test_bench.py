@@ -44,7 +44,7 @@ def test_pipeline_run_times_every_hop():
 
 
 def test_bench_json_has_every_figure(capsys):
-    rc = bench.main(["--model", "untrained", "--audio", "", "--seconds", "3", "--realtime-s", "1",
+    rc = bench.main(["--model", "untrained", "--audio", "", "--seconds", "3", "--realtime-s", "2",
                      "--no-teacher", "--no-startup", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
@@ -74,6 +74,8 @@ def test_int8_variant_keeps_embeddings_and_counts():
 def test_bench_refuses_bad_options():
     with pytest.raises(StreamsvError, match="--seconds"):
         bench.main(["--seconds", "0.5"])
+    with pytest.raises(StreamsvError, match="--realtime-s"):
+        bench.main(["--realtime-s", "1"])
 
 
 def test_startup_child_reports_ready_and_memory(tmp_path):
