@@ -55,6 +55,9 @@ class ScoringConfig:
     hop_s: float = 0.5
     window_s: float = 3.0
     smoothing_hops: int = 3
+    # The accept threshold is lowered by this much per second a window is short of window_s
+    # (short windows score lower for the same voice); `streamsv calibrate` measures it.
+    duration_slope: float = 0.08
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "scoring.hop_s": _num(0.0, 10.0, lo_open=True),
     "scoring.window_s": _num(0.0, 30.0, lo_open=True),
     "scoring.smoothing_hops": _int(1, 100),
+    "scoring.duration_slope": _num(0.0, 1.0),
     "profiles.dir": _optional(_text),
     "model.path": _optional(_text),
     "output.json": _optional_bool,

@@ -4,11 +4,13 @@
 output.py's docstring). It is written to be driven by the CLI and by a service
 layer alike: ``on_audio`` is called for every chunk that arrives (a watchdog can
 hang off it), ``request_reload()`` is safe to call from any thread or a signal
-handler (profiles are re-read between chunks), and stopping — via the ``stop``
+handler (profiles are re-read, and new thresholds taken, between chunks), and stopping — via the ``stop``
 event or the source ending — always yields a final ``stats`` event.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 import time
 from collections import deque
@@ -17,12 +19,17 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .config import Config
-from .scoring import DEFAULT_DURATION_SLOPE, Smoother, cosine_scores, decide, threshold_for, unit
+from .scoring import Smoother, cosine_scores, decide, threshold_for, unit
 from .sources import SAMPLE_RATE, Source
 from .vad import Segmenter, SpeechAudio, SpeechEnd, SpeechStart, VadSettings
 
 TAIL_MIN_S = 0.3              # audio after the last hop worth adding to the turn summary
 LATENCY_KEEP = 5000            # recent hops kept for percentiles: bounded memory on a long-running service
+# What a reload can change without restarting audio: the decision rule, not the VAD, the
+# window or the hop (those shape the streaming state; they apply after a restart).
+RELOADABLE_SCORING = ("threshold", "min_margin", "duration_slope")
+
+log = logging.getLogger("streamsv.pipeline")
 
 ProfileLoader = Callable[[], dict[str, np.ndarray]]
 
@@ -38,11 +45,11 @@ class Pipeline:
         self.source = source
         self.cfg = cfg
         self.sc = cfg.scoring
-        self.slope = float(getattr(cfg.scoring, "duration_slope", DEFAULT_DURATION_SLOPE))
         self._loader: ProfileLoader = profiles if callable(profiles) else (lambda p=dict(profiles): p)
         self.centroids: dict[str, np.ndarray] = {}
         self.reload_profiles()
         self._reload_requested = threading.Event()
+        self._pending_cfg: Config | None = None
         self.on_audio = on_audio
         v = cfg.vad
         self.segmenter = Segmenter(VadSettings(v.aggressiveness, v.start_ms, v.hangover_ms, v.padding_ms))
@@ -68,9 +75,31 @@ class Pipeline:
         self.centroids = {n: unit(c) for n, c in self._loader().items()}
         return len(self.centroids)
 
-    def request_reload(self) -> None:
-        """Ask for a reload at the next chunk boundary; safe from signal handlers and other threads."""
+    def request_reload(self, cfg: Config | None = None) -> None:
+        """Ask for a reload at the next chunk boundary; safe from signal handlers and other threads.
+
+        Profiles are always re-read. With ``cfg``, its threshold, min_margin and duration_slope
+        replace the current ones at the same boundary (a plain attribute swap: no lock needed).
+        """
+        if cfg is not None:
+            self._pending_cfg = cfg
         self._reload_requested.set()
+
+    def _apply_reload(self) -> dict:
+        new, self._pending_cfg = self._pending_cfg, None
+        if new is not None:
+            changes = {k: getattr(new.scoring, k) for k in RELOADABLE_SCORING}
+            self.sc = dataclasses.replace(self.sc, **changes)
+            self.cfg = dataclasses.replace(self.cfg, scoring=self.sc)
+            fixed = [f"scoring.{f.name}" for f in dataclasses.fields(self.sc)
+                     if f.name not in RELOADABLE_SCORING and getattr(new.scoring, f.name) != getattr(self.sc, f.name)]
+            fixed += [s for s in ("audio", "vad", "model", "profiles") if getattr(new, s) != getattr(self.cfg, s)]
+            if fixed:
+                log.warning("reload: %s changed; applied after a restart", ", ".join(fixed))
+        n = self.reload_profiles()
+        return {"event": "profiles_reloaded", "t": round(self.audio_s, 3), "profiles": sorted(self.centroids),
+                "count": n, "threshold": self.sc.threshold, "min_margin": self.sc.min_margin,
+                "duration_slope": self.sc.duration_slope}
 
     # ------------------------------------------------------------------ loop
 
@@ -88,8 +117,7 @@ class Pipeline:
                     self.on_audio(len(chunk))
                 if self._reload_requested.is_set():
                     self._reload_requested.clear()
-                    n = self.reload_profiles()
-                    yield {"event": "profiles_reloaded", "t": round(self.audio_s, 3), "profiles": sorted(self.centroids), "count": n}
+                    yield self._apply_reload()
                 began = time.perf_counter()
                 self.audio_s += len(chunk) / SAMPLE_RATE
                 events = self._process(self.segmenter.process(chunk, captured))
@@ -160,7 +188,7 @@ class Pipeline:
         self._seg_hops += 1
         raw = cosine_scores(emb, self.centroids)
         smoothed = self.smoother.push(raw)
-        thr = threshold_for(self.sc.threshold, self.stream.seconds, self.sc.window_s, self.slope)
+        thr = threshold_for(self.sc.threshold, self.stream.seconds, self.sc.window_s, self.sc.duration_slope)
         d = decide(smoothed, thr, self.sc.min_margin)
         # Model time for this hop: every push since the previous hop, plus pooling.
         compute_ms = (self.stream.compute_seconds - self._compute_mark) * 1000.0
@@ -189,7 +217,7 @@ class Pipeline:
         if self._seg_embeddings:
             # The mean of the segment's hop embeddings covers the whole turn, not just its last window.
             scores = cosine_scores(unit(np.mean(self._seg_embeddings, axis=0)), self.centroids)
-            thr = threshold_for(self.sc.threshold, self._seg_audio_s, self.sc.window_s, self.slope)
+            thr = threshold_for(self.sc.threshold, self._seg_audio_s, self.sc.window_s, self.sc.duration_slope)
             d = decide(scores, thr, self.sc.min_margin)
             event.update(speaker=d.speaker, accepted=d.accepted, score=_r(d.score),
                          scores={n: _r(s) for n, s in sorted(scores.items())})

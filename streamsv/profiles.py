@@ -35,8 +35,10 @@ log = logging.getLogger("streamsv.profiles")
 def check_name(name: str) -> str:
     """Return ``name`` if it is a safe profile name, else raise StreamsvError."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name or name.startswith("."):
+        # repr() escapes control and bidi characters, so the message cannot spoof the terminal.
+        shown = repr(name) if len(str(name)) <= 40 else f"{str(name)[:32]!r}... ({len(name)} characters)"
         raise StreamsvError(
-            f"invalid profile name {name!r}: use 1-64 of A-Z a-z 0-9 _ . - (not starting with '.', no '..')")
+            f"invalid profile name {shown}: use 1-64 ASCII letters, digits, _ . - (not starting with '.', no '..')")
     return name
 
 
@@ -177,7 +179,8 @@ class ProfileStore:
     def exists(self, name: str) -> bool:
         return self.path(name).is_file()
 
-    def load(self, name: str, fingerprint: str | None = None) -> Profile:
+    def load(self, name: str, fingerprint: str | None = None, dim: int | None = None) -> Profile:
+        """One profile; ``fingerprint``/``dim`` (the current model's) refuse one it cannot be scored against."""
         p = self.path(name)
         if not p.is_file():
             raise StreamsvError(f"no profile named {name!r} in {self.dir}")
@@ -188,14 +191,19 @@ class ProfileStore:
             raise StreamsvError(
                 f"profile {name!r} was made by another model ({prof.model}, current {fingerprint}); "
                 f"re-enroll with: streamsv enroll {name} --force")
+        if dim is not None and prof.dim != dim:
+            # A hand-edited or foreign file with the right fingerprint: scoring it would crash.
+            raise StreamsvError(
+                f"{p}: profile has {prof.dim}-dimensional embeddings, the model makes {dim}; "
+                f"re-enroll with: streamsv enroll {name} --force")
         return prof
 
-    def load_all(self, fingerprint: str | None = None) -> dict[str, Profile]:
+    def load_all(self, fingerprint: str | None = None, dim: int | None = None) -> dict[str, Profile]:
         """Every loadable profile; corrupt or other-model files are logged and skipped."""
         out = {}
         for name in self.names():
             try:
-                out[name] = self.load(name, fingerprint)
+                out[name] = self.load(name, fingerprint, dim)
             except StreamsvError as e:
                 log.warning("skipping profile: %s", e)
         return out
@@ -252,7 +260,21 @@ class ProfileStore:
 # --------------------------------------------------------------------------- enrollment
 
 MIN_PIECE_S = 1.0      # shorter voiced audio gives an unreliable embedding
+EMBED_CHUNK_S = 30.0   # longer audio is embedded in pieces: the model's memory grows ~3 MB per second
 MIN_ENROLL_S = 3.0     # total voiced seconds below which a profile is refused
+
+
+def embed_bounded(embedder, wave: np.ndarray, chunk_s: float = EMBED_CHUNK_S) -> np.ndarray:
+    """``embedder.embed`` with bounded memory: audio longer than ``chunk_s`` is embedded in
+    ``chunk_s`` pieces whose unit embeddings are averaged (identical to ``embed`` up to that length)."""
+    step = int(chunk_s * embedder.sample_rate)
+    if len(wave) <= step:
+        return embedder.embed(wave)
+    starts = list(range(0, len(wave), step))
+    if len(wave) - starts[-1] < step // 2:
+        starts.pop()                 # fold a short tail into the previous piece
+    bounds = starts[1:] + [len(wave)]
+    return centroid_of(np.stack([embedder.embed(wave[a:b]) for a, b in zip(starts, bounds)]))
 
 
 def enroll(embedder, name: str, recordings: list[np.ndarray], vad_settings=None,
@@ -275,7 +297,7 @@ def enroll(embedder, name: str, recordings: list[np.ndarray], vad_settings=None,
         if secs < MIN_PIECE_S:
             warnings.append(f"{label}: only {secs:.1f} s of speech, skipped")
             continue
-        embeddings.append(embedder.embed(speech))
+        embeddings.append(embed_bounded(embedder, speech))
         total += secs
     if not embeddings:
         raise StreamsvError(f"no usable speech to enroll {name!r} (each recording needs >= {MIN_PIECE_S:g} s of voice)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import sys
 import threading
 import time
@@ -24,6 +25,8 @@ SAMPLE_RATE = 16000
 BLOCK_MS = 30               # one webrtcvad frame: a natural unit for every source
 QUEUE_S = 2.0               # mic backlog we tolerate before dropping the oldest audio
 FILE_READ_S = 0.5           # file read granularity before re-chunking
+LOAD_READ_S = 10.0          # load_audio reads, downmixes and resamples this much at a time
+MAX_FILE_S = 3600.0         # whole-file commands (enroll, verify, embed) hold the audio in memory
 STDIN_SAMPLE_BYTES = 2      # raw s16le
 _WAIT_S = 0.1               # how often a waiting reader re-checks its stop event
 
@@ -37,38 +40,72 @@ def _to_mono_float32(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
-def _resample(wave: np.ndarray, rate: int) -> np.ndarray:
-    if rate == SAMPLE_RATE:
-        return wave
-    import soxr
+def _check_file(p: Path) -> None:
+    """Problems worth naming before libsndfile reports them less clearly."""
+    if not p.exists():
+        raise StreamsvError(f"{p}: no such file")
+    if p.is_dir():
+        raise StreamsvError(f"{p}: is a directory, expected an audio file")
+    if not os.access(p, os.R_OK):
+        raise StreamsvError(f"{p}: permission denied")
+    if p.is_file() and p.stat().st_size == 0:
+        raise StreamsvError(f"{p}: cannot read audio (empty file, 0 bytes)")
 
-    return soxr.resample(wave, rate, SAMPLE_RATE).astype(np.float32, copy=False)
+
+def _read_error(p: Path, e: BaseException) -> StreamsvError:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    # libsndfile repeats the path ("Error opening 'x.wav': Format not recognised."); it is already in front.
+    msg = re.sub(r"^Error opening .*?: ", "", msg).rstrip(".") or type(e).__name__
+    return StreamsvError(f"{p}: cannot read audio ({msg[:1].lower() + msg[1:]})")
 
 
 def load_audio(path: str | os.PathLike) -> np.ndarray:
     """Read a whole audio file as 16 kHz mono float32 in [-1, 1].
 
-    Any failure (missing, unreadable, not audio, empty, non-finite samples)
-    becomes a one-line StreamsvError naming the file.
+    Any rate, channel count and sample format libsndfile reads is accepted (downmixed, then
+    resampled block by block, so a 48 kHz 6-channel file never sits in memory at full size).
+    Any failure (missing, unreadable, not audio, empty, too long, non-finite samples) becomes a
+    one-line StreamsvError naming the file.
     """
     import soundfile as sf
 
     p = Path(path)
-    if not p.exists():
-        raise StreamsvError(f"{p}: no such file")
-    if p.is_dir():
-        raise StreamsvError(f"{p}: is a directory, expected an audio file")
+    _check_file(p)
     try:
-        data, rate = sf.read(str(p), dtype="float32", always_2d=True)
+        f = sf.SoundFile(str(p))
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise StreamsvError(f"{p}: cannot read audio ({msg})") from None
-    if data.shape[0] == 0:
-        raise StreamsvError(f"{p}: audio file is empty")
-    wave = _to_mono_float32(data)
-    if not np.isfinite(wave).all():
-        raise StreamsvError(f"{p}: audio contains NaN or infinite samples")
-    wave = _resample(wave, int(rate))
+        raise _read_error(p, e) from None
+    with f:
+        rate = int(f.samplerate)
+        if f.frames == 0:
+            raise StreamsvError(f"{p}: audio file is empty (no samples)")
+        if f.frames > MAX_FILE_S * rate:
+            raise StreamsvError(f"{p}: too long ({f.frames / rate / 60:.0f} min; whole-file commands take up to "
+                                f"{MAX_FILE_S / 60:.0f} min): stream it with listen --source")
+        resampler = None
+        if rate != SAMPLE_RATE:
+            import soxr
+
+            resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
+        step = max(1, int(rate * LOAD_READ_S))
+        parts = []
+        while True:
+            try:
+                data = f.read(step, dtype="float32", always_2d=True)
+            except Exception as e:
+                raise _read_error(p, e) from None
+            last = len(data) < step
+            wave = _to_mono_float32(data)
+            if not np.isfinite(wave).all():
+                raise StreamsvError(f"{p}: audio contains NaN or infinite samples")
+            if resampler is not None:
+                wave = resampler.resample_chunk(wave, last=last)
+            parts.append(wave)
+            if last:
+                break
+    wave = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    if not len(wave):
+        raise StreamsvError(f"{p}: audio file is empty (no samples)")
     return np.clip(wave, -1.0, 1.0)
 
 
@@ -131,16 +168,15 @@ class FileSource(Source):
         self.name = str(self.path)
         self.realtime = realtime
         self.block = _rechunk(SAMPLE_RATE * block_ms // 1000)
-        if not self.path.exists():
-            raise StreamsvError(f"{self.path}: no such file")
-        if self.path.is_dir():
-            raise StreamsvError(f"{self.path}: is a directory, expected an audio file")
+        _check_file(self.path)
         try:
             self._sf = sf.SoundFile(str(self.path))
         except Exception as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise StreamsvError(f"{self.path}: cannot read audio ({msg})") from None
+            raise _read_error(self.path, e) from None
         self.rate = int(self._sf.samplerate)
+        if self._sf.frames == 0:
+            self._sf.close()
+            raise StreamsvError(f"{self.path}: audio file is empty (no samples)")
 
     def close(self) -> None:
         self._sf.close()
@@ -154,8 +190,7 @@ class FileSource(Source):
             try:
                 data = self._sf.read(step, dtype="float32", always_2d=True)
             except Exception as e:
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise StreamsvError(f"{self.path}: cannot read audio ({msg})") from None
+                raise _read_error(self.path, e) from None
             last = len(data) < step
             wave = _to_mono_float32(data)
             if not np.isfinite(wave).all():

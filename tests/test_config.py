@@ -207,3 +207,13 @@ def test_profiles_dir_resolution(tmp_path, monkeypatch):
 def test_as_dict_round_trips():
     cfg = parse_config("vad:\n  hangover_ms: 500\n")
     assert parse_config(yaml.safe_dump(as_dict(cfg))) == cfg
+
+
+def test_duration_slope_is_validated_and_defaults_to_the_scoring_constant():
+    from streamsv.scoring import DEFAULT_DURATION_SLOPE
+
+    assert Config().scoring.duration_slope == DEFAULT_DURATION_SLOPE
+    assert parse_config("scoring:\n  duration_slope: 0.0\n").scoring.duration_slope == 0.0
+    assert "scoring.duration_slope: out of range: 1.5" in error_of("scoring:\n  duration_slope: 1.5\n")
+    assert "scoring.duration_slope: expected a number" in error_of("scoring:\n  duration_slope: steep\n")
+    assert Config().with_overrides(**{"scoring.duration_slope": 0.2}).scoring.duration_slope == 0.2

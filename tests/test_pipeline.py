@@ -158,3 +158,29 @@ def test_run_again_with_a_new_source(untrained, speech_clips, conversation):
     events = list(pipe.run())
     assert events[0]["event"] == "speech_start"          # no stale open segment carried over
     assert events[-1]["decisions"] > first and events[-1]["final"]
+
+
+def test_reload_with_config_swaps_thresholds_at_a_chunk_boundary(untrained, speech_clips, conversation, caplog):
+    # SIGHUP re-reads the settings file: the decision rule changes mid-stream, audio does not restart.
+    path, _ = conversation
+    profs = {"first": untrained.embed(speech_clips[0])}
+    pipe = Pipeline(untrained, FileSource(path), Config(), profs)
+    strict = Config().with_overrides(**{"scoring.threshold": 1.0, "scoring.min_margin": 0.5,
+                                        "scoring.duration_slope": 0.0, "scoring.window_s": 2.0})
+    events, asked = [], False
+    for e in pipe.run():
+        events.append(e)
+        if e["event"] == "decision" and not asked:
+            asked = True
+            pipe.request_reload(strict)
+    i = next(i for i, e in enumerate(events) if e["event"] == "profiles_reloaded")
+    assert events[i]["threshold"] == 1.0 and events[i]["min_margin"] == 0.5 and events[i]["duration_slope"] == 0.0
+    assert events[i]["profiles"] == ["first"]
+    assert pipe.sc.threshold == 1.0 and pipe.sc.window_s == 3.0          # window needs a restart
+    assert "scoring.window_s changed; applied after a restart" in caplog.text
+    before = [e for e in events[:i] if e["event"] == "decision"]
+    after = [e for e in events[i:] if e["event"] == "decision"]
+    assert before and after
+    # Scores below 1.0 can no longer be accepted, whatever they were before.
+    assert all(not e["accepted"] for e in after if e["score"] is not None and e["score"] < 1.0)
+    assert any(e["accepted"] for e in before)   # the enrolled clip itself passes the default rule

@@ -1,0 +1,172 @@
+"""`streamsv listen` as a service, for real: a subprocess, a bound notify socket, real signals.
+
+The model is an untrained SpeakerEncoder saved as a checkpoint and passed with --model, so the
+CLI loads it through the same code path as shipped weights (no test hook in the child).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import REPO, with_pauses
+from test_service import NotifySocket
+
+SR = 16000
+FILE_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from streamsv.embedder import Embedder, save_checkpoint
+
+    path = tmp_path_factory.mktemp("model") / "untrained.pt"
+    save_checkpoint(path, Embedder.untrained(seed=0).model, meta={"note": "untrained, for tests"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def speechlike(tmp_path_factory, speech_clips) -> Path:
+    # Real speech (dev speaker, else espeak-ng) with pauses, looped to FILE_S seconds.
+    audio, _ = with_pauses(speech_clips, 0.8)
+    audio = np.tile(audio, int(np.ceil(FILE_S * SR / len(audio))))[: int(FILE_S * SR)]
+    path = tmp_path_factory.mktemp("audio") / "speech.wav"
+    sf.write(path, audio, SR)
+    return path
+
+
+@pytest.fixture
+def notify_socket():
+    s = NotifySocket()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def home(tmp_path, tiny_model, speechlike) -> dict:
+    """Profiles folder with one profile made by the tiny model, a settings file, a clean env."""
+    from streamsv.embedder import load_embedder
+    from streamsv.profiles import ProfileStore, new_profile
+    from streamsv.sources import load_audio
+
+    emb = load_embedder(tiny_model)
+    wave = load_audio(speechlike)
+    vecs = [emb.embed(wave[i * 3 * SR:(i + 1) * 3 * SR]) for i in range(3)]
+    ProfileStore(tmp_path / "profiles").save(new_profile("alice", vecs, 3.0, emb.fingerprint))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("scoring:\n  threshold: 0.5\noutput:\n  stats_interval_s: 1.0\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("STREAMSV_CONFIG", "WATCHDOG_PID", "NOTIFY_SOCKET")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO), STREAMSV_PROFILES_DIR=str(tmp_path / "profiles"))
+    return {"env": env, "config": cfg, "tmp": tmp_path}
+
+
+def listen_cmd(home: dict, model: Path, audio: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "streamsv.cli", "listen", "--source", str(audio), "--realtime",
+            "--model", str(model), "--config", str(home["config"]), *extra]
+
+
+def stop_and_collect(proc: subprocess.Popen, sig: int) -> tuple[str, str, float]:
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=15)
+    return out, err, time.monotonic() - t0
+
+
+def test_listen_under_systemd_notify(home, tiny_model, speechlike, notify_socket):
+    # $NOTIFY_SOCKET alone switches service mode on, as under systemd's ExecStart.
+    env = dict(home["env"], NOTIFY_SOCKET=notify_socket.env, WATCHDOG_USEC="2000000")
+    proc = subprocess.Popen(listen_cmd(home, tiny_model, speechlike), env=env, cwd=home["tmp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert notify_socket.wait_for(b"READY=1", timeout=120) == b"READY=1\nSTATUS=listening"
+        notify_socket.wait_for(b"WATCHDOG=1", timeout=5)
+        # SIGHUP: new thresholds from the edited file, flags still win (none given here), audio keeps flowing.
+        home["config"].write_text("scoring:\n  threshold: 0.93\n  min_margin: 0.2\noutput:\n  stats_interval_s: 1.0\n")
+        proc.send_signal(signal.SIGHUP)
+        notify_socket.wait_for(b"RELOADING=1", timeout=10)
+        notify_socket.wait_for(b"READY=1\nSTATUS=listening (reloaded)", timeout=10)
+        time.sleep(4.0)
+        out, err, took = stop_and_collect(proc, signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert took < 2.0, took
+    assert "Traceback" not in out + err
+    events = [json.loads(line) for line in out.splitlines()]       # stdout is a pipe: JSON lines
+    reloads = [e for e in events if e["event"] == "profiles_reloaded"]
+    assert len(reloads) == 1 and reloads[0]["profiles"] == ["alice"]
+    assert reloads[0]["threshold"] == 0.93 and reloads[0]["min_margin"] == 0.2
+    final = events[-1]
+    assert final["event"] == "stats" and final["final"] is True and final["profiles"] == 1
+    assert 0 < final["audio_s"] < FILE_S                             # stopped mid-file
+    assert any(e["event"] == "decision" for e in events), events
+    assert "INFO streamsv.service: received SIGTERM, stopping" in err.splitlines()
+    got = notify_socket.recv_all()
+    assert got[-1] == b"STOPPING=1\nSTATUS=stopped"
+    assert sum(d.startswith(b"READY=1\nSTATUS=listening") and b"reloaded" not in d for d in got) == 1
+
+
+def test_listen_service_flag_without_socket_stops_on_sigint(home, tiny_model, speechlike):
+    # `--service` in a terminal or a container without systemd: no socket, same clean stop.
+    proc = subprocess.Popen(listen_cmd(home, tiny_model, speechlike, "--service", "--json"), env=home["env"],
+                            cwd=home["tmp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()                                # the first 1 s stats event
+        assert json.loads(first)["event"] in ("stats", "speech_start", "decision", "speech_end")
+        out, err, took = stop_and_collect(proc, signal.SIGINT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert took < 2.0, took
+    assert "Traceback" not in out + err
+    final = json.loads(out.splitlines()[-1])
+    assert final["event"] == "stats" and final["final"] is True and 0 < final["audio_s"] < FILE_S
+
+
+def test_service_install_print_is_the_repo_unit(capsys):
+    from streamsv import cli
+
+    repo_unit = (REPO / "systemd" / "streamsv.service").read_text()
+    with pytest.raises(SystemExit) as done:
+        cli.main(["service", "install", "--print", "--executable", "/usr/local/bin/streamsv"])
+    assert done.value.code in (0, None)
+    assert capsys.readouterr().out == repo_unit
+    # Without --executable the unit names the streamsv that is running; nothing else differs.
+    with pytest.raises(SystemExit):
+        cli.main(["service", "install", "--print"])
+    ours = capsys.readouterr().out.splitlines()
+    theirs = repo_unit.splitlines()
+    diff = [(a, b) for a, b in zip(ours, theirs) if a != b]
+    assert len(ours) == len(theirs)
+    assert all(a.startswith(("ExecStart=", "ProtectHome=")) for a, _ in diff)   # ProtectHome: a venv in /home
+    exec_line = next(a for a in ours if a.startswith("ExecStart="))
+    assert exec_line.startswith("ExecStart=/") and exec_line.endswith(" listen --service")
+
+
+def test_service_install_writes_the_unit(capsys, tmp_path):
+    from streamsv import cli
+
+    target = tmp_path / "streamsv.service"
+    with pytest.raises(SystemExit):
+        cli.main(["service", "install", "--path", str(target), "--executable", "/usr/local/bin/streamsv"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"wrote {target}\n") and "systemctl enable --now streamsv" in out
+    assert target.read_text() == (REPO / "systemd" / "streamsv.service").read_text()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    with pytest.raises(SystemExit) as done:
+        cli.main(["service", "install", "--path", str(tmp_path / "missing" / "x.service")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith("error: service: ") and err.count("\n") == 1
