@@ -136,7 +136,7 @@ def apply_variant(emb, variant: str):
 
     if variant == "eager":
         return emb
-    model = copy.deepcopy(emb.model)
+    model = copy.deepcopy(emb.network)  # variants apply to what runs, never to the original
     if variant == "int8":
         engines = torch.backends.quantized.supported_engines
         if platform.machine().lower() in ("aarch64", "arm64", "armv7l") and "qnnpack" in engines:
@@ -152,21 +152,13 @@ def apply_variant(emb, variant: str):
 
 
 class VariantEmbedder(Embedder):
-    """Same arithmetic as the original, so its counted parameters and MACs are reported
-    (quantized Linear weights are not nn.Parameters, and the FLOP counter skips their kernels)."""
+    """The original embedder with another network running; parameters and MACs are still
+    counted on the original model (quantized Linear weights are not nn.Parameters, and the
+    FLOP counter skips their kernels)."""
 
-    def __init__(self, model, original: Embedder, variant: str):
-        super().__init__(model, fingerprint=original.fingerprint)
-        self.variant = variant
-        self._original = original
-
-    @property
-    def num_parameters(self) -> int:
-        return self._original.num_parameters
-
-    @property
-    def macs_per_second(self) -> float:
-        return self._original.macs_per_second
+    def __init__(self, network, original: Embedder, variant: str):
+        self.model, self.network, self.variant = original.model, network, variant
+        self.fingerprint, self.dim, self.backend = original.fingerprint, original.dim, original.backend
 
 
 def teacher_available() -> bool:

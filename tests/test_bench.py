@@ -65,7 +65,7 @@ def test_int8_variant_keeps_embeddings_and_counts():
     wave = bench.synthetic_speech(3.0)
     assert float(emb.embed(wave) @ q.embed(wave)) > 0.99
     assert q.num_parameters == emb.num_parameters and q.fingerprint == emb.fingerprint
-    assert any("Quantized" in type(m).__name__ or "quantized" in type(m).__module__ for m in q.model.modules())
+    assert any("Quantized" in type(m).__name__ or "quantized" in type(m).__module__ for m in q.network.modules())
     assert bench.apply_variant(emb, "eager") is emb
     with pytest.raises(ValueError):
         bench.apply_variant(emb, "nope")
