@@ -532,7 +532,7 @@ def profiles_import(file: Path, name: Optional[str] = typer.Option(None, "--name
     """Import a profile file made by this model."""
     cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model})
     emb = load_model(cfg.model.path)
-    p = _store(cfg).import_(file, name=name, force=force, fingerprint=emb.fingerprint)
+    p = _store(cfg).import_(file, name=name, force=force, fingerprint=emb.fingerprint, dim=emb.dim)
     typer.echo(f"imported {p.name!r}")
 
 

@@ -244,7 +244,7 @@ class ProfileStore:
         return out
 
     def import_(self, src: str | os.PathLike, name: str | None = None, force: bool = False,
-                fingerprint: str | None = None) -> Profile:
+                fingerprint: str | None = None, dim: int | None = None) -> Profile:
         p = Path(src).expanduser()
         prof = Profile.from_json(_read_json(p, str(p)), str(p))
         if name is not None:
@@ -253,6 +253,8 @@ class ProfileStore:
             raise StreamsvError(
                 f"{p}: profile was made by another model ({prof.model}, current {fingerprint}); "
                 f"re-enroll {prof.name!r} instead of importing")
+        if dim is not None and prof.dim != dim:
+            raise StreamsvError(f"{p}: profile has {prof.dim}-dimensional embeddings, the model makes {dim}")
         self.save(prof, force=force)
         return prof
 

@@ -17,8 +17,12 @@ The pieces are small and separately testable; ``ServiceRunner`` ties them to a p
 
 The pipeline contract ``ServiceRunner`` relies on (streamsv.pipeline.Pipeline meets it):
 ``run(stop) -> Iterator[dict]`` whose last event is a stats event, an ``on_audio(n_samples)``
-attribute called for every chunk the loop consumes, ``request_reload()`` safe from any thread, and
-a ``source`` attribute that may be replaced between runs after a device failure.
+attribute called for every chunk the loop consumes, ``request_reload(cfg=None)`` safe from any
+thread (with a Config it also takes the new threshold, min_margin and duration_slope), and a
+``source`` attribute that may be replaced between runs after a device failure.
+
+``streamsv listen --service`` (implied when ``$NOTIFY_SOCKET`` is set) wires these together in
+streamsv.cli.run_service; ``streamsv service install`` writes the unit.
 """
 from __future__ import annotations
 

@@ -345,6 +345,9 @@ def test_a_tampered_profile_spoils_only_itself(capsys, caplog, tmp_path, speech_
     refused(run(capsys, "verify", "bob", str(bob)), needle)
     code, out, _ = run(capsys, "profiles", "list")
     assert code == 0 and out.startswith("alice\t") and "\nbob\t" in out    # listed (UNREADABLE if damaged)
+    if kind != "wrong-name":                                  # (import renames, so that one is fine)
+        refused(run(capsys, "profiles", "import", str(profiles / "bob.json"), "--name", "bob2"), needle)
+        assert not (profiles / "bob2.json").exists()
     assert (profiles / "alice.json").read_bytes() == alice_bytes
 
 

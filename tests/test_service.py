@@ -618,7 +618,9 @@ PIPELINE_SCRIPT = textwrap.dedent(
     profiles = {"alice": np.ones(emb.dim, dtype=np.float32)}
     pipe = Pipeline(emb, FileSource(sys.argv[1], realtime=True), Config(), profiles)
     runner = ServiceRunner(pipe, lambda e: print(json.dumps(e), flush=True))
-    sys.exit(runner.run())
+    # As `streamsv listen --service` does: skip torch's slow interpreter teardown once stopped.
+    from streamsv.cli import _exit_now
+    _exit_now(runner.run())
     """
 )
 
