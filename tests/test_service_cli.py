@@ -170,3 +170,41 @@ def test_service_install_writes_the_unit(capsys, tmp_path):
         cli.main(["service", "install", "--path", str(tmp_path / "missing" / "x.service")])
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.startswith("error: service: ") and err.count("\n") == 1
+
+
+def test_service_reopens_a_failed_microphone(monkeypatch, capsys, tmp_path, untrained, speechlike):
+    # The CLI's wiring for a mic: a capture that dies mid-run is reopened (with backoff) and audio
+    # resumes in the same pipeline; SIGTERM then stops with exit status 0 and a final stats event.
+    import threading
+
+    from streamsv import cli, sources
+    from streamsv.config import Config
+
+    class DyingMic(sources.FileSource):
+        def chunks(self, stop=None):
+            for i, item in enumerate(super().chunks(stop)):
+                if i == 20:
+                    raise OSError("PortAudio: device unavailable")
+                yield item
+
+    opened = []
+
+    def fake_open(spec, device=None, realtime=False, block_ms=30, queue_s=2.0):
+        assert spec == "mic"
+        opened.append(1)
+        if len(opened) == 2:
+            raise sources.StreamsvError("input device 'USB mic' not found")     # still unplugged
+        if len(opened) == 3:   # back: let it run a moment, then stop like systemd would
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return DyingMic(speechlike, realtime=True)
+
+    monkeypatch.setattr(sources, "open_source", fake_open)
+    cfg = Config().with_overrides(**{"profiles.dir": str(tmp_path / "none"), "output.json": True})
+    t0 = time.monotonic()
+    code = cli.run_service(cfg, untrained)
+    out = capsys.readouterr().out
+    assert code == 0 and len(opened) == 3
+    assert time.monotonic() - t0 < 10                       # backoff 0.5 s, then 1 s
+    final = json.loads(out.splitlines()[-1])
+    assert final["event"] == "stats" and final["final"] is True
+    assert final["audio_s"] > 20 * 0.03 + 0.2               # audio from before and after the failure
