@@ -20,6 +20,7 @@ from typing import Any, Callable
 import yaml
 
 from .errors import StreamsvError
+from .scoring import DEFAULT_DURATION_SLOPE, DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD
 
 ENV_CONFIG = "STREAMSV_CONFIG"
 ENV_PROFILES_DIR = "STREAMSV_PROFILES_DIR"
@@ -49,15 +50,15 @@ class VadConfig:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    threshold: float = 0.70
-    min_margin: float = 0.05
+    threshold: float = DEFAULT_THRESHOLD
+    min_margin: float = DEFAULT_MIN_MARGIN
     min_speech_s: float = 1.0
     hop_s: float = 0.5
     window_s: float = 3.0
     smoothing_hops: int = 3
     # The accept threshold is lowered by this much per second a window is short of window_s
     # (short windows score lower for the same voice); `streamsv calibrate` measures it.
-    duration_slope: float = 0.08
+    duration_slope: float = DEFAULT_DURATION_SLOPE
 
 
 @dataclass(frozen=True)

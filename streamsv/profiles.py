@@ -279,6 +279,9 @@ def embed_bounded(embedder, wave: np.ndarray, chunk_s: float = EMBED_CHUNK_S) ->
     return centroid_of(np.stack([embedder.embed(wave[a:b]) for a, b in zip(starts, bounds)]))
 
 
+ENROLL_PREFIXES_S = (1.0, 1.5, 2.0, 3.0)
+
+
 def enroll(embedder, name: str, recordings: list[np.ndarray], vad_settings=None,
            sources: list[str] | None = None, trim: bool = True) -> tuple[Profile, list[str]]:
     """Build a profile from whole recordings: one embedding per recording's voiced audio.
@@ -299,6 +302,10 @@ def enroll(embedder, name: str, recordings: list[np.ndarray], vad_settings=None,
         if secs < MIN_PIECE_S:
             warnings.append(f"{label}: only {secs:.1f} s of speech, skipped")
             continue
+        # Live decisions embed a turn as it grows from its start; enrolling the same growing
+        # prefixes (not only the whole recording) puts the centroid where live windows land.
+        embeddings += [embed_bounded(embedder, speech[: int(s * embedder.sample_rate)])
+                       for s in ENROLL_PREFIXES_S if s < secs]
         embeddings.append(embed_bounded(embedder, speech))
         total += secs
     if not embeddings:

@@ -141,7 +141,7 @@ def test_profiles_commands(capsys, clips, tmp_path):
     assert code == 0 and out.startswith("alice\t")
     code, out, _ = run(capsys, "profiles", "show", "alice", "--json")
     info = json.loads(out)
-    assert info["embeddings"] == 2 and info["dim"] == 256
+    assert info["embeddings"] >= 2 and info["dim"] == 256
     assert run(capsys, "profiles", "rename", "alice", "carol")[0] == 0
     exported = tmp_path / "carol-export.json"
     assert run(capsys, "profiles", "export", "carol", str(exported))[0] == 0
