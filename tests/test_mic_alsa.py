@@ -198,8 +198,9 @@ def test_listen_on_mic_stops_cleanly_with_final_stats(tmp_path, speech_clips):
     final = events[-1]
     assert final["event"] == "stats" and final["final"] and final["audio_s"] > 0
     assert final["profiles"] == 1
-    # The file plugin delivers far faster than real time: the bounded queue must have dropped audio.
-    assert final["drops"] > 0
+    # Whether the bounded queue drops here depends on how fast this machine processes; dropping
+    # and counting is asserted deterministically by the queue tests.
+    assert {"drops", "overflows"} <= final.keys()
 
 
 def test_enroll_from_mic(tmp_path, speech_clips):
