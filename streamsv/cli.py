@@ -82,13 +82,6 @@ def _store(cfg):
     return ProfileStore(cfg.profiles.resolved())
 
 
-def _vad_settings(cfg):
-    from .vad import VadSettings
-
-    v = cfg.vad
-    return VadSettings(v.aggressiveness, v.start_ms, v.hangover_ms, v.padding_ms)
-
-
 def _err(msg: str) -> None:
     typer.echo(msg, err=True)
 
@@ -141,10 +134,10 @@ def enroll(
         resolve_input_device(cfg.audio.device)       # so does a wrong --device
     emb = load_model(cfg.model.path)
     if paths:
-        profile, warnings = build_profile(emb, name, waves, _vad_settings(cfg), sources=[str(p) for p in paths])
+        profile, warnings = build_profile(emb, name, waves, cfg.vad, sources=[str(p) for p in paths])
     else:
         pieces = _record_enrollment(cfg, seconds)
-        profile, warnings = build_profile(emb, name, pieces, _vad_settings(cfg), trim=False)
+        profile, warnings = build_profile(emb, name, pieces, cfg.vad, trim=False)
     for w in warnings:
         _err(f"warning: {w}")
     path = store.save(profile, force=force)
@@ -161,7 +154,7 @@ def _record_enrollment(cfg, seconds: float) -> list[np.ndarray]:
     from .sources import MicSource
     from .vad import Segmenter, SpeechAudio
 
-    seg = Segmenter(_vad_settings(cfg))
+    seg = Segmenter(cfg.vad)
     collected: list[np.ndarray] = []
     voiced_s = 0.0
     last_voice = time.monotonic()
@@ -352,7 +345,7 @@ def verify(
     wave = load_audio(file)
     emb = load_model(cfg.model.path)
     prof = _store(cfg).load(name, emb.fingerprint, emb.dim)
-    segments = voiced(wave, _vad_settings(cfg))
+    segments = voiced(wave, cfg.vad)
     speech = np.concatenate(segments) if segments else np.zeros(0, np.float32)
     if len(speech) < 16000 * 0.5:
         raise StreamsvError(f"{file}: only {len(speech) / 16000:.1f} s of speech; need at least 0.5 s")
@@ -430,7 +423,7 @@ def calibrate(
     for spk, files in speakers.items():
         vecs = []
         for i, f in enumerate(files):
-            segs = voiced(load_audio(f), _vad_settings(cfg))
+            segs = voiced(load_audio(f), cfg.vad)
             speech = np.concatenate(segs) if segs else np.zeros(0, np.float32)
             if len(speech) < lengths["short"]:
                 continue

@@ -21,7 +21,7 @@ import numpy as np
 from .config import Config
 from .scoring import Smoother, cosine_scores, decide, threshold_for, unit
 from .sources import SAMPLE_RATE, Source
-from .vad import Segmenter, SpeechAudio, SpeechEnd, SpeechStart, VadSettings
+from .vad import Segmenter, SpeechAudio, SpeechEnd, SpeechStart
 
 TAIL_MIN_S = 0.3              # audio after the last hop worth adding to the turn summary
 LATENCY_KEEP = 5000            # recent hops kept for percentiles: bounded memory on a long-running service
@@ -51,8 +51,7 @@ class Pipeline:
         self._reload_requested = threading.Event()
         self._pending_cfg: Config | None = None
         self.on_audio = on_audio
-        v = cfg.vad
-        self.segmenter = Segmenter(VadSettings(v.aggressiveness, v.start_ms, v.hangover_ms, v.padding_ms))
+        self.segmenter = Segmenter(cfg.vad)
         self.stream = embedder.stream(window_s=self.sc.window_s)
         self.smoother = Smoother(self.sc.smoothing_hops)
         # Counters (read by the live view and a service layer).

@@ -14,17 +14,14 @@ from typing import Union
 
 import numpy as np
 
+from .config import VadConfig
+
 SAMPLE_RATE = 16000
+# The settings are the [vad] section of the config: one definition of the fields.
+VadSettings = VadConfig
+
 FRAME_MS = 30
 FRAME = SAMPLE_RATE * FRAME_MS // 1000   # 480 samples
-
-
-@dataclass(frozen=True)
-class VadSettings:
-    aggressiveness: int = 2
-    start_ms: int = 90
-    hangover_ms: int = 300
-    padding_ms: int = 150
 
 
 @dataclass

@@ -79,3 +79,14 @@ def with_pauses(clips: list[np.ndarray], pause_s: float = 1.0) -> tuple[np.ndarr
         spans.append((t, t + len(c) / SR))
         t += (len(c) + len(pause)) / SR
     return np.concatenate(parts), spans
+
+
+@pytest.fixture
+def untrained_cli(monkeypatch, untrained, tmp_path):
+    """The CLI on the untrained model, with profiles and HOME in tmp_path (no user config leaks in)."""
+    from streamsv import cli
+
+    monkeypatch.setattr(cli, "load_model", lambda path: untrained)
+    monkeypatch.delenv("STREAMSV_CONFIG", raising=False)
+    monkeypatch.setenv("STREAMSV_PROFILES_DIR", str(tmp_path / "profiles"))
+    monkeypatch.setenv("HOME", str(tmp_path))

@@ -28,12 +28,7 @@ from streamsv import cli
 SR = 16000
 
 
-@pytest.fixture(autouse=True)
-def untrained_cli(monkeypatch, untrained, tmp_path):
-    monkeypatch.setattr(cli, "load_model", lambda path: untrained)
-    monkeypatch.delenv("STREAMSV_CONFIG", raising=False)
-    monkeypatch.setenv("STREAMSV_PROFILES_DIR", str(tmp_path / "profiles"))
-    monkeypatch.setenv("HOME", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("untrained_cli")
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

@@ -19,12 +19,7 @@ from streamsv.embedder import Embedder
 SR = 16000
 
 
-@pytest.fixture(autouse=True)
-def untrained_cli(monkeypatch, untrained, tmp_path):
-    monkeypatch.setattr(cli, "load_model", lambda path: untrained)
-    monkeypatch.delenv("STREAMSV_CONFIG", raising=False)
-    monkeypatch.setenv("STREAMSV_PROFILES_DIR", str(tmp_path / "profiles"))
-    monkeypatch.setenv("HOME", str(tmp_path))          # no user config file leaks in
+pytestmark = pytest.mark.usefixtures("untrained_cli")
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
