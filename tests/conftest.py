@@ -90,3 +90,17 @@ def untrained_cli(monkeypatch, untrained, tmp_path):
     monkeypatch.delenv("STREAMSV_CONFIG", raising=False)
     monkeypatch.setenv("STREAMSV_PROFILES_DIR", str(tmp_path / "profiles"))
     monkeypatch.setenv("HOME", str(tmp_path))
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr); a traceback is always a failure."""
+    from streamsv import cli
+
+    try:
+        cli.main(list(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err

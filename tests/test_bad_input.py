@@ -22,7 +22,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from conftest import REPO, with_pauses
+from conftest import REPO, with_pauses, run_cli
 from streamsv import cli
 
 SR = 16000
@@ -31,15 +31,7 @@ SR = 16000
 pytestmark = pytest.mark.usefixtures("untrained_cli")
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        cli.main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
+run = run_cli
 
 
 def refused(result, *needles: str) -> str:

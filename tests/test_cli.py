@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, dev_speakers, dev_utterances, with_pauses
+from conftest import REPO, dev_speakers, dev_utterances, with_pauses, run_cli
 from streamsv import cli
 from streamsv.embedder import Embedder
 
@@ -22,14 +22,7 @@ SR = 16000
 pytestmark = pytest.mark.usefixtures("untrained_cli")
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        cli.main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 @pytest.fixture
