@@ -59,54 +59,65 @@ def _read_error(p: Path, e: BaseException) -> StreamsvError:
     return StreamsvError(f"{p}: cannot read audio ({msg[:1].lower() + msg[1:]})")
 
 
-def load_audio(path: str | os.PathLike) -> np.ndarray:
-    """Read a whole audio file as 16 kHz mono float32 in [-1, 1].
-
-    Any rate, channel count and sample format libsndfile reads is accepted (downmixed, then
-    resampled block by block, so a 48 kHz 6-channel file never sits in memory at full size).
-    Any failure (missing, unreadable, not audio, empty, too long, non-finite samples) becomes a
-    one-line StreamsvError naming the file.
-    """
+def _open_audio(p: Path):
+    """An open soundfile.SoundFile with at least one sample, or a one-line StreamsvError."""
     import soundfile as sf
 
-    p = Path(path)
     _check_file(p)
     try:
         f = sf.SoundFile(str(p))
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         raise _read_error(p, e) from None
-    with f:
+    if f.frames == 0:
+        f.close()
+        raise StreamsvError(f"{p}: audio file is empty (no samples)")
+    return f
+
+
+def _read_16k_blocks(f, p: Path, read_s: float) -> Iterator[np.ndarray]:
+    """Blocks of ``read_s`` seconds of ``f``, downmixed, checked and resampled to 16 kHz mono as
+    they are read (a 48 kHz 6-channel file never sits in memory at full size), clipped to [-1, 1]."""
+    rate = int(f.samplerate)
+    resampler = None
+    if rate != SAMPLE_RATE:
+        import soxr
+
+        resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
+    step = max(1, int(rate * read_s))
+    while True:
+        try:
+            data = f.read(step, dtype="float32", always_2d=True)
+        except Exception as e:
+            raise _read_error(p, e) from None
+        last = len(data) < step
+        wave = _to_mono_float32(data)
+        if not np.isfinite(wave).all():
+            raise StreamsvError(f"{p}: audio contains NaN or infinite samples")
+        if resampler is not None:
+            wave = resampler.resample_chunk(wave, last=last)
+        if len(wave):
+            yield np.clip(wave, -1.0, 1.0)
+        if last:
+            return
+
+
+def load_audio(path: str | os.PathLike) -> np.ndarray:
+    """Read a whole audio file as 16 kHz mono float32 in [-1, 1].
+
+    Any rate, channel count and sample format libsndfile reads is accepted (downmixed, then
+    resampled block by block). Any failure (missing, unreadable, not audio, empty, too long,
+    non-finite samples) becomes a one-line StreamsvError naming the file.
+    """
+    p = Path(path)
+    with _open_audio(p) as f:
         rate = int(f.samplerate)
-        if f.frames == 0:
-            raise StreamsvError(f"{p}: audio file is empty (no samples)")
         if f.frames > MAX_FILE_S * rate:
             raise StreamsvError(f"{p}: too long ({f.frames / rate / 60:.0f} min; whole-file commands take up to "
                                 f"{MAX_FILE_S / 60:.0f} min): stream it with listen --source")
-        resampler = None
-        if rate != SAMPLE_RATE:
-            import soxr
-
-            resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
-        step = max(1, int(rate * LOAD_READ_S))
-        parts = []
-        while True:
-            try:
-                data = f.read(step, dtype="float32", always_2d=True)
-            except Exception as e:
-                raise _read_error(p, e) from None
-            last = len(data) < step
-            wave = _to_mono_float32(data)
-            if not np.isfinite(wave).all():
-                raise StreamsvError(f"{p}: audio contains NaN or infinite samples")
-            if resampler is not None:
-                wave = resampler.resample_chunk(wave, last=last)
-            parts.append(wave)
-            if last:
-                break
-    wave = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    if not len(wave):
+        parts = list(_read_16k_blocks(f, p, LOAD_READ_S))
+    if not parts:
         raise StreamsvError(f"{p}: audio file is empty (no samples)")
-    return np.clip(wave, -1.0, 1.0)
+    return np.concatenate(parts)
 
 
 def _rechunk(samples: int) -> int:
@@ -162,45 +173,18 @@ class FileSource(Source):
 
     def __init__(self, path: str | os.PathLike, realtime: bool = False, block_ms: int = BLOCK_MS) -> None:
         super().__init__()
-        import soundfile as sf
-
         self.path = Path(path)
         self.name = str(self.path)
         self.realtime = realtime
         self.block = _rechunk(SAMPLE_RATE * block_ms // 1000)
-        _check_file(self.path)
-        try:
-            self._sf = sf.SoundFile(str(self.path))
-        except Exception as e:
-            raise _read_error(self.path, e) from None
+        self._sf = _open_audio(self.path)
         self.rate = int(self._sf.samplerate)
-        if self._sf.frames == 0:
-            self._sf.close()
-            raise StreamsvError(f"{self.path}: audio file is empty (no samples)")
 
     def close(self) -> None:
         self._sf.close()
 
     def _blocks(self) -> Iterator[np.ndarray]:
-        import soxr
-
-        resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32") if self.rate != SAMPLE_RATE else None
-        step = max(1, int(self.rate * FILE_READ_S))
-        while True:
-            try:
-                data = self._sf.read(step, dtype="float32", always_2d=True)
-            except Exception as e:
-                raise _read_error(self.path, e) from None
-            last = len(data) < step
-            wave = _to_mono_float32(data)
-            if not np.isfinite(wave).all():
-                raise StreamsvError(f"{self.path}: audio contains NaN or infinite samples")
-            if resampler is not None:
-                wave = resampler.resample_chunk(wave, last=last)
-            if len(wave):
-                yield np.clip(wave, -1.0, 1.0)
-            if last:
-                return
+        return _read_16k_blocks(self._sf, self.path, FILE_READ_S)
 
     def chunks(self, stop: threading.Event | None = None) -> Iterator[tuple[np.ndarray, float]]:
         pending = np.zeros(0, dtype=np.float32)
