@@ -571,25 +571,31 @@ SIGNAL_SCRIPT = textwrap.dedent(
 )
 
 
+def _ready_reload_then_sigterm(proc, notify_socket, ready_timeout: float, settle_s: float):
+    """Wait for READY and a watchdog ping, SIGHUP and wait for RELOADING, then SIGTERM.
+    Returns (stdout, stderr, seconds from SIGTERM to exit)."""
+    try:
+        notify_socket.wait_for(b"READY=1", timeout=ready_timeout)
+        notify_socket.wait_for(b"WATCHDOG=1", timeout=5)
+        proc.send_signal(signal.SIGHUP)
+        notify_socket.wait_for(b"RELOADING=1", timeout=5)
+        time.sleep(settle_s)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        return out, err, time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_sigterm_and_sighup_in_a_real_process(notify_socket, tmp_path):
     script = tmp_path / "svc.py"
     script.write_text(SIGNAL_SCRIPT.format(tests=str(Path(__file__).parent)))
     env = dict(os.environ, NOTIFY_SOCKET=notify_socket.env, WATCHDOG_USEC="400000", PYTHONPATH=str(REPO))
     env.pop("WATCHDOG_PID", None)
     proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        notify_socket.wait_for(b"READY=1", timeout=30)
-        notify_socket.wait_for(b"WATCHDOG=1", timeout=5)
-        proc.send_signal(signal.SIGHUP)
-        notify_socket.wait_for(b"RELOADING=1", timeout=5)
-        time.sleep(0.3)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=10)
-        took = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err, took = _ready_reload_then_sigterm(proc, notify_socket, ready_timeout=30, settle_s=0.3)
     assert proc.returncode == 0, err
     assert took < 2.0
     lines = [json.loads(line) for line in out.splitlines()]
@@ -643,19 +649,7 @@ def test_real_pipeline_ready_reload_and_sigterm(notify_socket, tmp_path):
     env.pop("WATCHDOG_PID", None)
     proc = subprocess.Popen([sys.executable, str(script), str(wav)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        notify_socket.wait_for(b"READY=1", timeout=60)
-        notify_socket.wait_for(b"WATCHDOG=1", timeout=5)
-        proc.send_signal(signal.SIGHUP)
-        notify_socket.wait_for(b"RELOADING=1", timeout=5)
-        time.sleep(0.5)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=10)
-        took = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err, took = _ready_reload_then_sigterm(proc, notify_socket, ready_timeout=60, settle_s=0.5)
     assert proc.returncode == 0, err
     assert took < 2.0, took
     events = [json.loads(line) for line in out.splitlines()]
