@@ -1,9 +1,14 @@
 """streamsv: on-device, real-time speaker verification."""
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
-from .errors import StreamsvError
+# One BLAS thread, set before numpy loads OpenBLAS: a streaming step's matrices are small, and
+# worker threads spinning against the rest of a busy device cost more than they give.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from .errors import StreamsvError  # noqa: E402
 
 if TYPE_CHECKING:
     from .embedder import Embedder

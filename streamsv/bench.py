@@ -104,7 +104,7 @@ def bench_audio(seconds: float, path: str | None) -> tuple[np.ndarray, str]:
     return synthetic_speech(seconds), "synthetic voiced audio (no speech data found)"
 
 
-def load_system(kind: str, model: str | None, variant: str = "eager"):
+def load_system(kind: str, model: str | None, variant: str = "numpy"):
     """('student', 'untrained' | path | None) or ('teacher', _) -> (embedder-like, description)."""
     if kind == "teacher":
         sys.path.insert(0, str(REPO_TOOLS))
@@ -113,52 +113,50 @@ def load_system(kind: str, model: str | None, variant: str = "eager"):
         return teacher.Teacher(), "Resemblyzer VoiceEncoder (teacher)"
     from .embedder import DEFAULT_WEIGHTS, load_embedder
 
-    suffix = "" if variant == "eager" else f", {variant}"
+    suffix = f", {variant}"
     if model == "untrained" or (model is None and not DEFAULT_WEIGHTS.is_file()):
         return apply_variant(Embedder.untrained(seed=0), variant), f"untrained student{suffix} (no weights: speed figures only)"
     emb = load_embedder(model)
     return apply_variant(emb, variant), f"student {model or DEFAULT_WEIGHTS.name} ({emb.fingerprint}{suffix})"
 
 
-VARIANTS = ("eager", "int8", "compile")
+VARIANTS = ("numpy", "torch", "int8", "compile")
 
 
-def apply_variant(emb, variant: str):
-    """A speed-up option applied to a student Embedder (a new Embedder; the input is untouched).
+def apply_variant(emb: Embedder, variant: str) -> Embedder:
+    """The same weights run another way (a copy; the input is untouched).
 
-    int8: dynamic int8 quantization of every nn.Linear (weights int8, activations quantized on
-    the fly), fbgemm/x86 kernels here, qnnpack on ARM. compile: torch.compile of the encoder."""
+    numpy: the runtime (streamsv/runtime.py), the default. torch: the torch model with each
+    GroupLinear fused into one block-diagonal Linear (the runtime before the numpy one). int8:
+    that model with dynamic int8 quantization of every nn.Linear (fbgemm/x86 kernels here,
+    qnnpack on ARM). compile: that model's encode under torch.compile."""
     import copy
+
+    if variant == "numpy":
+        return emb
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     import platform
     import warnings
 
     import torch
 
-    if variant == "eager":
-        return emb
-    model = copy.deepcopy(emb.network)  # variants apply to what runs, never to the original
+    from .embedder import TorchEncoder
+    from .model import fuse_for_inference
+
+    network = fuse_for_inference(emb.to_torch())
     if variant == "int8":
         engines = torch.backends.quantized.supported_engines
         if platform.machine().lower() in ("aarch64", "arm64", "armv7l") and "qnnpack" in engines:
             torch.backends.quantized.engine = "qnnpack"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            network = torch.ao.quantization.quantize_dynamic(network, {torch.nn.Linear}, dtype=torch.qint8)
     elif variant == "compile":
-        model.encode = torch.compile(model.encode)
-    else:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    return VariantEmbedder(model, emb, variant)
-
-
-class VariantEmbedder(Embedder):
-    """The original embedder with another network running; parameters and MACs are still
-    counted on the original model (quantized Linear weights are not nn.Parameters, and the
-    FLOP counter skips their kernels)."""
-
-    def __init__(self, network, original: Embedder, variant: str):
-        self.model, self.network, self.variant = original.model, network, variant
-        self.fingerprint, self.dim, self.backend = original.fingerprint, original.dim, original.backend
+        network.encode = torch.compile(network.encode)
+    out = copy.copy(emb)
+    out.encoder, out.variant = TorchEncoder(network), variant
+    return out
 
 
 def teacher_available() -> bool:
@@ -285,13 +283,20 @@ def counted(kind: str, system) -> dict:
 
 def student_stream_macs(emb, seconds: float = 4.0) -> float:
     """MACs per second of audio of the streaming path (push a hop, pool the window, every hop),
-    counted by torch's FLOP counter like Embedder.macs_per_second (2 FLOPs = 1 MAC)."""
+    counted by torch's FLOP counter like Embedder.macs_per_second (2 FLOPs = 1 MAC), on the
+    torch model as trained: the function's arithmetic, whichever runtime computes it."""
+    import copy
+
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from .embedder import TorchEncoder
+
     wave = synthetic_speech(seconds, seed=1)
     hop = int(HOP_S * SAMPLE_RATE)
-    stream = emb.stream(window_s=WINDOW_S)
+    reference = copy.copy(emb)
+    reference.encoder = TorchEncoder(emb.to_torch())
+    stream = reference.stream(window_s=WINDOW_S)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         for start in range(0, len(wave) - hop + 1, hop):
             stream.push(wave[start : start + hop])
@@ -313,12 +318,13 @@ def _rss_mb() -> tuple[float | None, float | None]:
         return None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child_main(kind: str, model: str | None, audio_path: str, variant: str = "eager") -> int:
+def child_main(kind: str, model: str | None, audio_path: str, variant: str = "numpy") -> int:
     """Run as a fresh process: load, print READY, stream (real-time until the first decision,
     then as fast as possible), report memory."""
-    import torch
+    if kind == "teacher" or variant != "numpy":  # the numpy runtime never imports torch
+        import torch
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
     import soundfile as sf
 
     system, _ = load_system(kind, model, variant)
@@ -336,7 +342,7 @@ def child_main(kind: str, model: str | None, audio_path: str, variant: str = "ea
     return 0
 
 
-def startup(kind: str, model: str | None, audio_path: str, variant: str = "eager") -> dict:
+def startup(kind: str, model: str | None, audio_path: str, variant: str = "numpy") -> dict:
     cmd = [sys.executable, "-m", "streamsv.bench", "--child", kind, "--audio", audio_path, "--variant", variant]
     if model:
         cmd += ["--model", model]
@@ -438,16 +444,18 @@ def run_bench(args) -> dict:
         audio_path = str(Path(tmp) / "bench.wav")
         sf.write(audio_path, wave[: int(max(args.seconds, 5) * SAMPLE_RATE)], SAMPLE_RATE, subtype="FLOAT")
         for kind in kinds:
-            system, desc = load_system(kind, args.model, args.variant if kind == "student" else "eager")
+            system, desc = load_system(kind, args.model, args.variant if kind == "student" else "numpy")
             if kind == "student":
                 result["student_desc"] = desc
             sect = {"once": counted(kind, system)}
             for name, n in settings.items():
+                if kind == "student" and args.variant == "numpy" and name != "1":
+                    continue  # the runtime is single-threaded: OPENBLAS_NUM_THREADS=1 (streamsv/__init__.py)
                 torch.set_num_threads(n)
                 sect[name] = measure(system, wave, args.realtime_s, CLOCKS[args.clock])
             torch.set_num_threads(1)
             if not args.no_startup:
-                sect["once"].update(startup(kind, args.model, audio_path, args.variant if kind == "student" else "eager"))
+                sect["once"].update(startup(kind, args.model, audio_path, args.variant if kind == "student" else "numpy"))
             result["systems"][kind] = sect
     return result
 
@@ -458,7 +466,7 @@ def main(args: list[str] | None = None) -> int:
     p.add_argument("--audio", help="audio file to stream (default: dev speech from the shared data, else synthetic)")
     p.add_argument("--seconds", type=float, default=30.0, help="seconds of audio streamed as fast as possible")
     p.add_argument("--realtime-s", type=float, default=8.0, help="seconds streamed at real-time pace for latency (0: skip)")
-    p.add_argument("--variant", default="eager", choices=VARIANTS, help="speed-up option for the student")
+    p.add_argument("--variant", default="numpy", choices=VARIANTS, help="how the student runs (default: the numpy runtime)")
     p.add_argument("--clock", default="wall", choices=list(CLOCKS),
                    help="time hops by wall clock, or by process CPU time (robust on a busy machine; "
                         "core-seconds when threads > 1); latency is always wall time")

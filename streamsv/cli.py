@@ -50,13 +50,8 @@ ModelOpt = typer.Option(None, "--model", help="Model weights file (default: the 
 
 def load_model(path: str | None):
     """The embedder the CLI uses (tests replace this to run on an untrained model)."""
-    import torch
-
     from . import load_embedder
 
-    # One thread: the streaming model is small, and OpenMP workers spinning against whatever else
-    # runs on the device (measured: a busy 2-core box) made hops 100x slower, not faster.
-    torch.set_num_threads(1)
     return load_embedder(path)
 
 

@@ -50,7 +50,8 @@ def test_bench_json_has_every_figure(capsys):
     out = json.loads(capsys.readouterr().out)
     student = out["systems"]["student"]
     assert student["once"]["params"] > 0 and student["once"]["macs_per_s"] > 0
-    for threads in ("1", "all"):
+    assert "all" not in student  # the numpy runtime is single-threaded: no second setting to time
+    for threads in ("1",):
         figs = student[threads]
         for key in ("hop_p50_ms", "hop_p95_ms", "hop_p99_ms", "rtf", "latency_p50_ms", "latency_p95_ms"):
             assert figs[key] is not None and figs[key] > 0, key
@@ -65,8 +66,9 @@ def test_int8_variant_keeps_embeddings_and_counts():
     wave = bench.synthetic_speech(3.0)
     assert float(emb.embed(wave) @ q.embed(wave)) > 0.99
     assert q.num_parameters == emb.num_parameters and q.fingerprint == emb.fingerprint
-    assert any("Quantized" in type(m).__name__ or "quantized" in type(m).__module__ for m in q.network.modules())
-    assert bench.apply_variant(emb, "eager") is emb
+    assert any("Quantized" in type(m).__name__ or "quantized" in type(m).__module__ for m in q.encoder.network.modules())
+    assert float(emb.embed(wave) @ bench.apply_variant(emb, "torch").embed(wave)) > 0.9999
+    assert bench.apply_variant(emb, "numpy") is emb
     with pytest.raises(ValueError):
         bench.apply_variant(emb, "nope")
 

@@ -1,14 +1,19 @@
 """The student: streaming equals offline, sizes within budget, checkpoints load safely."""
 from __future__ import annotations
 
+import math
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from streamsv import StreamsvError, load_embedder
-from streamsv.embedder import DEFAULT_WEIGHTS, Embedder, save_checkpoint
+from streamsv.embedder import DEFAULT_WEIGHTS, Embedder, save_checkpoint, save_weights
 from streamsv.features import HOP, StreamingLogMel, log_mel
 from streamsv.model import ModelConfig, SpeakerEncoder
+from streamsv.runtime import gelu
 
 torch.set_num_threads(1)
 TEACHER_MACS_PER_SECOND = 270e6  # LSTM 3x256 over 40 mels, 1.3x partial overlap (tools/teacher.py counts it)
@@ -34,11 +39,31 @@ def _stream(embedder: Embedder, wave: np.ndarray, window_s: float, seed: int) ->
 
 
 def test_streaming_log_mel_equals_offline():
-    wave = torch.from_numpy(_speechlike(1.3))
+    wave = _speechlike(1.3)
     stream, frames = StreamingLogMel(), []
     for start in range(0, len(wave), 777):
         frames.append(stream.push(wave[start:start + 777]))
-    assert torch.allclose(torch.cat(frames), log_mel(wave), atol=1e-5)
+    assert np.allclose(np.concatenate(frames), log_mel(wave), atol=1e-5)
+
+
+def test_gelu_is_the_exact_erf_gelu():
+    x = np.linspace(-9, 9, 20001, dtype=np.float32)
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    assert np.abs(gelu(x) - exact).max() < 1e-6
+
+
+@pytest.mark.parametrize("config", [ModelConfig(), ModelConfig(width=64, n_blocks=2, groups=2, chunk_frames=8, conv_kernel=5)])
+def test_runtime_computes_the_torch_model(config):
+    """The numpy runtime and the torch model (what training optimised) give the same embedding."""
+    torch.manual_seed(1)
+    model = SpeakerEncoder(config).eval()
+    for p in model.parameters():  # untrained biases are zero: make every term count
+        p.data.add_(0.05 * torch.randn_like(p))
+    embedder = Embedder.from_model(model)
+    wave = _speechlike(2.3, seed=3)
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(log_mel(wave))[None])[0].numpy()
+    assert float(embedder.embed(wave) @ (reference / np.linalg.norm(reference))) >= 0.9999
 
 
 @pytest.mark.parametrize("arch", ["mixer", "transformer"])
@@ -56,11 +81,10 @@ def test_rolling_window_pools_only_recent_frames():
     embedder = Embedder.untrained(seed=5)
     wave = _speechlike(5.0, seed=4)
     streamed = _stream(embedder, wave, window_s=2.0, seed=6)
-    with torch.inference_mode():
-        features, logits, _ = embedder.model.encode(log_mel(torch.from_numpy(wave))[None])
-        last = embedder.model.head.pool(features[:, -100:], logits[:, -100:])[0]
-        everything = embedder.model.head.pool(features, logits)[0]
-    last, everything = (torch.nn.functional.normalize(v, dim=0).numpy() for v in (last, everything))
+    encoder = embedder.encoder
+    features, logits = encoder.encode(log_mel(wave), encoder.new_state())
+    last = embedder.finish(encoder.pool(features[-100:], logits[-100:]))
+    everything = embedder.finish(encoder.pool(features, logits))
     assert float(last @ streamed) >= 0.9999
     assert float(everything @ streamed) < 0.9999
 
@@ -116,25 +140,27 @@ def test_embed_resamples_other_rates():
 def test_checkpoint_round_trip_and_fingerprint(tmp_path):
     torch.manual_seed(0)
     model = SpeakerEncoder(ModelConfig(width=64, n_blocks=2))
-    path = tmp_path / "student.pt"
-    save_checkpoint(path, model, {"note": "test"})
-    loaded = load_embedder(path)
+    checkpoint, weights = tmp_path / "student.pt", tmp_path / "student.npz"
+    save_checkpoint(checkpoint, model, {"note": "test"})
+    save_weights(weights, load_embedder(checkpoint))
     wave = _speechlike(1.0)
-    reference = Embedder(model, "x").embed(wave)
-    assert np.allclose(loaded.embed(wave), reference, atol=1e-6)
-    assert loaded.fingerprint == load_embedder(path).fingerprint
-    save_checkpoint(path, SpeakerEncoder(ModelConfig(width=64, n_blocks=2)), {"note": "other"})
-    assert load_embedder(path).fingerprint != loaded.fingerprint
+    reference = Embedder.from_model(model).embed(wave)
+    for path in (checkpoint, weights):
+        assert np.allclose(load_embedder(path).embed(wave), reference, atol=1e-6)
+    # The fingerprint is the weights', whichever file carried them.
+    assert load_embedder(checkpoint).fingerprint == load_embedder(weights).fingerprint == Embedder.from_model(model).fingerprint
+    save_checkpoint(checkpoint, SpeakerEncoder(ModelConfig(width=64, n_blocks=2)), {"note": "other"})
+    assert load_embedder(checkpoint).fingerprint != load_embedder(weights).fingerprint
 
 
 def test_bad_checkpoints_give_one_line_errors(tmp_path):
     missing = tmp_path / "nope.pt"
     with pytest.raises(StreamsvError, match="not found"):
         load_embedder(missing)
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(StreamsvError, match="cannot load"):
-        load_embedder(garbage)
+    for name in ("garbage.pt", "garbage.npz"):
+        (tmp_path / name).write_bytes(b"not a checkpoint")
+        with pytest.raises(StreamsvError, match="cannot load"):
+            load_embedder(tmp_path / name)
     # A pickle smuggling code is refused by weights_only loading.
     class Evil:
         def __reduce__(self):
@@ -144,6 +170,19 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
     torch.save({"format": 1, "config": {}, "state_dict": {}, "meta": Evil()}, evil)
     with pytest.raises(StreamsvError, match="cannot load"):
         load_embedder(evil)
+    # .npz object arrays would need pickle: refused (allow_pickle=False).
+    evil_npz = tmp_path / "evil.npz"
+    np.savez(evil_npz, format=np.array(1), config=np.array([Evil()], dtype=object))
+    with pytest.raises(StreamsvError, match="cannot load"):
+        load_embedder(evil_npz)
+    # Well-formed but missing a layer.
+    good = tmp_path / "good.npz"
+    save_weights(good, Embedder.untrained(config=ModelConfig(width=64, n_blocks=2)))
+    with np.load(good) as data:
+        arrays = {k: data[k] for k in data.files if k != "model.head.proj.weight"}
+    np.savez(tmp_path / "partial.npz", **arrays)
+    with pytest.raises(StreamsvError, match="cannot load"):
+        load_embedder(tmp_path / "partial.npz")
 
 
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="no shipped weights yet")
@@ -153,3 +192,18 @@ def test_shipped_weights_load():
     assert embedder.num_parameters <= 2_500_000
     vector = embedder.embed(_speechlike(1.5))
     assert vector.dtype == np.float32 and abs(np.linalg.norm(vector) - 1) < 1e-5
+    with torch.inference_mode():
+        reference = embedder.to_torch()(torch.from_numpy(log_mel(_speechlike(1.5)))[None])[0].numpy()
+    assert float(vector @ reference) / np.linalg.norm(reference) >= 0.9999
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="no shipped weights yet")
+def test_runtime_never_imports_torch():
+    """Listening, enrolling and verifying run on numpy alone: torch's import is slower than the
+    whole start-up budget."""
+    code = ("import sys, numpy as np, streamsv; e = streamsv.load_embedder(); s = e.stream(); "
+            "s.push(np.zeros(16000, np.float32)); s.embedding(); e.embed(np.zeros(8000, np.float32)); "
+            "import streamsv.cli, streamsv.pipeline, streamsv.service; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

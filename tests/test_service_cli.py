@@ -27,10 +27,10 @@ FILE_S = 30.0
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from streamsv.embedder import Embedder, save_checkpoint
+    from streamsv.embedder import Embedder, save_weights
 
-    path = tmp_path_factory.mktemp("model") / "untrained.pt"
-    save_checkpoint(path, Embedder.untrained(seed=0).model, meta={"note": "untrained, for tests"})
+    path = tmp_path_factory.mktemp("model") / "untrained.npz"
+    save_weights(path, Embedder.untrained(seed=0), meta={"note": "untrained, for tests"})
     return path
 
 

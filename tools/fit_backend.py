@@ -86,7 +86,7 @@ def main() -> None:
     payload = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     meta = dict(payload["meta"], backend={"kind": "centre + WCCN", "shrink": args.shrink,
                                           "fitted_on": f"{len(vectors)} clips of {len(set(labels))} training speakers"})
-    save_checkpoint(args.out, embedder.model, meta, backend)
+    save_checkpoint(args.out, embedder.to_torch(), meta, backend)
     print(f"wrote {args.out}: backend fitted on {len(vectors)} clips, {len(set(labels))} speakers")
 
 

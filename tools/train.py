@@ -201,14 +201,14 @@ class Distiller(nn.Module):
 
     def forward(self, waves, labels, targets, margin: float):
         with torch.no_grad():
-            mel = log_mel(waves)
+            mel = torch.from_numpy(log_mel(waves.cpu().numpy()))
         emb = self.student(mel)
         distill = 1 - F.cosine_similarity(self.to_teacher(emb), targets).mean()
         return distill, self.aam(emb, labels, margin)
 
 
 def mel_statistics(waves: list[np.ndarray], rng: np.random.Generator, n: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
-    mels = torch.cat([log_mel(torch.from_numpy(waves[i])) for i in rng.choice(len(waves), n, replace=False)])
+    mels = torch.cat([torch.from_numpy(log_mel(waves[i])) for i in rng.choice(len(waves), n, replace=False)])
     return mels.mean(dim=0), mels.std(dim=0).clamp(min=1e-3)
 
 
