@@ -17,6 +17,7 @@ advances in place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Mapping
 
 import numpy as np
@@ -26,42 +27,53 @@ MAX_STEP_FRAMES = 64  # longer pushes are split: the token-mixing matrices grow 
 LAYER_NORM_EPS = 1e-5
 STATS_VAR_FLOOR = 1e-5
 
-# Abramowitz & Stegun 7.1.26: erfc(z) ~ t * poly(t) * exp(-z^2), t = 1 / (1 + p z), |error| < 1.5e-7.
-_ERFC_P = 0.3275911
-_ERFC_POLY = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
-_SQRT_HALF = float(np.sqrt(0.5))
+# Abramowitz & Stegun 7.1.26 for the normal tail: P(N(0,1) > a) ~ poly(t) * exp(-a^2 / 2) with
+# t = 1 / (1 + p a / sqrt 2), |error| < 1e-7; constants pre-scaled so no pass is spent on them.
+_TAIL_P = np.float32(0.3275911 / np.sqrt(2))
+_TAIL_POLY = tuple(np.float32(c / 2) for c in (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592))
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """Exact (erf) GELU to float32 precision; numpy has no erf of its own.
 
-    x * Phi(x) = relu(x) - |x| * P(N(0,1) > |x|), the tail from erfc(|x| / sqrt 2)."""
-    z = np.abs(x)
-    z *= np.float32(_SQRT_HALF)
-    t = np.float32(_ERFC_P) * z
+    x * Phi(x) = relu(x) - |x| * P(N(0,1) > |x|)."""
+    a = np.abs(x)
+    t = a * _TAIL_P
     t += 1
     np.reciprocal(t, out=t)
-    tail = np.float32(_ERFC_POLY[0]) * t
-    for a in _ERFC_POLY[1:]:
-        tail += np.float32(a)
+    tail = _TAIL_POLY[0] * t
+    for c in _TAIL_POLY[1:]:
+        tail += c
         tail *= t
-    np.square(z, out=z)
-    np.negative(z, out=z)
-    np.exp(z, out=z)
-    tail *= z
-    tail *= np.float32(0.5)
-    tail *= np.abs(x)
-    return np.maximum(x, 0) - tail
+    e = x * np.float32(-0.5)
+    e *= x
+    np.exp(e, out=e)
+    tail *= e
+    tail *= a
+    out = np.maximum(x, 0)
+    out -= tail
+    return out
 
 
-def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+def standardize(x: np.ndarray) -> np.ndarray:
+    """LayerNorm without its affine part (folded into the next layer where one follows)."""
     # Means as matrix-vector products: several times faster than ndarray.mean on rows this short.
     average = np.full(x.shape[-1], 1 / x.shape[-1], np.float32)
     centred = x - (x @ average)[..., None]
     centred *= np.reciprocal(np.sqrt(np.square(centred) @ average + np.float32(LAYER_NORM_EPS)))[..., None]
-    centred *= weight
-    centred += bias
     return centred
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    y = standardize(x)
+    y *= weight
+    y += bias
+    return y
+
+
+@lru_cache(maxsize=16)
+def _lower_ones(n: int) -> np.ndarray:
+    return np.tril(np.ones((n, n), np.float32))
 
 
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:
@@ -105,6 +117,21 @@ class GroupLinear:
         y = x @ self.weight
         y += self.bias
         return y
+
+    def absorb_affine(self, scale: np.ndarray, shift: np.ndarray) -> None:
+        """Fold a per-channel ``x * scale + shift`` applied to the input into this layer."""
+        groups, size = len(self.weight), self.weight.shape[1]
+        scale, shift = scale.reshape(groups, size, 1), shift.reshape(groups, 1, size)
+        self.bias = self.bias + shift @ self.weight
+        self.weight = np.ascontiguousarray(self.weight * scale)
+
+    def dense(self) -> np.ndarray:
+        """The block-diagonal (in, out) matrix of all groups."""
+        groups, size_in, size_out = self.weight.shape
+        out = np.zeros((groups * size_in, groups * size_out), np.float32)
+        for g in range(groups):
+            out[g * size_in:(g + 1) * size_in, g * size_out:(g + 1) * size_out] = self.weight[g]
+        return out
 
 
 def to_groups(x: np.ndarray, groups: int) -> np.ndarray:
@@ -152,16 +179,25 @@ class MixerBlock:
     def __init__(self, arrays: Mapping[str, np.ndarray], prefix: str, cfg: dict):
         g = cfg["groups"]
         self.groups = g
-        self.norms = {n: (arrays[f"{prefix}.norm_{n}.weight"], arrays[f"{prefix}.norm_{n}.bias"]) for n in ("lgm", "msm", "gcm")}
+        norm = {n: (arrays[f"{prefix}.norm_{n}.weight"], arrays[f"{prefix}.norm_{n}.bias"]) for n in ("lgm", "msm", "gcm")}
+        self.norm_lgm = norm["lgm"]
         self.wide = self._conv(arrays, f"{prefix}.local_wide.conv")
         self.narrow = self._conv(arrays, f"{prefix}.local_narrow.conv")
         self.utterance = Linear(arrays, f"{prefix}.utterance_mix.proj")
+        # The MSM and GCM norms feed only linear maps (pair averaging commutes with an affine map):
+        # their affine parts are folded into those layers.
         self.full_rate = GroupLinear(arrays, f"{prefix}.full_rate", g)
         self.half_rate = GroupLinear(arrays, f"{prefix}.half_rate.fn", g)
+        self.full_rate.absorb_affine(*norm["msm"])
+        self.half_rate.absorb_affine(*norm["msm"])
         self.scale_out = GroupLinear(arrays, f"{prefix}.scale_out", g)
         self.channel_in = GroupLinear(arrays, f"{prefix}.channel_in", g)
-        self.channel_out = GroupLinear(arrays, f"{prefix}.channel_out", g)
-        self.group_mix = Linear(arrays, f"{prefix}.group_mix")
+        self.channel_in.absorb_affine(*norm["gcm"])
+        # channel_out then group_mix, both linear: one (expanded width -> width) matrix.
+        channel_out, group_mix = GroupLinear(arrays, f"{prefix}.channel_out", g), Linear(arrays, f"{prefix}.group_mix")
+        self.channel_mix = Linear.__new__(Linear)
+        self.channel_mix.weight = np.ascontiguousarray(channel_out.dense() @ group_mix.weight)
+        self.channel_mix.bias = channel_out.bias.reshape(-1) @ group_mix.weight + group_mix.bias
 
     @staticmethod
     def _conv(arrays: Mapping[str, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +211,7 @@ class MixerBlock:
     def step(self, x: np.ndarray, s: BlockState, plan: StepPlan, index: int) -> np.ndarray:
         history = len(s.mix_inputs)
         # Local-Global Mixing
-        u = layer_norm(x, *self.norms["lgm"])
+        u = layer_norm(x, *self.norm_lgm)
         local, s.wide = causal_depthwise(u, s.wide, *self.wide)
         local, s.narrow = causal_depthwise(gelu(local), s.narrow, *self.narrow)
         inputs = np.concatenate([s.mix_inputs, u])
@@ -188,10 +224,12 @@ class MixerBlock:
         s.mix_inputs, s.mix_hidden = inputs[len(inputs) - history:], hiddens[len(hiddens) - history:]
         utterance = self.utterance(plan.mean_weights @ u + plan.prior_weight * s.total)
         s.total = s.total + u.sum(axis=0)
-        x = x + local + chunk + utterance
+        local += chunk
+        local += utterance
+        x = local + x
 
         # Multi-Scale Mixing, on grouped activations
-        u = layer_norm(x, *self.norms["msm"])
+        u = standardize(x)
         frames = np.concatenate([s.half_pending[None], u]) if plan.odd else u
         pairs = len(frames) // 2
         pooled = (frames[0:2 * pairs:2] + frames[1:2 * pairs:2]) * np.float32(0.5)
@@ -202,8 +240,8 @@ class MixerBlock:
         x = x + from_groups(self.scale_out(gelu(mixed)))
 
         # Group Channel Mixing
-        u = to_groups(layer_norm(x, *self.norms["gcm"]), self.groups)
-        return x + self.group_mix(from_groups(self.channel_out(gelu(self.channel_in(u)))))
+        u = to_groups(standardize(x), self.groups)
+        return x + self.channel_mix(from_groups(gelu(self.channel_in(u))))
 
 
 class Encoder:
@@ -267,17 +305,21 @@ class Encoder:
         return mixed, self.attention_out(np.tanh(self.attention_in(mixed)))
 
     def _plan(self, start: int, n: int) -> StepPlan:
-        new = np.arange(start, start + n)
-        seen = np.arange(start - self.history, start + n)  # [history; new] in absolute frames
-        visible = (seen[None] // self.chunk == new[:, None] // self.chunk) & (seen[None] <= new[:, None])
-        rows, cols = (new % self.chunk)[:, None], (seen % self.chunk)[None]
         counts = np.arange(start + 1, start + n + 1, dtype=np.float32)[:, None]
         odd = start % 2 == 1
-        return StepPlan(
-            mix_in=self.mix_w1[:, rows, cols] * visible, mix_out=self.mix_w2[:, rows, cols] * visible,
-            bias_in=self.mix_b1[:, new % self.chunk, None], bias_out=self.mix_b2[:, new % self.chunk, None],
-            mean_weights=np.tril(np.ones((n, n), np.float32)) / counts, prior_weight=1 / counts,
-            half_index=(np.arange(int(odd), int(odd) + n) + 1) // 2, odd=odd)
+        return StepPlan(*self._token_mixing(start % self.chunk, n), mean_weights=_lower_ones(n) / counts,
+                        prior_weight=1 / counts, half_index=(np.arange(int(odd), int(odd) + n) + 1) // 2, odd=odd)
+
+    @lru_cache(maxsize=128)  # a stream cycles through chunk offsets x a few hop lengths
+    def _token_mixing(self, offset: int, n: int) -> tuple[np.ndarray, ...]:
+        """Every block's token-mixing matrices and biases for ``n`` new frames starting at
+        ``offset`` within a chunk, over [history; new]: they depend on nothing else."""
+        new = np.arange(offset, offset + n)
+        seen = np.arange(offset - self.history, offset + n)  # [history; new], chunk 0 starting at 0
+        visible = (seen[None] // self.chunk == new[:, None] // self.chunk) & (seen[None] <= new[:, None])
+        rows, cols = (new % self.chunk)[:, None], (seen % self.chunk)[None]
+        return (self.mix_w1[:, rows, cols] * visible, self.mix_w2[:, rows, cols] * visible,
+                self.mix_b1[:, new % self.chunk, None], self.mix_b2[:, new % self.chunk, None])
 
     def pool(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """Attentive statistics pooling over frames -> raw (un-normalised) embedding."""
