@@ -120,13 +120,14 @@ def load_system(kind: str, model: str | None, variant: str = "numpy"):
     return apply_variant(emb, variant), f"student {model or DEFAULT_WEIGHTS.name} ({emb.fingerprint}{suffix})"
 
 
-VARIANTS = ("numpy", "torch", "int8", "compile")
+VARIANTS = ("numpy", "numpy-exact", "numpy-tanh", "torch", "int8", "compile")
 
 
 def apply_variant(emb: Embedder, variant: str) -> Embedder:
     """The same weights run another way (a copy; the input is untouched).
 
-    numpy: the runtime (streamsv/runtime.py), the default. torch: the torch model with each
+    numpy: the runtime as loaded (streamsv/runtime.py). numpy-exact / numpy-tanh: the runtime
+    with the exact (erf) GELU or its tanh approximation. torch: the torch model with each
     GroupLinear fused into one block-diagonal Linear (the runtime before the numpy one). int8:
     that model with dynamic int8 quantization of every nn.Linear (fbgemm/x86 kernels here,
     qnnpack on ARM). compile: that model's encode under torch.compile."""
@@ -136,6 +137,13 @@ def apply_variant(emb: Embedder, variant: str) -> Embedder:
         return emb
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    out = copy.copy(emb)
+    out.variant = variant
+    if variant.startswith("numpy-"):
+        from .runtime import Encoder
+
+        out.encoder = Encoder(emb.weights, emb.config, activation=variant.split("-")[1])
+        return out
     import platform
     import warnings
 
@@ -154,8 +162,7 @@ def apply_variant(emb: Embedder, variant: str) -> Embedder:
             network = torch.ao.quantization.quantize_dynamic(network, {torch.nn.Linear}, dtype=torch.qint8)
     elif variant == "compile":
         network.encode = torch.compile(network.encode)
-    out = copy.copy(emb)
-    out.encoder, out.variant = TorchEncoder(network), variant
+    out.encoder = TorchEncoder(network)
     return out
 
 
@@ -321,7 +328,7 @@ def _rss_mb() -> tuple[float | None, float | None]:
 def child_main(kind: str, model: str | None, audio_path: str, variant: str = "numpy") -> int:
     """Run as a fresh process: load, print READY, stream (real-time until the first decision,
     then as fast as possible), report memory."""
-    if kind == "teacher" or variant != "numpy":  # the numpy runtime never imports torch
+    if kind == "teacher" or not variant.startswith("numpy"):  # the numpy runtime never imports torch
         import torch
 
         torch.set_num_threads(1)
@@ -449,7 +456,7 @@ def run_bench(args) -> dict:
                 result["student_desc"] = desc
             sect = {"once": counted(kind, system)}
             for name, n in settings.items():
-                if kind == "student" and args.variant == "numpy" and name != "1":
+                if kind == "student" and args.variant.startswith("numpy") and name != "1":
                     continue  # the runtime is single-threaded: OPENBLAS_NUM_THREADS=1 (streamsv/__init__.py)
                 torch.set_num_threads(n)
                 sect[name] = measure(system, wave, args.realtime_s, CLOCKS[args.clock])

@@ -193,7 +193,7 @@ class System:
 
 def student_system(spec: str) -> System:
     """spec: [LABEL=]PATH[@VARIANT]; PATH may be 'untrained' (random init, for plumbing checks);
-    VARIANT is a speed-up option of streamsv.bench (int8, compile)."""
+    VARIANT is a way to run it from streamsv.bench (numpy-exact, numpy-tanh, torch, int8, compile)."""
     import streamsv
     from streamsv.bench import apply_variant
     from streamsv.embedder import Embedder
@@ -201,7 +201,7 @@ def student_system(spec: str) -> System:
     label, _, path = spec.rpartition("=")
     path, _, variant = path.partition("@")
     emb = Embedder.untrained(seed=0) if path == "untrained" else streamsv.load_embedder(path)
-    emb = apply_variant(emb, variant or "eager")
+    emb = apply_variant(emb, variant or "numpy")
     if not label:
         default = path != "untrained" and Path(path).resolve() == streamsv.embedder.DEFAULT_WEIGHTS.resolve()
         label = ("student" if default else Path(path).stem) + (f"@{variant}" if variant else "")
