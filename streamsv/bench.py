@@ -298,6 +298,7 @@ def student_stream_macs(emb, seconds: float = 4.0) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from .embedder import TorchEncoder
+    from .features import FILTERBANK_MACS_PER_FRAME, num_frames
 
     wave = synthetic_speech(seconds, seed=1)
     hop = int(HOP_S * SAMPLE_RATE)
@@ -308,7 +309,8 @@ def student_stream_macs(emb, seconds: float = 4.0) -> float:
         for start in range(0, len(wave) - hop + 1, hop):
             stream.push(wave[start : start + hop])
             stream.embedding()
-    return counter.get_total_flops() / 2 / seconds
+    mel_frames = num_frames(len(wave) - len(wave) % hop)
+    return (counter.get_total_flops() / 2 + mel_frames * FILTERBANK_MACS_PER_FRAME) / seconds
 
 
 # ---------------------------------------------------------------- start-up and memory (child process)

@@ -26,7 +26,7 @@ ENROLL_PIECE_S = 3.0          # mic enrollment: one embedding per ~3 s of voice,
 NO_VOICE_WARN_S = 3.0
 QUIET_DBFS = -45.0            # RMS of a voiced frame below this is "too quiet"
 CLIP_LEVEL = 0.99
-# After a service stops, skip the interpreter's teardown: unloading torch alone costs ~1 s of CPU
+# After a service stops, skip the interpreter's teardown: with a torch model loaded, unloading torch alone costs ~1 s of CPU
 # (8 s of wall time measured on a loaded 2-core box), which would break the promise that SIGTERM
 # ends the process within 2 s. Everything is flushed first. In-process tests turn it off.
 FAST_SERVICE_EXIT = True

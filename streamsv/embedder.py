@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import StreamsvError
-from .features import HOP, N_FFT, N_MELS, SAMPLE_RATE, StreamingLogMel, log_mel
+from .features import FILTERBANK_MACS_PER_FRAME, HOP, SAMPLE_RATE, StreamingLogMel, log_mel
 from .runtime import FRAMES_PER_SECOND, Encoder
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "student.npz"
@@ -215,8 +215,7 @@ def count_macs_per_second(model: Any, seconds: float = 10.0) -> float:
     mel = torch.from_numpy(log_mel(np.zeros(int(seconds * SAMPLE_RATE) + HOP, np.float32)))
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(mel[None])
-    filterbank = len(mel) * (N_FFT // 2 + 1) * N_MELS
-    return (counter.get_total_flops() / 2 + filterbank) / seconds
+    return (counter.get_total_flops() / 2 + len(mel) * FILTERBANK_MACS_PER_FRAME) / seconds
 
 
 def save_checkpoint(path: Path, model: Any, meta: dict, backend: Mapping[str, Any] | None = None) -> None:

@@ -17,6 +17,7 @@ N_MELS = 80
 F_MIN = 20.0
 F_MAX = 7600.0
 LOG_FLOOR = 1e-6
+FILTERBANK_MACS_PER_FRAME = (N_FFT // 2 + 1) * N_MELS  # the projection onto the mel filters
 
 
 def _hz_to_mel(hz):
