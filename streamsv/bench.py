@@ -57,7 +57,12 @@ def synthetic_speech(seconds: float, seed: int = 0) -> np.ndarray:
     """Voice-like audio for when no real speech is at hand: glottal pulse trains with a
     wandering pitch through three formant resonators, as syllables of 0.1-0.3 s. webrtcvad
     takes it for speech, which is all the timing figures need."""
-    from scipy.signal import lfilter
+    try:
+        from scipy.signal import lfilter
+    except ModuleNotFoundError:
+        from .errors import StreamsvError
+
+        raise StreamsvError("bench: no speech data found; pass --audio FILE (synthetic speech needs scipy)") from None
 
     rng = np.random.default_rng(seed)
     out = []
@@ -289,8 +294,11 @@ def counted(kind: str, system) -> dict:
 
         return {"params": system.num_parameters, "macs_per_s": teacher.teacher_macs_per_second(system.encoder),
                 "stream_macs_per_s": teacher.teacher_stream_macs_per_second(WINDOW_S, HOP_S, system.encoder)}
-    return {"params": int(system.num_parameters), "macs_per_s": int(system.macs_per_second),
-            "stream_macs_per_s": int(student_stream_macs(system))}
+    try:
+        return {"params": int(system.num_parameters), "macs_per_s": int(system.macs_per_second),
+                "stream_macs_per_s": int(student_stream_macs(system))}
+    except ModuleNotFoundError:  # counting MACs needs torch's FLOP counter; the runtime does not
+        return {"params": int(system.num_parameters), "macs_per_s": None, "stream_macs_per_s": None}
 
 
 def student_stream_macs(emb, seconds: float = 4.0) -> float:
@@ -413,11 +421,14 @@ def report(result: dict) -> str:
              + ("wall clock" if result["clock"] == "wall" else "process CPU time (core-seconds)")]
     if result.get("teacher_note"):
         lines.append(result["teacher_note"])
+    if result["systems"]["student"]["once"].get("macs_per_s") is None:
+        lines.append("MACs: not counted (counting uses torch's FLOP counter: pip install torch)")
     have_teacher = "teacher" in result["systems"]
+    measured = [t for t in result["thread_settings"] if any(t in sect for sect in result["systems"].values())]
     head = "| figure | threads | student | " + ("teacher | teacher/student | " if have_teacher else "") + "target |"
     lines += ["", head, "|---|---|---:|" + ("---:|---:|" if have_teacher else "") + "---|"]
     for key, label, fmt in ROWS:
-        for threads in (result["thread_settings"] if key in PER_THREAD else ["1"]):
+        for threads in (measured if key in PER_THREAD else ["1"]):
             s = result["systems"]["student"].get(threads, {}).get(key) if key in PER_THREAD else result["systems"]["student"]["once"].get(key)
             shown = threads if key in PER_THREAD else ("-" if key in COUNTED else "1")
             row = f"| {label} | {shown} | {_fmt(s, fmt)} |"
@@ -435,9 +446,13 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_bench(args) -> dict:
-    import torch
+def _torch_threads(n: int) -> None:
+    """Thread count for the torch systems (teacher, torch variants); the numpy runtime has one."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
 
+
+def run_bench(args) -> dict:
     wave, audio_desc = bench_audio(args.seconds, args.audio)
     kinds = ["student"]
     teacher_note = None
@@ -465,9 +480,9 @@ def run_bench(args) -> dict:
             for name, n in settings.items():
                 if kind == "student" and args.variant.startswith("numpy") and name != "1":
                     continue  # the runtime is single-threaded: OPENBLAS_NUM_THREADS=1 (streamsv/__init__.py)
-                torch.set_num_threads(n)
+                _torch_threads(n)
                 sect[name] = measure(system, wave, args.realtime_s, CLOCKS[args.clock], args.warmup_s)
-            torch.set_num_threads(1)
+            _torch_threads(1)
             if not args.no_startup:
                 sect["once"].update(startup(kind, args.model, audio_path, args.variant if kind == "student" else "numpy"))
             result["systems"][kind] = sect

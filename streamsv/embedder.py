@@ -2,8 +2,8 @@
 
 Shipped weights are a plain ``.npz`` (no pickle) that the numpy runtime runs without importing
 torch; training checkpoints (``.pt``, from tools/train.py) load too, through torch's
-``weights_only`` loader. torch is imported only for those, for counting parameters and MACs,
-and for the Transformer ablation, which the numpy runtime does not run.
+``weights_only`` loader. torch (optional: ``pip install 'streamsv[torch]'``) is imported only for
+those, for counting MACs, and for the Transformer ablation, which the numpy runtime does not run.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "student.npz"
 CHECKPOINT_FORMAT = 1
 MIN_AUDIO_S = 0.1  # below this an embedding is mostly noise
 MODEL_PREFIX = "model."
+BUFFERS = ("stem.mel_mean", "stem.mel_std")  # feature statistics in the weights, not learnt parameters
 
 
 class EmbeddingStream:
@@ -168,12 +169,11 @@ class Embedder:
 
     @property
     def num_parameters(self) -> int:
-        from .model import count_parameters
-
-        return count_parameters(self.to_torch())
+        return sum(v.size for k, v in self.weights.items() if k not in BUFFERS)
 
     @property
     def macs_per_second(self) -> float:
+        """Counted on the torch model (needs torch)."""
         return count_macs_per_second(self.to_torch())
 
     def embed(self, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -280,6 +280,9 @@ def load_embedder(path: str | Path | None = None) -> Embedder:
         embedder = Embedder(config, weights, backend)
         if backend is not None and (backend["center"].shape != (embedder.dim,) or backend["whiten"].shape != (embedder.dim,) * 2):
             raise ValueError("backend does not match the embedding size")
+    except ModuleNotFoundError as exc:
+        raise StreamsvError(f"cannot load model weights {path}: it needs {exc.name}, which is not installed "
+                            "(pip install torch; or export a .pt checkpoint with tools/export_weights.py)") from None
     except Exception as exc:  # any unreadable weights file is the user's file problem
         raise StreamsvError(f"cannot load model weights {path}: {exc}") from None
     return embedder

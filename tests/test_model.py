@@ -12,7 +12,7 @@ import torch
 from streamsv import StreamsvError, load_embedder
 from streamsv.embedder import DEFAULT_WEIGHTS, Embedder, save_checkpoint, save_weights
 from streamsv.features import HOP, StreamingLogMel, log_mel
-from streamsv.model import ModelConfig, SpeakerEncoder
+from streamsv.model import ModelConfig, SpeakerEncoder, count_parameters
 from streamsv.runtime import gelu, gelu_tanh
 
 torch.set_num_threads(1)
@@ -115,6 +115,7 @@ def test_stream_reset_starts_a_new_segment():
 
 def test_size_and_compute_budget():
     embedder = Embedder.untrained()
+    assert embedder.num_parameters == count_parameters(embedder.to_torch())  # counted from the arrays
     assert embedder.num_parameters <= 2_500_000
     assert embedder.macs_per_second <= TEACHER_MACS_PER_SECOND / 2
 
@@ -208,3 +209,21 @@ def test_runtime_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_without_torch_npz_runs_and_pt_says_what_is_missing(tmp_path, monkeypatch):
+    """On a device installed without torch: .npz weights load and embed, a .pt checkpoint gets
+    a one-line error naming torch, and the bench counts parameters but not MACs."""
+    from streamsv import bench
+
+    checkpoint, weights = tmp_path / "s.pt", tmp_path / "s.npz"
+    model = SpeakerEncoder(ModelConfig(width=64, n_blocks=2))
+    save_checkpoint(checkpoint, model, {})
+    save_weights(weights, Embedder.from_model(model))
+    monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` now fails
+    embedder = load_embedder(weights)
+    assert embedder.embed(_speechlike(1.0)).shape == (256,)
+    with pytest.raises(StreamsvError, match="needs torch"):
+        load_embedder(checkpoint)
+    counts = bench.counted("student", embedder)
+    assert counts["params"] == embedder.num_parameters and counts["macs_per_s"] is None
