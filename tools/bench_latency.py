@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audio", help="audio file to play (profiles are then enrolled from its first seconds)")
     ap.add_argument("--seconds", type=float, default=30.0, help="play at most this many seconds")
     ap.add_argument("--model", help="weights file; 'untrained' for a random model (plumbing only)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (the Pi target: 1-4)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (torch models only; the numpy runtime uses one)")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = ap.parse_args(argv)
 

@@ -204,9 +204,6 @@ class Soak:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    torch.set_num_threads(args.threads)
     import streamsv
     from streamsv.config import Config
     from streamsv.embedder import Embedder
@@ -235,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     source = loop_source_class()(loop, total_s)
     pipe = Pipeline(emb, source, Config(), profiles)
     print(f"soak: {args.minutes:g} min of audio; loop {len(loop) / SR:.1f} s from {origin} "
-          f"({len(speech)} speakers); model {model}; torch threads {args.threads}")
+          f"({len(speech)} speakers); model {model}")
     print(f"soak: sampling every {args.sample_s:g} s of audio, warm-up {soak.warmup_s:g} s, "
           f"profile reload every {args.reload_every_s:g} s")
 
@@ -316,7 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-s", type=float, default=None, help="audio seconds before the RSS baseline (default: 10%% of the run, 60..1800)")
     ap.add_argument("--reload-every-s", type=float, default=None, help="request a profile reload every N s of audio (0: never; default: run/20)")
     ap.add_argument("--max-rss-growth-mb", type=float, default=10.0)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--espeak", action="store_true", help="use generated espeak-ng speech even when the data is there")
     ap.add_argument("--verbose", action="store_true", help="print every sample as it is taken")
     args = ap.parse_args(argv)
