@@ -196,8 +196,10 @@ class Embedder:
 
 
 def weights_fingerprint(config: dict, weights: Mapping[str, np.ndarray]) -> str:
-    """A hash of what the weights compute, the same whichever file format carried them:
-    profiles record it, so a profile is never scored against another model's embeddings."""
+    """The fingerprint of weights made in memory: a hash of the config and arrays. Profiles record
+    the fingerprint of the model that made them, so a profile is never scored against another
+    model's embeddings. A training checkpoint's is the SHA-256 of its file; exporting it to .npz
+    keeps it, so profiles stay valid across the export."""
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name in sorted(weights):
         h.update(name.encode())
@@ -243,6 +245,7 @@ def save_weights(path: Path, embedder: Embedder, meta: dict | None = None) -> No
     arrays["format"] = np.array(CHECKPOINT_FORMAT)
     arrays["config"] = np.array(json.dumps(embedder.config))
     arrays["meta"] = np.array(json.dumps(meta or {}))
+    arrays["fingerprint"] = np.array(embedder.fingerprint)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -250,25 +253,28 @@ def save_weights(path: Path, embedder: Embedder, meta: dict | None = None) -> No
     os.replace(tmp, path)
 
 
-def _read_npz(path: Path) -> tuple[dict, dict, dict | None]:
+def _read_npz(path: Path) -> tuple[dict, dict, dict | None, str | None]:
     with np.load(path, allow_pickle=False) as data:
         if int(data["format"]) != CHECKPOINT_FORMAT:
             raise ValueError(f"unsupported weights format {int(data['format'])}")
         config = json.loads(str(data["config"]))
         weights = {k[len(MODEL_PREFIX):]: data[k] for k in data.files if k.startswith(MODEL_PREFIX)}
         backend = {k[len("backend."):]: data[k] for k in data.files if k.startswith("backend.")} or None
-    return config, weights, backend
+        fingerprint = str(data["fingerprint"]) if "fingerprint" in data.files else None
+    return config, weights, backend, fingerprint
 
 
-def _read_pt(path: Path) -> tuple[dict, dict, dict | None]:
+def _read_pt(path: Path) -> tuple[dict, dict, dict | None, str | None]:
     import torch
 
-    payload = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+    raw = path.read_bytes()
+    payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"unsupported checkpoint format {payload.get('format')!r}")
     weights = {k: v.float().numpy() for k, v in payload["state_dict"].items()}
     backend = payload.get("backend")
-    return payload["config"], weights, None if backend is None else {k: v.numpy() for k, v in backend.items()}
+    backend = None if backend is None else {k: v.numpy() for k, v in backend.items()}
+    return payload["config"], weights, backend, hashlib.sha256(raw).hexdigest()[:16]
 
 
 def load_embedder(path: str | Path | None = None) -> Embedder:
@@ -276,8 +282,8 @@ def load_embedder(path: str | Path | None = None) -> Embedder:
     if not path.is_file():
         raise StreamsvError(f"model weights not found: {path}")
     try:
-        config, weights, backend = (_read_pt if path.suffix == ".pt" else _read_npz)(path)
-        embedder = Embedder(config, weights, backend)
+        config, weights, backend, fingerprint = (_read_pt if path.suffix == ".pt" else _read_npz)(path)
+        embedder = Embedder(config, weights, backend, fingerprint)
         if backend is not None and (backend["center"].shape != (embedder.dim,) or backend["whiten"].shape != (embedder.dim,) * 2):
             raise ValueError("backend does not match the embedding size")
     except ModuleNotFoundError as exc:

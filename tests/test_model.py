@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+from hashlib import sha256
 import sys
 
 import numpy as np
@@ -149,10 +150,15 @@ def test_checkpoint_round_trip_and_fingerprint(tmp_path):
     reference = Embedder.from_model(model).embed(wave)
     for path in (checkpoint, weights):
         assert np.allclose(load_embedder(path).embed(wave), reference, atol=1e-6)
-    # The fingerprint is the weights', whichever file carried them.
-    assert load_embedder(checkpoint).fingerprint == load_embedder(weights).fingerprint == Embedder.from_model(model).fingerprint
+    # A checkpoint's fingerprint is its file's hash, and the export keeps it (profiles stay valid).
+    assert load_embedder(checkpoint).fingerprint == load_embedder(weights).fingerprint == sha256(checkpoint.read_bytes()).hexdigest()[:16]
+    in_memory = tmp_path / "in-memory.npz"
+    save_weights(in_memory, Embedder.from_model(model))
+    assert load_embedder(in_memory).fingerprint == Embedder.from_model(model).fingerprint  # a hash of the weights
     save_checkpoint(checkpoint, SpeakerEncoder(ModelConfig(width=64, n_blocks=2)), {"note": "other"})
     assert load_embedder(checkpoint).fingerprint != load_embedder(weights).fingerprint
+    other = SpeakerEncoder(ModelConfig(width=64, n_blocks=2))
+    assert Embedder.from_model(other).fingerprint != Embedder.from_model(model).fingerprint
 
 
 def test_bad_checkpoints_give_one_line_errors(tmp_path):
