@@ -146,7 +146,6 @@ def apply_variant(emb: Embedder, variant: str) -> Embedder:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     out = copy.copy(emb)
-    out.variant = variant
     if variant.startswith("numpy-"):
         from .runtime import Encoder
 

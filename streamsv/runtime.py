@@ -18,7 +18,7 @@ advances in place.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Mapping
 
@@ -117,6 +117,11 @@ def causal_depthwise(x: np.ndarray, history: np.ndarray, weight: np.ndarray, bia
     return y, padded[len(padded) - (k - 1):]
 
 
+def depthwise_weights(arrays: Mapping[str, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A torch depthwise Conv1d's weight (channels, 1, kernel) as (kernel, channels), and its bias."""
+    return np.ascontiguousarray(arrays[f"{name}.weight"][:, 0].T), arrays[f"{name}.bias"]
+
+
 class Linear:
     """y = x W + b with W stored (in, out)."""
 
@@ -171,10 +176,10 @@ class BlockState:
 
 @dataclass
 class EncoderState:
+    mel_pending: np.ndarray  # an unpaired 10 ms log-mel frame (or none)
+    stem_conv: np.ndarray
+    blocks: list[BlockState]
     frames: int = 0  # 20 ms frames encoded so far
-    mel_pending: np.ndarray | None = None  # an unpaired 10 ms log-mel frame
-    stem_conv: np.ndarray | None = None
-    blocks: list[BlockState] = field(default_factory=list)
 
 
 @dataclass
@@ -197,8 +202,8 @@ class MixerBlock:
         self.groups, self.gelu = g, gelu
         norm = {n: (arrays[f"{prefix}.norm_{n}.weight"], arrays[f"{prefix}.norm_{n}.bias"]) for n in ("lgm", "msm", "gcm")}
         self.norm_lgm = norm["lgm"]
-        self.wide = self._conv(arrays, f"{prefix}.local_wide.conv")
-        self.narrow = self._conv(arrays, f"{prefix}.local_narrow.conv")
+        self.wide = depthwise_weights(arrays, f"{prefix}.local_wide.conv")
+        self.narrow = depthwise_weights(arrays, f"{prefix}.local_narrow.conv")
         self.utterance = Linear(arrays, f"{prefix}.utterance_mix.proj")
         # The MSM and GCM norms feed only linear maps (pair averaging commutes with an affine map):
         # their affine parts are folded into those layers.
@@ -211,10 +216,6 @@ class MixerBlock:
         self.channel_in.absorb_affine(*norm["gcm"])
         self.channel_out = GroupLinear(arrays, f"{prefix}.channel_out", g)
         self.group_mix = Linear(arrays, f"{prefix}.group_mix")
-
-    @staticmethod
-    def _conv(arrays: Mapping[str, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray]:
-        return np.ascontiguousarray(arrays[f"{name}.weight"][:, 0].T), arrays[f"{name}.bias"]
 
     def new_state(self, width: int, history: int) -> BlockState:
         zeros = lambda n: np.zeros((n, width), np.float32)  # noqa: E731
@@ -265,13 +266,12 @@ class Encoder:
         if config.get("arch", "mixer") != "mixer":
             raise ValueError(f"the numpy runtime runs the SV-Mixer only, not {config.get('arch')!r}")
         a = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
-        self.config, self.activation = config, activation
         self.gelu = ACTIVATIONS[activation]
         self.width, self.chunk = config["width"], config["chunk_frames"]
         self.history = self.chunk - 1  # the most frames an unfinished chunk can hold before a step
         self.mel_mean, self.mel_std = a["stem.mel_mean"], a["stem.mel_std"]
         self.stem_stack, self.stem_out = Linear(a, "stem.stack"), Linear(a, "stem.out")
-        self.stem_conv = MixerBlock._conv(a, "stem.conv.conv")
+        self.stem_conv = depthwise_weights(a, "stem.conv.conv")
         self.blocks = [MixerBlock(a, f"blocks.{i}", config, self.gelu) for i in range(config["n_blocks"])]
         causal = np.tril(np.ones((self.chunk, self.chunk), np.float32))
         self.mix_w1 = np.stack([a[f"blocks.{i}.chunk_mix.w1"] * causal for i in range(len(self.blocks))])
