@@ -5,6 +5,7 @@ CLI loads it through the same code path as shipped weights (no test hook in the 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -74,11 +75,26 @@ def listen_cmd(home: dict, model: Path, audio: Path, *extra: str) -> list[str]:
             "--model", str(model), "--config", str(home["config"]), *extra]
 
 
-def stop_and_collect(proc: subprocess.Popen, sig: int) -> tuple[str, str, float]:
+@contextlib.contextmanager
+def killed_on_failure(proc: subprocess.Popen):
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def stop_cleanly(proc: subprocess.Popen, sig: int) -> tuple[str, str]:
+    """Send ``sig``; the process must exit 0 within 2 s, without a traceback."""
     t0 = time.monotonic()
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=15)
-    return out, err, time.monotonic() - t0
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, err
+    assert took < 2.0, took
+    assert "Traceback" not in out + err
+    return out, err
 
 
 def test_listen_under_systemd_notify(home, tiny_model, speechlike, notify_socket):
@@ -86,7 +102,7 @@ def test_listen_under_systemd_notify(home, tiny_model, speechlike, notify_socket
     env = dict(home["env"], NOTIFY_SOCKET=notify_socket.env, WATCHDOG_USEC="2000000")
     proc = subprocess.Popen(listen_cmd(home, tiny_model, speechlike), env=env, cwd=home["tmp"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with killed_on_failure(proc):
         assert notify_socket.wait_for(b"READY=1", timeout=120) == b"READY=1\nSTATUS=listening"
         notify_socket.wait_for(b"WATCHDOG=1", timeout=5)
         # SIGHUP: new thresholds from the edited file, flags still win (none given here), audio keeps flowing.
@@ -95,14 +111,7 @@ def test_listen_under_systemd_notify(home, tiny_model, speechlike, notify_socket
         notify_socket.wait_for(b"RELOADING=1", timeout=10)
         notify_socket.wait_for(b"READY=1\nSTATUS=listening (reloaded)", timeout=10)
         time.sleep(4.0)
-        out, err, took = stop_and_collect(proc, signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    assert took < 2.0, took
-    assert "Traceback" not in out + err
+        out, err = stop_cleanly(proc, signal.SIGTERM)
     events = [json.loads(line) for line in out.splitlines()]       # stdout is a pipe: JSON lines
     reloads = [e for e in events if e["event"] == "profiles_reloaded"]
     assert len(reloads) == 1 and reloads[0]["profiles"] == ["alice"]
@@ -121,17 +130,10 @@ def test_listen_service_flag_without_socket_stops_on_sigint(home, tiny_model, sp
     # `--service` in a terminal or a container without systemd: no socket, same clean stop.
     proc = subprocess.Popen(listen_cmd(home, tiny_model, speechlike, "--service", "--json"), env=home["env"],
                             cwd=home["tmp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with killed_on_failure(proc):
         first = proc.stdout.readline()                                # the first 1 s stats event
         assert json.loads(first)["event"] in ("stats", "speech_start", "decision", "speech_end")
-        out, err, took = stop_and_collect(proc, signal.SIGINT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    assert took < 2.0, took
-    assert "Traceback" not in out + err
+        out, err = stop_cleanly(proc, signal.SIGINT)
     final = json.loads(out.splitlines()[-1])
     assert final["event"] == "stats" and final["final"] is True and 0 < final["audio_s"] < FILE_S
 
