@@ -59,6 +59,9 @@ class ScoringConfig:
     # The accept threshold is lowered by this much per second a window is short of window_s
     # (short windows score lower for the same voice); `streamsv calibrate` measures it.
     duration_slope: float = DEFAULT_DURATION_SLOPE
+    # Accept on the calibrated confidence (0..1) instead of the cosine threshold when set: it is
+    # turned into a cosine threshold per window length through the model's confidence calibration.
+    min_confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "scoring.window_s": _num(0.0, 30.0, lo_open=True),
     "scoring.smoothing_hops": _int(1, 100),
     "scoring.duration_slope": _num(0.0, 1.0),
+    "scoring.min_confidence": _optional(_num(0.0, 1.0, lo_open=True)),
     "profiles.dir": _optional(_text),
     "model.path": _optional(_text),
     "output.json": _optional_bool,

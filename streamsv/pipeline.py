@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from . import confidence as confidence_mod
 from .config import Config
 from .scoring import Smoother, cosine_scores, decide, threshold_for, unit
 from .sources import SAMPLE_RATE, Source
@@ -27,11 +28,13 @@ TAIL_MIN_S = 0.3              # audio after the last hop worth adding to the tur
 LATENCY_KEEP = 5000            # recent hops kept for percentiles: bounded memory on a long-running service
 # What a reload can change without restarting audio: the decision rule, not the VAD, the
 # window or the hop (those shape the streaming state; they apply after a restart).
-RELOADABLE_SCORING = ("threshold", "min_margin", "duration_slope")
+RELOADABLE_SCORING = ("threshold", "min_margin", "duration_slope", "min_confidence")
 
 log = logging.getLogger("streamsv.pipeline")
 
 ProfileLoader = Callable[[], dict[str, np.ndarray]]
+# Events a script reading ``listen --turns`` gets: the turn boundaries and who spoke, not every hop.
+TURN_EVENTS = ("ready", "speech_start", "speech_end", "profiles_reloaded")
 
 
 def percentile(values, q: float) -> float | None:
@@ -65,7 +68,45 @@ class Pipeline:
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_KEEP)
         self.compute_ms: deque[float] = deque(maxlen=LATENCY_KEEP)
         self._started = time.monotonic()
+        # The calibrated confidence for this model (None: confidence is reported as null).
+        self.calibration = confidence_mod.load(embedder.fingerprint, cfg.profiles.resolved())
+        self._check_min_confidence()
+        self._ready_sent = False
+        # Input level events for a live meter (off: JSON consumers do not want 4 lines a second).
+        self.level_interval_s = 0.0
+        self._level_sq = 0.0
+        self._level_peak = 0.0
+        self._level_n = 0
         self._seg_reset()
+
+    def _check_min_confidence(self) -> None:
+        if self.sc.min_confidence is not None and self.calibration is None:
+            from .errors import StreamsvError
+
+            raise StreamsvError(f"scoring.min_confidence needs a confidence calibration for model "
+                                f"{self.embedder.fingerprint}; give a cosine --threshold instead, or fit one")
+
+    def threshold_at(self, seconds: float) -> float:
+        """The cosine a best score must reach with ``seconds`` of speech behind it: from
+        ``min_confidence`` through the calibration when set, else threshold minus the duration slope."""
+        if self.sc.min_confidence is not None and self.calibration is not None:
+            return self.calibration.cosine_for(self.sc.min_confidence, seconds)
+        return threshold_for(self.sc.threshold, seconds, self.sc.window_s, self.sc.duration_slope)
+
+    def confidence_of(self, score: float | None, seconds: float) -> float | None:
+        if self.calibration is None or score is None or not np.isfinite(score):
+            return None
+        return round(self.calibration.confidence(score, seconds), 4)
+
+    def ready_event(self) -> dict:
+        """What a consumer needs before the first voice: input, model, profiles and the decision rule."""
+        return {"event": "ready", "t": round(self.audio_s, 3),
+                "device": getattr(self.source, "name", type(self.source).__name__),
+                "sample_rate": SAMPLE_RATE, "model": self.embedder.fingerprint, "dim": int(self.embedder.dim),
+                "profiles": sorted(self.centroids), "threshold": self.sc.threshold,
+                "min_confidence": self.sc.min_confidence, "min_margin": self.sc.min_margin,
+                "duration_slope": self.sc.duration_slope, "window_s": self.sc.window_s,
+                "confidence": self.calibration is not None}
 
     # ------------------------------------------------------------------ profiles
 
@@ -88,6 +129,9 @@ class Pipeline:
         new, self._pending_cfg = self._pending_cfg, None
         if new is not None:
             changes = {k: getattr(new.scoring, k) for k in RELOADABLE_SCORING}
+            if changes["min_confidence"] is not None and self.calibration is None:
+                log.warning("reload: scoring.min_confidence ignored: no confidence calibration for this model")
+                changes["min_confidence"] = None
             self.sc = dataclasses.replace(self.sc, **changes)
             self.cfg = dataclasses.replace(self.cfg, scoring=self.sc)
             fixed = [f"scoring.{f.name}" for f in dataclasses.fields(self.sc)
@@ -97,7 +141,8 @@ class Pipeline:
                 log.warning("reload: %s changed; applied after a restart", ", ".join(fixed))
         n = self.reload_profiles()
         return {"event": "profiles_reloaded", "t": round(self.audio_s, 3), "profiles": sorted(self.centroids),
-                "count": n, "threshold": self.sc.threshold, "min_margin": self.sc.min_margin,
+                "count": n, "threshold": self.sc.threshold, "min_confidence": self.sc.min_confidence,
+                "min_margin": self.sc.min_margin,
                 "duration_slope": self.sc.duration_slope}
 
     # ------------------------------------------------------------------ loop
@@ -109,9 +154,16 @@ class Pipeline:
         self.segmenter = Segmenter(self.segmenter.settings)
         self.in_speech = False
         self._seg_reset()
+        if not self._ready_sent:
+            self._ready_sent = True
+            yield self.ready_event()
         try:
             for chunk, captured in self.source.chunks(stop):
                 self.chunks_in += 1
+                if self.level_interval_s > 0:
+                    level = self._level(chunk)
+                    if level is not None:
+                        yield level
                 if self.on_audio is not None:
                     self.on_audio(len(chunk))
                 if self._reload_requested.is_set():
@@ -131,6 +183,20 @@ class Pipeline:
         finally:
             self.source.close()
         yield self.stats_event(final=True)
+
+    def _level(self, chunk: np.ndarray) -> dict | None:
+        """Accumulate the input level; an event every ``level_interval_s`` of audio."""
+        if len(chunk):
+            self._level_sq += float(np.dot(chunk, chunk))
+            self._level_peak = max(self._level_peak, float(np.abs(chunk).max()))
+            self._level_n += len(chunk)
+        if self._level_n < self.level_interval_s * SAMPLE_RATE:
+            return None
+        rms = (self._level_sq / self._level_n) ** 0.5
+        event = {"event": "level", "t": round(self.audio_s + len(chunk) / SAMPLE_RATE, 3),
+                 "dbfs": round(20 * np.log10(rms + 1e-10), 1), "peak": round(self._level_peak, 3)}
+        self._level_sq, self._level_peak, self._level_n = 0.0, 0.0, 0
+        return event
 
     def _seg_reset(self) -> None:
         self.stream.reset()
@@ -187,8 +253,7 @@ class Pipeline:
         self._seg_hops += 1
         raw = cosine_scores(emb, self.centroids)
         smoothed = self.smoother.push(raw)
-        thr = threshold_for(self.sc.threshold, self.stream.seconds, self.sc.window_s, self.sc.duration_slope)
-        d = decide(smoothed, thr, self.sc.min_margin)
+        d = decide(smoothed, self.threshold_at(self.stream.seconds), self.sc.min_margin)
         # Model time for this hop: every push since the previous hop, plus pooling.
         compute_ms = (self.stream.compute_seconds - self._compute_mark) * 1000.0
         self._compute_mark = self.stream.compute_seconds
@@ -202,6 +267,7 @@ class Pipeline:
             "speaker": d.speaker,
             "accepted": d.accepted,
             "score": _r(d.score),
+            "confidence": self.confidence_of(d.score, self.stream.seconds),
             "scores": {n: _r(s) for n, s in sorted(smoothed.items())},
             "speech_s": round(self.stream.seconds, 3),
             "latency_ms": round(latency_ms, 2),
@@ -216,13 +282,13 @@ class Pipeline:
         if self._seg_embeddings:
             # The mean of the segment's hop embeddings covers the whole turn, not just its last window.
             scores = cosine_scores(unit(np.mean(self._seg_embeddings, axis=0)), self.centroids)
-            thr = threshold_for(self.sc.threshold, self._seg_audio_s, self.sc.window_s, self.sc.duration_slope)
-            d = decide(scores, thr, self.sc.min_margin)
+            d = decide(scores, self.threshold_at(self._seg_audio_s), self.sc.min_margin)
             event.update(speaker=d.speaker, accepted=d.accepted, score=_r(d.score),
+                         confidence=self.confidence_of(d.score, min(self._seg_audio_s, self.sc.window_s)),
                          scores={n: _r(s) for n, s in sorted(scores.items())})
         else:
             # Shorter than min_speech_s: too little audio to say anything.
-            event.update(speaker=None, accepted=False, score=None, scores={})
+            event.update(speaker=None, accepted=False, score=None, confidence=None, scores={})
         return event
 
     # ------------------------------------------------------------------ stats
@@ -250,6 +316,23 @@ class Pipeline:
             "drops": s.drops,
             "dropped_s": round(s.dropped_s, 3),
         }
+
+
+def turn_events(events: Iterator[dict]) -> Iterator[dict]:
+    """``listen --turns``: only what a script acting on turns needs. The ready and reload events,
+    each turn's start, a ``speaker_change`` when the live label (a name or unknown) changes within
+    the turn, its first label included, and the turn's end with its summary decision; the final
+    stats close the stream. Hop-by-hop decisions, level and periodic stats are left out."""
+    label: object = ()          # no label yet in this turn (None would mean "unknown")
+    for ev in events:
+        kind = ev.get("event")
+        if kind == "speech_start":
+            label = ()
+        if kind in TURN_EVENTS or (kind == "stats" and ev.get("final")):
+            yield ev
+        elif kind == "decision" and ev.get("speaker") != label:
+            label = ev.get("speaker")
+            yield {**ev, "event": "speaker_change"}
 
 
 def _r(x: float) -> float | None:

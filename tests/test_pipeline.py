@@ -10,7 +10,8 @@ from streamsv.pipeline import Pipeline
 from streamsv.sources import FileSource
 
 SR = 16000
-DECISION_KEYS = {"event", "t", "speaker", "accepted", "score", "scores", "speech_s", "latency_ms", "compute_ms"}
+DECISION_KEYS = {"event", "t", "speaker", "accepted", "score", "confidence", "scores", "speech_s", "latency_ms",
+                 "compute_ms"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_event_stream_shape(untrained, speech_clips, conversation):
     pipe = Pipeline(untrained, FileSource(path), cfg, profiles_for(untrained, speech_clips))
     events = list(pipe.run())
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "speech_start" and kinds[-1] == "stats" and events[-1]["final"]
+    assert kinds[:2] == ["ready", "speech_start"] and kinds[-1] == "stats" and events[-1]["final"]
     decisions = [e for e in events if e["event"] == "decision"]
     assert len(decisions) >= 3
     open_seg, seg_start, last_t = False, None, -1.0

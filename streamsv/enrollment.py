@@ -1,0 +1,160 @@
+"""The enrollment verdict: is this recording a good voice profile, and why not?
+
+Everything here is measured from the audio (and, once the model has run, from the profile's
+embeddings), with one standard whatever the source, microphone or ``--from`` files:
+
+- voiced seconds (the VAD's speech, the same count the profile records);
+- level: RMS of the voiced audio in dBFS;
+- clipping: the share of samples at full scale;
+- SNR estimate: loud frames against the quietest frames of the whole recording;
+- spectral flatness: near 0 for voices, ~0.5 for white noise (refuses hiss and static);
+- modulation: the spread of frame levels over the voiced audio; speech rises and falls with
+  its syllables, a tone, hum or fan does not (refuses tones and steady noise);
+- consistency: the enrollment embeddings' agreement with their centroid.
+
+The verdict is ``good``, ``usable`` (kept, with the reasons it is not good) or ``refused``
+(nothing is written). Pure functions; the CLI does the talking.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .features import SAMPLE_RATE
+
+# --- how much speech is enough: one standard for the microphone and for files
+GOOD_SPEECH_S = 20.0          # the microphone asks for this much by default
+USABLE_SPEECH_S = 8.0         # below this a profile works but decides less reliably
+# (below profiles.MIN_ENROLL_S nothing is enrolled at all)
+
+# --- level and clipping
+CLIP_LEVEL = 0.99             # |sample| at or above this counts as clipped
+CLIP_USABLE = 0.001           # more than 0.1% clipped samples: not good
+CLIP_REFUSE = 0.05            # more than 5%: the voice is distorted beyond use
+QUIET_DBFS = -45.0            # voiced RMS below this: too quiet to be good
+SILENT_DBFS = -60.0           # below this: refused (a muted or wrong input)
+
+# --- noise
+SNR_GOOD_DB = 20.0            # below this the room noise shapes the profile
+SNR_REFUSE_DB = 6.0           # below this the "voice" barely rises above the background
+FLATNESS_REFUSE = 0.30        # median spectral flatness of loud frames; noise ~0.5, voices < 0.15
+MODULATION_REFUSE_DB = 3.0    # std of frame levels (dB) over the voiced audio; speech > 6
+
+# --- consistency of the enrollment embeddings (cosine to their centroid)
+CONSISTENCY_GOOD = 0.75
+CONSISTENCY_USABLE = 0.60
+
+# --- analysis frames
+FRAME = 400                   # 25 ms
+HOP = 160                     # 10 ms
+N_FFT = 512
+LOUD_FRAME_DB = 30.0          # frames within this of the loudest count as "loud" for flatness
+FLOOR_DB = -100.0             # digital silence is clamped here
+SNR_CAP_DB = 60.0             # beyond this the noise floor is digital silence, not a room
+
+GOOD, USABLE, REFUSED = "good", "usable", "refused"
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Figures measured on the audio before any model runs."""
+    voiced_s: float
+    level_dbfs: float | None       # None without voiced audio
+    clipped: float                 # share of samples at full scale
+    snr_db: float | None
+    flatness: float | None
+    modulation_db: float | None
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str                    # good | usable | refused
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def refused(self) -> bool:
+        return self.status == REFUSED
+
+    def summary(self) -> str:
+        return self.status + (f": {'; '.join(self.reasons)}" if self.reasons else "")
+
+
+def _frames(wave: np.ndarray) -> np.ndarray:
+    if len(wave) < FRAME:
+        return np.zeros((0, FRAME), np.float32)
+    n = 1 + (len(wave) - FRAME) // HOP
+    idx = np.arange(FRAME)[None, :] + HOP * np.arange(n)[:, None]
+    return wave[idx]
+
+
+def _frame_db(frames: np.ndarray) -> np.ndarray:
+    power = np.mean(frames.astype(np.float64) ** 2, axis=1)
+    return np.maximum(10.0 * np.log10(power + 1e-20), FLOOR_DB)
+
+
+def spectral_flatness(frames: np.ndarray) -> np.ndarray:
+    """Per frame: geometric over arithmetic mean of the power spectrum (0 = tonal, 1 = white)."""
+    spec = np.abs(np.fft.rfft(frames * np.hanning(FRAME), n=N_FFT, axis=1)) ** 2
+    spec = spec[:, 2:-1] + 1e-12      # leave out DC and Nyquist
+    return np.exp(np.mean(np.log(spec), axis=1)) / np.mean(spec, axis=1)
+
+
+def measure(speech: list[np.ndarray], raw: list[np.ndarray]) -> Quality:
+    """Quality figures from the voiced audio of each piece (``speech``) and the whole recordings
+    it came from (``raw``: silences included, for the noise floor and clipping)."""
+    voiced = np.concatenate([np.asarray(s, np.float32) for s in speech]) if speech else np.zeros(0, np.float32)
+    whole = np.concatenate([np.asarray(r, np.float32) for r in raw]) if raw else voiced
+    clipped = float(np.mean(np.abs(whole) >= CLIP_LEVEL)) if len(whole) else 0.0
+    frames = _frames(voiced)
+    if len(frames) == 0:
+        return Quality(len(voiced) / SAMPLE_RATE, None, clipped, None, None, None)
+    db = _frame_db(frames)
+    level = float(10.0 * np.log10(np.mean(voiced.astype(np.float64) ** 2) + 1e-20))
+    loud = frames[db >= db.max() - LOUD_FRAME_DB]
+    flatness = float(np.median(spectral_flatness(loud)))
+    active = db[db >= db.max() - LOUD_FRAME_DB]
+    modulation = float(np.std(active))
+    raw_db = _frame_db(_frames(whole)) if len(whole) >= FRAME else db
+    snr = float(min(SNR_CAP_DB, np.percentile(raw_db, 95) - np.percentile(raw_db, 10)))
+    return Quality(len(voiced) / SAMPLE_RATE, level, clipped, snr, flatness, modulation)
+
+
+def judge(q: Quality, consistency_min: float | None = None, min_speech_s: float = 3.0) -> Verdict:
+    """The verdict on measured figures: refusals first (the first reason is the one that matters),
+    then everything that keeps a usable profile from being good."""
+    if q.level_dbfs is None or q.voiced_s <= 0:
+        return Verdict(REFUSED, ["no voice heard (silence); check the microphone or the file"])
+    if q.level_dbfs < SILENT_DBFS:
+        return Verdict(REFUSED, [f"far too quiet ({q.level_dbfs:.0f} dBFS); check the input gain or --device"])
+    if q.flatness is not None and q.flatness > FLATNESS_REFUSE:
+        return Verdict(REFUSED, [f"sounds like noise, not a voice (spectral flatness {q.flatness:.2f} > {FLATNESS_REFUSE:.2f})"])
+    if q.modulation_db is not None and q.modulation_db < MODULATION_REFUSE_DB:
+        return Verdict(REFUSED, [f"a steady sound (tone, hum or fan), not a voice: its level varies by "
+                                 f"{q.modulation_db:.1f} dB, speech by more than {MODULATION_REFUSE_DB:g}"])
+    if q.clipped > CLIP_REFUSE:
+        return Verdict(REFUSED, [f"badly clipped ({q.clipped:.1%} of samples at full scale); lower the input gain"])
+    if q.snr_db is not None and q.snr_db < SNR_REFUSE_DB:
+        return Verdict(REFUSED, [f"the voice barely rises above the background (SNR {q.snr_db:.0f} dB); find a quieter place"])
+    if q.voiced_s < min_speech_s:
+        return Verdict(REFUSED, [f"too short: {q.voiced_s:.1f} s of speech (need at least {min_speech_s:g} s, "
+                                 f"{GOOD_SPEECH_S:g} s for a good profile)"])
+    reasons = []
+    if q.voiced_s < GOOD_SPEECH_S:
+        reasons.append(f"{q.voiced_s:.1f} s of speech ({GOOD_SPEECH_S:g} s makes a good profile: add more with --append)")
+    if q.clipped > CLIP_USABLE:
+        reasons.append(f"clipping ({q.clipped:.2%} of samples); lower the input gain")
+    if q.level_dbfs < QUIET_DBFS:
+        reasons.append(f"quiet ({q.level_dbfs:.0f} dBFS); move closer to the microphone")
+    if q.snr_db is not None and q.snr_db < SNR_GOOD_DB:
+        reasons.append(f"noisy background (SNR {q.snr_db:.0f} dB)")
+    if consistency_min is not None and consistency_min < CONSISTENCY_GOOD:
+        reasons.append(f"inconsistent pieces (min consistency {consistency_min:.2f}): one speaker only, same place")
+    hard = q.voiced_s < USABLE_SPEECH_S or (consistency_min is not None and consistency_min < CONSISTENCY_USABLE)
+    if not reasons:
+        return Verdict(GOOD, [])
+    # Usable is still kept; "poor" usable ones say so first.
+    return Verdict(USABLE, (["poor: re-enroll or --append more speech"] if hard else []) + reasons)
