@@ -207,6 +207,9 @@ def listen(
     service: bool = typer.Option(False, "--service", help="Run as a systemd service (implied when $NOTIFY_SOCKET is set): "
                                  "sd_notify READY/WATCHDOG/STATUS, SIGHUP reloads profiles and thresholds, "
                                  "SIGTERM stops cleanly, a failed microphone is reopened with backoff."),
+    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="Also publish to Home Assistant over MQTT: mqtt://HOST:PORT "
+                                       "(mqtts:// for TLS; the password only from the config's mqtt.password_file or password_env)."),
+    room: Optional[str] = typer.Option(None, "--room", help="This device's room for MQTT (default: mqtt.room, else the host name)."),
     config: Optional[Path] = ConfigOpt,
     profiles_dir: Optional[str] = ProfilesOpt,
     model: Optional[str] = ModelOpt,
@@ -214,8 +217,12 @@ def listen(
     """Say live who is speaking: accept an enrolled name, or reject as unknown."""
     overrides = {"audio.source": source, "audio.device": device, "output.json": json_out,
                  "scoring.threshold": threshold, "scoring.min_margin": min_margin,
-                 "profiles.dir": profiles_dir, "model.path": model}
+                 "profiles.dir": profiles_dir, "model.path": model, "mqtt.url": mqtt, "mqtt.room": room}
     cfg = _config(config, **overrides)
+    if cfg.mqtt.url:
+        from .mqtt import read_password
+
+        read_password(cfg.mqtt)                  # a missing password file fails before the model loads
     if cfg.audio.source in (None, "mic"):
         from .sources import resolve_input_device
 
@@ -264,6 +271,7 @@ def run_service(cfg, emb, realtime: bool = False, reload_config=None) -> int:
     hung loop both stop the pings. A microphone that fails mid-run is reopened with backoff; a
     file or stdin that ends stops the service with status 0.
     """
+    from .mqtt import with_mqtt
     from .output import make_output
     from .pipeline import Pipeline
     from .service import ServiceRunner
@@ -278,7 +286,7 @@ def run_service(cfg, emb, realtime: bool = False, reload_config=None) -> int:
     pipe = Pipeline(emb, open_audio(), cfg, _profile_loader(store, emb))
     if not pipe.centroids:
         log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
-    out = make_output(cfg.output.json, title="streamsv listen (service)")
+    out = with_mqtt(make_output(cfg.output.json, title="streamsv listen (service)"), cfg, sorted(pipe.centroids))
     with out:
         runner = ServiceRunner(pipe, lambda ev: out.update(ev, pipe), reopen_source=open_audio if mic else None,
                                reload_config=reload_config)
@@ -288,6 +296,7 @@ def run_service(cfg, emb, realtime: bool = False, reload_config=None) -> int:
 def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
                stop: threading.Event | None = None, on_event=None) -> dict:
     """Build source + pipeline + output from a Config and run to the end; returns the final stats."""
+    from .mqtt import with_mqtt
     from .output import make_output
     from .pipeline import Pipeline
     from .sources import open_source
@@ -297,7 +306,7 @@ def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
     pipe = Pipeline(emb, src, cfg, _profile_loader(store, emb))
     if not pipe.centroids:
         log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
-    out = make_output(cfg.output.json, title=title)
+    out = with_mqtt(make_output(cfg.output.json, title=title), cfg, sorted(pipe.centroids))
     final: dict = {}
     stop = stop or threading.Event()
     with out:
@@ -541,6 +550,38 @@ def service_install(
         typer.echo(text, nl=False)
     else:
         typer.echo(install_hints(target))
+
+
+# --------------------------------------------------------------------------- wyoming
+
+@app.command()
+def wyoming(
+    uri: str = typer.Option("tcp://0.0.0.0:10500", "--uri", help="Where Home Assistant reaches this proxy."),
+    asr_uri: str = typer.Option(..., "--asr-uri", help="The real speech-to-text service, e.g. tcp://whisper:10300."),
+    unknown: str = typer.Option("tag", "--unknown", help="An unknown voice: tag (transcript passes, speaker unknown) "
+                                "or refuse (empty transcript)."),
+    prefix: bool = typer.Option(True, "--prefix/--no-prefix", help="Start the text with the speaker's name in square brackets."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Accept when the best cosine is at least this."),
+    min_speech_s: Optional[float] = typer.Option(None, "--min-speech-s", help="Speech before the first decision "
+                                                 "(default: scoring.min_speech_s); short commands want less."),
+    config: Optional[Path] = ConfigOpt,
+    profiles_dir: Optional[str] = ProfilesOpt,
+    model: Optional[str] = ModelOpt,
+) -> None:
+    """A speaker-aware Wyoming ASR proxy: transcripts come back with who spoke."""
+    from .wyoming_asr import UNKNOWN_POLICIES, Proxy, ProxySettings, check_uri, serve
+
+    if unknown not in UNKNOWN_POLICIES:
+        raise StreamsvError(f"--unknown: expected one of {', '.join(UNKNOWN_POLICIES)}, got {unknown!r}")
+    settings = ProxySettings(check_uri(uri, "--uri"), check_uri(asr_uri, "--asr-uri"), unknown, prefix)
+    cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model, "scoring.threshold": threshold,
+                             "scoring.min_speech_s": min_speech_s})
+    store = _store(cfg)
+    emb = load_model(cfg.model.path)
+    loader = _profile_loader(store, emb)
+    if not loader():
+        log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
+    serve(Proxy(settings, cfg, emb, loader))
 
 
 # --------------------------------------------------------------------------- bench / demo

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -87,6 +88,20 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class MqttConfig:
+    url: str | None = None  # mqtt://host:1883 or mqtts://host:8883 (TLS); None = no MQTT
+    room: str | None = None  # this device's room in Home Assistant; None = the host name
+    username: str | None = None
+    password_file: str | None = None  # a file holding the password (never on the command line)
+    password_env: str | None = None  # or the name of an environment variable holding it
+    tls: bool = False  # also implied by mqtts://
+    ca_file: str | None = None  # CA bundle for TLS; None = the system's
+    discovery_prefix: str = "homeassistant"
+    topic_prefix: str = "streamsv"
+    backlog: int = 1000  # messages kept while the broker is away; beyond it the oldest are dropped
+
+
+@dataclass(frozen=True)
 class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     vad: VadConfig = field(default_factory=VadConfig)
@@ -94,6 +109,7 @@ class Config:
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     # Where the settings came from (a path, or None for defaults); for logs, not for equality.
     source: str | None = field(default=None, compare=False)
 
@@ -217,6 +233,40 @@ def _rate(v: Any) -> int:
     return v
 
 
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _Bad(f"expected true or false, got {_show(v)}")
+    return v
+
+
+def _pattern(regex: str, what: str) -> Callable[[Any], str]:
+    compiled = re.compile(regex)
+
+    def check(v: Any) -> str:
+        if not isinstance(v, str) or not compiled.fullmatch(v):
+            raise _Bad(f"expected {what}, got {_show(v)}")
+        return v
+
+    return check
+
+
+def _mqtt_url(v: Any) -> str:
+    from .mqtt import parse_mqtt_url  # one parser for the check and the connection
+
+    if not isinstance(v, str):
+        raise _Bad(f"expected a URL such as mqtt://host:1883, got {_show(v)}")
+    try:
+        parse_mqtt_url(v)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    return v
+
+
+_ROOM = _pattern(r"[A-Za-z0-9_-]{1,64}", "a room name of 1-64 letters, digits, _ or -")
+_TOPIC_PREFIX = _pattern(r"[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}", "topic levels of letters, digits, _ or - joined by /")
+_ENV_NAME = _pattern(r"[A-Za-z_][A-Za-z0-9_]{0,127}", "an environment variable name")
+
+
 CHECKS: dict[str, Callable[[Any], Any]] = {
     "audio.device": _device,
     "audio.sample_rate": _rate,
@@ -240,6 +290,16 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "output.json": _optional_bool,
     "output.stats_interval_s": _num(0.0, 86400.0, lo_open=True),
     "output.log_level": _choice(LOG_LEVELS),
+    "mqtt.url": _optional(_mqtt_url),
+    "mqtt.room": _optional(_ROOM),
+    "mqtt.username": _optional(_text),
+    "mqtt.password_file": _optional(_text),
+    "mqtt.password_env": _optional(_ENV_NAME),
+    "mqtt.tls": _bool,
+    "mqtt.ca_file": _optional(_text),
+    "mqtt.discovery_prefix": _TOPIC_PREFIX,
+    "mqtt.topic_prefix": _TOPIC_PREFIX,
+    "mqtt.backlog": _int(1, 100000),
 }
 
 

@@ -128,7 +128,8 @@ def run_demo(cfg, embedder, realtime: bool = True, keep: Path | None = None) -> 
                       f"(the voice 'stranger' is not enrolled and should come out as unknown)")
         for who, a, b in turns:
             console.print(f"    {a:6.2f}-{b:6.2f} s  {who}")
-        dcfg = cfg.with_overrides(**{"audio.source": str(conv), "profiles.dir": str(store.dir)})
+        # Synthetic voices are not news for Home Assistant: the demo never publishes to MQTT.
+        dcfg = cfg.with_overrides(**{"audio.source": str(conv), "profiles.dir": str(store.dir), "mqtt.url": None})
         decisions: list[dict] = []
         run_listen(dcfg, embedder, realtime=realtime, title="streamsv demo",
                    on_event=lambda ev: decisions.append(ev) if ev["event"] == "decision" else None)

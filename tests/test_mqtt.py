@@ -1,0 +1,385 @@
+"""MQTT for Home Assistant against a real mosquitto broker on a loopback port.
+
+The voices are the demo's espeak-ng voices (two enrolled, one stranger); the daemon runs as a
+real ``streamsv listen`` subprocess on the shipped model, so what the broker sees is what Home
+Assistant would see.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+SR = 16000
+STREAMSV = [sys.executable, "-m", "streamsv.cli"]
+WAIT_S = 15.0
+
+pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
+                                reason="needs the mosquitto broker (apt-get install mosquitto)")
+
+
+# --------------------------------------------------------------------------- helpers
+
+def mosquitto_exe() -> str:
+    return shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A mosquitto on 127.0.0.1:port with no persistence (a restart forgets retained messages)."""
+
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.conf = folder / f"mosquitto-{self.port}.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Broker":
+        self.proc = subprocess.Popen([mosquitto_exe(), "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+class Subscriber:
+    """Records every message under '#' with its arrival time."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as paho
+
+        self.messages: list[tuple[float, str, str, bool]] = []
+        self._lock = threading.Lock()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *a: c.subscribe("#", qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._lock:
+            self.messages.append((time.monotonic(), msg.topic, msg.payload.decode(), bool(msg.retain)))
+
+    def all(self, topic: str | None = None) -> list[tuple[float, str, str, bool]]:
+        with self._lock:
+            return [m for m in self.messages if topic is None or m[1] == topic]
+
+    def wait_for(self, pred, timeout: float = WAIT_S):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.all():
+                if pred(m):
+                    return m
+            time.sleep(0.02)
+        raise AssertionError(f"no matching message within {timeout} s; got {[m[1:3] for m in self.all()][-10:]}")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def retained(port: int, settle_s: float = 0.5) -> dict[str, str]:
+    """Every retained message a new subscriber receives."""
+    sub = Subscriber(port)
+    time.sleep(settle_s)
+    sub.close()
+    return {t: p for _, t, p, r in sub.all() if r}
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory):
+    """Profiles of the demo's ada and bob (shipped model), the demo conversation and its turns."""
+    import soundfile as sf
+
+    from streamsv import load_embedder
+    from streamsv.demo import VOICES, build_conversation, enrollment_audio
+    from streamsv.profiles import ProfileStore, enroll
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng for the voices")
+    folder = tmp_path_factory.mktemp("ha-voices")
+    emb = load_embedder()
+    store = ProfileStore(folder / "profiles")
+    for v in VOICES:
+        if v.name != "stranger":
+            store.save(enroll(emb, v.name, enrollment_audio(folder, v))[0], force=True)
+    wave, turns = build_conversation(folder)
+    sf.write(folder / "conversation.wav", wave, SR)
+    return {"folder": folder, "profiles": folder / "profiles", "wav": folder / "conversation.wav",
+            "wave": wave, "turns": turns, "emb": emb, "store": store}
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path).start()
+    yield b
+    b.stop()
+
+
+def listen_cmd(voices, broker: Broker, room: str, *extra: str) -> list[str]:
+    return [*STREAMSV, "listen", "--json", "--mqtt", broker.url, "--room", room,
+            "--profiles-dir", str(voices["profiles"]), *extra]
+
+
+def clean_env(tmp_path: Path) -> dict:
+    env = dict(os.environ, HOME=str(tmp_path), PYTHONUNBUFFERED="1")
+    env.pop("STREAMSV_CONFIG", None)
+    env.pop("NOTIFY_SOCKET", None)
+    return env
+
+
+def right_turns(events: list[dict], turns) -> int:
+    """How many turn summaries name who really spoke (the stranger must come out unknown)."""
+    from streamsv.demo import turn_of
+
+    right = 0
+    for e in events:
+        who = turn_of(e["t"], turns)
+        if who is None:
+            continue
+        expect = None if who == "stranger" else who
+        got = e.get("speaker") if e.get("accepted") else None
+        right += got == expect
+    return right
+
+
+# --------------------------------------------------------------------------- a conversation
+
+def test_conversation_one_event_per_turn_and_valid_discovery(voices, broker, tmp_path):
+    sub = Subscriber(broker.port)
+    try:
+        res = subprocess.run(listen_cmd(voices, broker, "kitchen", "--source", str(voices["wav"])),
+                             capture_output=True, text=True, timeout=120, env=clean_env(tmp_path))
+        assert res.returncode == 0, res.stderr
+        assert "Traceback" not in res.stderr
+        sub.wait_for(lambda m: m[1] == "streamsv/kitchen/availability" and m[2] == "offline")
+    finally:
+        sub.close()
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    json_turns = [e for e in events if e["event"] == "speech_end" and e["decisions"]]
+    mqtt_events = [json.loads(p) for _, t, p, _ in sub.all("streamsv/kitchen/event")]
+    ends = [e for e in mqtt_events if e["phase"] == "end"]
+    firsts = [e for e in mqtt_events if e["phase"] == "first"]
+    # One end event per decided turn, in order, naming the same speaker as the JSON summary.
+    assert [e["t"] for e in ends] == [e["t"] for e in json_turns]
+    as_summary = [{"t": e["t"], "speaker": None if e["event_type"] == "unknown" else e["event_type"],
+                   "accepted": e["event_type"] != "unknown"} for e in ends]
+    json_right = right_turns(json_turns, voices["turns"])
+    mqtt_right = right_turns(as_summary, voices["turns"])
+    assert mqtt_right >= json_right >= len(voices["turns"]) - 1, (mqtt_right, json_right)
+    # At most one early event per turn, and only for a confident decision.
+    starts = [e["t"] for e in events if e["event"] == "speech_start"]
+    turn_of_first = [max(i for i, s in enumerate(starts) if s <= f["t"]) for f in firsts]
+    assert len(turn_of_first) == len(set(turn_of_first))
+    assert all(f["event_type"] in ("ada", "bob") for f in firsts)
+    # Availability went online during the run and offline at the clean exit.
+    avail = [p for _, _, p, _ in sub.all("streamsv/kitchen/availability")]
+    assert "online" in avail and avail[-1] == "offline"
+    # The speaker sensor is published on change, not every hop.
+    decisions = [e for e in events if e["event"] == "decision"]
+    assert len(sub.all("streamsv/kitchen/speaker")) < len(decisions) / 2
+
+    kept = retained(broker.port)
+    configs = {t: json.loads(p) for t, p in kept.items() if t.startswith("homeassistant/")}
+    node = "streamsv_kitchen"
+    assert set(configs) == {f"homeassistant/sensor/{node}/speaker/config", f"homeassistant/event/{node}/voice/config",
+                            f"homeassistant/binary_sensor/{node}/speech/config",
+                            f"homeassistant/sensor/{node}/latency_p95/config", f"homeassistant/sensor/{node}/rtf/config"}
+    for topic, c in configs.items():
+        assert c["unique_id"].startswith(node + "_") and c["name"]
+        assert c["availability_topic"] == "streamsv/kitchen/availability"
+        assert c["device"]["identifiers"] == [node] and c["device"]["suggested_area"] == "kitchen"
+        assert c["state_topic"].startswith("streamsv/kitchen/")
+    assert len({c["unique_id"] for c in configs.values()}) == len(configs)
+    speaker = configs[f"homeassistant/sensor/{node}/speaker/config"]
+    assert speaker["value_template"] == "{{ value_json.speaker }}"
+    assert speaker["json_attributes_topic"] == speaker["state_topic"]
+    assert configs[f"homeassistant/event/{node}/voice/config"]["event_types"] == ["ada", "bob", "unknown"]
+    speech = configs[f"homeassistant/binary_sensor/{node}/speech/config"]
+    assert (speech["payload_on"], speech["payload_off"]) == ("ON", "OFF")
+    for obj in ("latency_p95", "rtf"):
+        assert configs[f"homeassistant/sensor/{node}/{obj}/config"]["entity_category"] == "diagnostic"
+    # Retained states: nobody speaking, availability offline, diagnostics from the final stats.
+    assert kept["streamsv/kitchen/availability"] == "offline"
+    assert json.loads(kept["streamsv/kitchen/speaker"])["speaker"] == "none"
+    assert kept["streamsv/kitchen/speech"] == "OFF"
+    final = [e for e in events if e["event"] == "stats" and e["final"]][-1]
+    stats = json.loads(kept["streamsv/kitchen/stats"])
+    assert stats["latency_p95_ms"] == final["latency_p95_ms"] and stats["rtf"] == final["rtf"]
+    assert "streamsv/kitchen/event" not in kept            # events are not retained
+
+
+# --------------------------------------------------------------------------- reload and kill -9
+
+def test_reload_republishes_discovery_and_kill_9_fires_last_will(voices, broker, tmp_path):
+    from streamsv.demo import VOICES, enrollment_audio
+    from streamsv.profiles import enroll
+
+    sub = Subscriber(broker.port)
+    cmd = listen_cmd(voices, broker, "hall", "--service", "--source", str(voices["wav"]), "--realtime")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(tmp_path))
+    voice_config = "homeassistant/event/streamsv_hall/voice/config"
+    try:
+        sub.wait_for(lambda m: m[1] == "streamsv/hall/availability" and m[2] == "online")
+        assert json.loads(sub.wait_for(lambda m: m[1] == voice_config)[2])["event_types"] == ["ada", "bob", "unknown"]
+        stranger = next(v for v in VOICES if v.name == "stranger")
+        folder = tmp_path / "stranger"
+        folder.mkdir()
+        voices["store"].save(enroll(voices["emb"], "carol", enrollment_audio(folder, stranger))[0], force=True)
+        os.kill(proc.pid, signal.SIGHUP)
+        sub.wait_for(lambda m: m[1] == voice_config and "carol" in json.loads(m[2])["event_types"])
+        online_at = time.monotonic()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        t, _, payload, _ = sub.wait_for(lambda m: m[1] == "streamsv/hall/availability" and m[2] == "offline")
+        assert t - online_at < 5.0          # the broker fires the will as soon as the socket drops
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        sub.close()
+        voices["store"].delete("carol")
+    kept = retained(broker.port)
+    assert kept["streamsv/hall/availability"] == "offline"
+    assert json.loads(kept[voice_config])["event_types"] == ["ada", "bob", "carol", "unknown"]
+
+
+# --------------------------------------------------------------------------- broker restart
+
+def test_broker_restart_mid_stream_loses_nothing(voices, broker, tmp_path):
+    """Audio arrives on stdin in three parts: broker up, broker down, broker back."""
+    pcm = (np.clip(voices["wave"], -1, 1) * 32767).astype("<i2").tobytes()
+    turns = voices["turns"]
+    cut1 = int((turns[1][2] + 0.9) * SR) * 2       # after bob's first turn ended (and the VAD closed it)
+    cut2 = int((turns[3][2] + 0.9) * SR) * 2       # after the stranger's turn
+    sub = Subscriber(broker.port)
+    proc = subprocess.Popen(listen_cmd(voices, broker, "den", "--source", "-"), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(tmp_path))
+    try:
+        ends = lambda: [json.loads(p) for _, _, p, _ in sub.all("streamsv/den/event") if json.loads(p)["phase"] == "end"]
+        proc.stdin.write(pcm[:cut1])
+        proc.stdin.flush()
+        sub.wait_for(lambda m: m[1] == "streamsv/den/event" and len(ends()) >= 2)
+        broker.stop()
+        sub.close()
+        proc.stdin.write(pcm[cut1:cut2])                # two turns while the broker is away
+        proc.stdin.flush()
+        time.sleep(1.0)
+        broker.start()
+        sub = Subscriber(broker.port)
+        sub.wait_for(lambda m: m[1] == "streamsv/den/availability" and m[2] == "online")
+        sub.wait_for(lambda m: m[1] == "streamsv/den/event" and len(ends()) >= 2)   # the backlog came through
+        proc.stdin.write(pcm[cut2:])
+        out, err = proc.communicate(timeout=60)        # closes stdin: the stream ends
+        sub.wait_for(lambda m: m[1] == "streamsv/den/availability" and m[2] == "offline")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sub.close()
+    assert proc.returncode == 0, err.decode()
+    events = [json.loads(line) for line in out.decode().splitlines()]
+    final = [e for e in events if e["event"] == "stats" and e["final"]][-1]
+    assert final["drops"] == 0 and final["audio_s"] == pytest.approx(len(voices["wave"]) / SR, abs=0.05)
+    json_ts = [e["t"] for e in events if e["event"] == "speech_end" and e["decisions"]]
+    after_restart = [e["t"] for e in ends()]
+    assert after_restart == json_ts[2:]                 # the two turns held back, then the rest
+    kept = retained(broker.port)
+    assert "homeassistant/event/streamsv_den/voice/config" in kept   # discovery re-published after the restart
+    assert json.loads(kept["streamsv/den/stats"])["mqtt_dropped"] == 0
+
+
+# --------------------------------------------------------------------------- backlog (in-process)
+
+def test_backlog_is_bounded_drops_oldest_and_update_never_blocks(tmp_path):
+    from streamsv.config import MqttConfig
+    from streamsv.mqtt import MqttSink
+
+    port = free_port()                                   # nothing listens there yet
+    sink = MqttSink(MqttConfig(url=f"mqtt://127.0.0.1:{port}", room="attic", backlog=10)).start()
+    try:
+        worst = 0.0
+        for i in range(100):
+            began = time.perf_counter()
+            sink.update({"event": "speech_start", "t": float(i)})
+            sink.update({"event": "speech_end", "t": i + 0.5, "decisions": 2, "speaker": "ada", "accepted": True,
+                         "score": 0.9, "scores": {"ada": 0.9}})
+            worst = max(worst, time.perf_counter() - began)
+        st = sink.stats()
+        assert st["backlog"] == 10 and st["dropped"] == st["enqueued"] - 10 and not st["connected"]
+        assert worst < 0.05
+        broker = Broker(tmp_path, port).start()         # the broker appears: the newest 10 go out
+        try:
+            sub = Subscriber(port)
+            sub.wait_for(lambda m: m[1] == "streamsv/attic/event" and json.loads(m[2])["t"] == 99.5)
+            ts = [json.loads(p)["t"] for _, _, p, _ in sub.all("streamsv/attic/event")]
+            assert ts[-1] == 99.5 and min(ts) > 90          # only the newest survived
+            sub.close()
+        finally:
+            sink.close()
+            broker.stop()
+    finally:
+        sink.close()
+
+
+# --------------------------------------------------------------------------- settings
+
+@pytest.mark.parametrize("args, message", [
+    (["--mqtt", "mqtt://me:secret@127.0.0.1:1883"], "mqtt.url: a password in the URL"),
+    (["--mqtt", "http://127.0.0.1"], "mqtt.url: expected mqtt://"),
+    (["--mqtt", "mqtt://127.0.0.1:1883", "--room", "living/room"], "mqtt.room: expected a room name"),
+])
+def test_bad_mqtt_settings_are_one_line_errors(untrained_cli, capsys, args, message):
+    code, out, err = run_cli(capsys, "listen", "--source", "nothing.wav", *args)
+    assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_password_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    from streamsv.config import MqttConfig
+    from streamsv.errors import StreamsvError
+    from streamsv.mqtt import read_password
+
+    f = tmp_path / "pw"
+    f.write_text("s3cret\n")
+    assert read_password(MqttConfig(url="mqtt://h", password_file=str(f))) == "s3cret"
+    monkeypatch.setenv("MQTT_PW", "envpw")
+    assert read_password(MqttConfig(url="mqtt://h", password_env="MQTT_PW")) == "envpw"
+    with pytest.raises(StreamsvError, match="no such file"):
+        read_password(MqttConfig(url="mqtt://h", password_file=str(tmp_path / "missing")))
+    monkeypatch.delenv("MQTT_PW")
+    with pytest.raises(StreamsvError, match="not set"):
+        read_password(MqttConfig(url="mqtt://h", password_env="MQTT_PW"))

@@ -1,0 +1,223 @@
+"""The speaker-aware Wyoming ASR proxy, spoken to by the wyoming library's own client, in front
+of a stand-in ASR built with the wyoming library's server, all on loopback.
+
+The voices are the demo's espeak-ng voices on the shipped model: ada and bob enrolled, the
+stranger not.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+pytest.importorskip("wyoming")
+
+from wyoming.asr import Transcribe, Transcript  # noqa: E402
+from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
+from wyoming.client import AsyncTcpClient  # noqa: E402
+from wyoming.error import Error  # noqa: E402
+from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info  # noqa: E402
+from wyoming.server import AsyncEventHandler, AsyncServer  # noqa: E402
+
+from streamsv.wyoming_asr import Proxy, ProxySettings, start_proxy  # noqa: E402
+
+SR = 16000
+ASR_TEXT = "turn on the kitchen lights"
+COMMAND = "Please turn on the kitchen lights and play some quiet music."
+CHUNK_SAMPLES = 1024
+TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FixedAsr(AsyncEventHandler):
+    """Answers every request with the same text, and says how much audio it received."""
+
+    def __init__(self, reader, writer) -> None:
+        super().__init__(reader, writer)
+        self.audio_bytes = 0
+        self.language = None
+
+    async def handle_event(self, event) -> bool:
+        if Describe.is_type(event.type):
+            model = AsrModel(name="tiny", attribution=Attribution("test", "http://localhost"), installed=True,
+                             description="fixed text", version="1", languages=["en", "de"])
+            await self.write_event(Info(asr=[AsrProgram(
+                name="fixed-asr", attribution=Attribution("test", "http://localhost"), installed=True,
+                description="stand-in", version="1", models=[model])]).event())
+        elif Transcribe.is_type(event.type):
+            self.language = Transcribe.from_event(event).language
+        elif AudioStart.is_type(event.type):
+            self.audio_bytes = 0
+        elif AudioChunk.is_type(event.type):
+            self.audio_bytes += len(event.payload or b"")
+        elif AudioStop.is_type(event.type):
+            await self.write_event(Transcript(text=ASR_TEXT, language=self.language,
+                                              context={"asr": "fixed", "audio_bytes": self.audio_bytes}).event())
+        return True
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Shipped model, ada + bob profiles, and one spoken command per voice (16 kHz float)."""
+    from streamsv import load_embedder
+    from streamsv.config import Config
+    from streamsv.demo import VOICES, enrollment_audio, synthesize
+    from streamsv.profiles import ProfileStore, enroll
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng for the voices")
+    folder = tmp_path_factory.mktemp("wyoming-voices")
+    emb = load_embedder()
+    store = ProfileStore(folder / "profiles")
+    for v in VOICES:
+        if v.name != "stranger":
+            store.save(enroll(emb, v.name, enrollment_audio(folder, v))[0], force=True)
+    commands = {v.name: synthesize(v, COMMAND, folder / f"command_{v.name}.wav") for v in VOICES}
+
+    def profiles() -> dict:
+        return {n: p.centroid for n, p in store.load_all(emb.fingerprint, emb.dim).items()}
+
+    return {"emb": emb, "cfg": Config(), "profiles": profiles, "commands": commands}
+
+
+def pcm16(wave: np.ndarray) -> bytes:
+    return (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def ask(port: int, wave: np.ndarray, rate: int = SR, channels: int = 1) -> tuple[object, int]:
+    """One Assist-style request through the wyoming client; returns (reply event, bytes sent)."""
+    if rate != SR or channels != 1:
+        import soxr
+
+        wave = soxr.resample(wave, SR, rate).astype(np.float32)
+        wave = np.repeat(wave[:, None], channels, axis=1).reshape(-1)
+    data = pcm16(wave)
+    step = CHUNK_SAMPLES * 2 * channels
+    async with AsyncTcpClient("127.0.0.1", port, connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S) as client:
+        await client.write_event(Transcribe(language="en").event())
+        await client.write_event(AudioStart(rate=rate, width=2, channels=channels).event())
+        for i in range(0, len(data), step):
+            await client.write_event(AudioChunk(rate=rate, width=2, channels=channels, audio=data[i:i + step]).event())
+            await asyncio.sleep(0)               # let other clients interleave
+        await client.write_event(AudioStop().event())
+        reply = await client.read_event()
+    return reply, len(data)
+
+
+async def with_servers(setup, scenario, **settings):
+    """Start the stand-in ASR and the proxy on free loopback ports, run ``scenario(port)``, stop both."""
+    asr_port, proxy_port = free_port(), free_port()
+    asr = AsyncServer.from_uri(f"tcp://127.0.0.1:{asr_port}")
+    await asr.start(FixedAsr)
+    proxy = Proxy(ProxySettings(f"tcp://127.0.0.1:{proxy_port}", f"tcp://127.0.0.1:{asr_port}", **settings),
+                  setup["cfg"], setup["emb"], setup["profiles"])
+    server = await start_proxy(proxy)
+    try:
+        return await asyncio.wait_for(scenario(proxy_port), timeout=TIMEOUT_S * 2)
+    finally:
+        await server.stop()
+        await asr.stop()
+
+
+def test_transcript_carries_the_speaker(setup):
+    reply, sent = asyncio.run(with_servers(setup, lambda port: ask(port, setup["commands"]["ada"])))
+    assert Transcript.is_type(reply.type)
+    t = Transcript.from_event(reply)
+    assert t.text == f"[ada] {ASR_TEXT}" and t.language == "en"
+    assert t.context["asr"] == "fixed" and t.context["audio_bytes"] == sent     # the ASR got every byte
+    who = t.context["speaker"]
+    assert who["name"] == "ada" and who["accepted"] is True and who["score"] > 0.5 and who["refused"] is False
+
+
+def test_unknown_voice_tagged_or_refused(setup):
+    stranger = setup["commands"]["stranger"]
+    reply, _ = asyncio.run(with_servers(setup, lambda port: ask(port, stranger)))
+    t = Transcript.from_event(reply)
+    assert t.text == f"[unknown] {ASR_TEXT}"
+    assert t.context["speaker"]["name"] is None and t.context["speaker"]["accepted"] is False
+
+    reply, _ = asyncio.run(with_servers(setup, lambda port: ask(port, stranger), unknown="refuse"))
+    t = Transcript.from_event(reply)
+    assert t.text == "" and t.context["speaker"]["refused"] is True
+
+    # An enrolled voice still passes under "refuse"; --no-prefix leaves the text alone.
+    reply, _ = asyncio.run(with_servers(setup, lambda port: ask(port, setup["commands"]["bob"]), unknown="refuse",
+                                        prefix=False))
+    t = Transcript.from_event(reply)
+    assert t.text == ASR_TEXT and t.context["speaker"]["name"] == "bob"
+
+
+def test_describe_reports_the_proxy_with_the_asr_models(setup):
+    async def describe(port):
+        async with AsyncTcpClient("127.0.0.1", port, read_timeout=TIMEOUT_S) as client:
+            await client.write_event(Describe().event())
+            return await client.read_event()
+
+    reply = asyncio.run(with_servers(setup, describe))
+    info = Info.from_event(reply)
+    assert [p.name for p in info.asr] == ["streamsv"]
+    assert "fixed-asr" in info.asr[0].description
+    assert [(m.name, m.languages) for m in info.asr[0].models] == [("tiny", ["en", "de"])]
+
+
+def test_two_clients_at_once(setup):
+    async def both(port):
+        return await asyncio.gather(ask(port, setup["commands"]["ada"]),
+                                    ask(port, setup["commands"]["bob"], rate=22050, channels=2))
+
+    (ada, _), (bob, _) = asyncio.run(with_servers(setup, both))
+    assert Transcript.from_event(ada).context["speaker"]["name"] == "ada"
+    assert Transcript.from_event(bob).context["speaker"]["name"] == "bob"     # resampled and downmixed
+
+
+def test_oversized_event_is_refused_and_the_proxy_keeps_serving(setup):
+    async def abuse(port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(json.dumps({"type": "audio-chunk", "payload_length": 1 << 40}).encode() + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), TIMEOUT_S)
+        header = json.loads(line)
+        extra = json.loads(await reader.readexactly(header["data_length"])) if header.get("data_length") else {}
+        writer.close()
+        reply, _ = await ask(port, setup["commands"]["ada"])
+        return header["type"], extra, reply
+
+    kind, extra, reply = asyncio.run(with_servers(setup, abuse))
+    assert Error.is_type(kind) and extra["code"] == "bad-event" and "payload_length" in extra["text"]
+    assert Transcript.from_event(reply).context["speaker"]["name"] == "ada"
+
+
+def test_unreachable_asr_is_an_error_event(setup):
+    async def scenario():
+        proxy_port = free_port()
+        proxy = Proxy(ProxySettings(f"tcp://127.0.0.1:{proxy_port}", f"tcp://127.0.0.1:{free_port()}"),
+                      setup["cfg"], setup["emb"], setup["profiles"])
+        server = await start_proxy(proxy)
+        try:
+            return await ask(proxy_port, setup["commands"]["ada"][:SR])
+        finally:
+            await server.stop()
+
+    reply, _ = asyncio.run(scenario())
+    assert Error.is_type(reply.type) and reply.data["code"] == "asr-unreachable"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--asr-uri", "http://asr:10300"], "--asr-uri: expected tcp://HOST:PORT"),
+    (["--asr-uri", "tcp://asr:10300", "--uri", "tcp://0.0.0.0"], "--uri: expected tcp://HOST:PORT"),
+    (["--asr-uri", "tcp://asr:10300", "--unknown", "drop"], "--unknown: expected one of tag, refuse"),
+])
+def test_bad_arguments_are_one_line_errors(untrained_cli, capsys, args, message):
+    code, out, err = run_cli(capsys, "wyoming", *args)
+    assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
