@@ -36,7 +36,8 @@ def test_training_has_369_speakers_and_no_dev_speaker():
 @needs_data
 @pytest.mark.parametrize(
     "name, n_speakers, n_utts",
-    [("speechocean-dev", 25, 500), ("asc-test", 6, 240), ("asc-val", 6, 240), ("librispeech-test-other", 10, 100)],
+    [("speechocean-dev", 25, 500), ("asc-test", 6, 240), ("asc-val", 6, 240), ("librispeech-test-other", 10, 100),
+     ("urdu", 29, 400)],
 )
 def test_dev_sets_sizes_and_order(name, n_speakers, n_utts):
     utts = datasets.dev_set(name)
@@ -45,6 +46,25 @@ def test_dev_sets_sizes_and_order(name, n_speakers, n_utts):
     assert utts == sorted(utts, key=lambda u: (u.speaker, u.path.name))
     if name.startswith("asc"):
         assert all(u.path.stem.endswith("_01") for u in utts)  # first take of each keyword
+
+
+@needs_data
+def test_urdu_is_a_dev_set_only():
+    utts = datasets.dev_set("urdu")
+    assert len(utts) == 400 and len({u.speaker for u in utts}) == 29
+    assert all(u.speaker == f"urdu/{u.path.name.split('_')[0]}" for u in utts)  # speaker = the name's first field
+    assert {u.speaker for u in utts} <= datasets.dev_speakers()
+    names = {str(u.path) for u in datasets.training_utterances() + datasets.unlabeled_utterances()}
+    assert not any("/urdu/" in n for n in names)
+
+
+@needs_data
+def test_unlabeled_clips_are_each_their_own_pseudo_speaker():
+    unl = datasets.unlabeled_utterances()
+    assert len(unl) == 2911 and {u.corpus for u in unl} == {"unl"}
+    assert len({u.speaker for u in unl}) == len(unl)
+    assert {u.speaker.split("/")[1] for u in unl} == set(datasets.UNLABELED_FOLDERS)
+    assert not {u.speaker for u in unl} & {u.speaker for u in datasets.training_utterances()}
 
 
 @needs_data

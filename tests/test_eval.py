@@ -164,6 +164,93 @@ def test_prepare_is_deterministic_and_seeded_per_clip():
     assert np.array_equal(ev.prepare(wave, "x/1.opus", "clean", "full", None), wave)
 
 
+def _tone(freq: float, seconds: float = 1.0, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _power_above(wave: np.ndarray, hz: float) -> float:
+    spectrum = np.abs(np.fft.rfft(wave)) ** 2
+    freqs = np.fft.rfftfreq(len(wave), 1 / 16000)
+    return float(spectrum[freqs > hz].sum() / spectrum.sum())
+
+
+def test_telephone_keeps_the_band_and_removes_the_rest_deterministically():
+    rng = np.random.default_rng(0)
+    wave = (rng.standard_normal(2 * 16000) * 0.1).astype(np.float32)
+    out = ev.telephone(wave)
+    assert out.shape == wave.shape and np.isfinite(out).all()
+    assert _power_above(wave, 3800) > 0.4  # white noise: half its power is above 4 kHz
+    assert _power_above(out, 3800) < 0.01
+    assert np.array_equal(out, ev.telephone(wave))
+    speech_band = ev.telephone(_tone(1000))
+    assert np.sqrt(np.mean(speech_band ** 2)) > 0.5 * np.sqrt(np.mean(_tone(1000) ** 2))  # in-band tone passes
+
+
+def test_far_field_drr_falls_with_distance():
+    assert ev.far_field_drr_db(1.0, 0.5, 50.0) == pytest.approx(20 * np.log10(0.057 * 10), abs=1e-9)
+    assert ev.far_field_drr_db(3.0, 0.5, 50.0) == pytest.approx(ev.far_field_drr_db(1.0, 0.5, 50.0) - 20 * np.log10(3))
+    assert ev.far_field_drr_db(2.0, 0.8, 30.0) < ev.far_field_drr_db(2.0, 0.3, 80.0)  # more reverberant room
+
+
+def test_pitch_condition_moves_the_pitch_by_1_to_3_semitones():
+    wave = _tone(200, seconds=2.0)
+    for seed in range(3):
+        out = ev.shift_pitch_and_tempo(wave, np.random.default_rng(seed))
+        assert 2 * 16000 / 1.16 <= len(out) <= 2 * 16000 / 0.84  # tempo within +-15%
+        spectrum = np.abs(np.fft.rfft(out * np.hanning(len(out))))
+        peak_hz = np.fft.rfftfreq(len(out), 1 / 16000)[np.argmax(spectrum)]
+        semitones = abs(12 * np.log2(peak_hz / 200))
+        assert 0.9 <= semitones <= 3.1
+
+
+@pytest.mark.parametrize("condition", ["telephone", "far", "pitch"])
+def test_new_conditions_are_deterministic_and_seeded_per_clip(condition):
+    wave = (np.random.default_rng(0).standard_normal(3 * 16000) * 0.1).astype(np.float32)
+    a = ev.prepare(wave, "x/1.opus", condition, "2s", None)
+    b = ev.prepare(wave, "x/1.opus", condition, "2s", None)
+    c = ev.prepare(wave, "x/2.opus", condition, "2s", None)
+    assert a.dtype == np.float32 and np.abs(a).max() <= 1.0
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    if condition != "pitch":  # pitch changes the tempo, hence the length
+        assert len(a) == 32000
+
+
+def test_unknown_condition_is_refused():
+    with pytest.raises(ValueError, match="unknown condition"):
+        ev.prepare(np.zeros(16000, np.float32), "x", "underwater", "full", None)
+    with pytest.raises(SystemExit, match="error: unknown underwater"):
+        ev.main(["--conditions", "clean,underwater"])
+
+
+def test_enroll_speakers_with_three_clips_or_fewer_are_impostor_profiles_only():
+    rng = np.random.default_rng(0)
+    speakers = ["a"] * 5 + ["b"] * 2  # b: too few clips to test, enough for a profile
+    emb = rng.standard_normal((7, 8))
+    scores, labels = ev.enroll_trials(emb, speakers, [f"{i}.opus" for i in range(7)])
+    assert len(scores) == 2 * 2  # a's 2 test clips x 2 profiles (a, b)
+    assert labels.sum() == 2  # each of a's test clips against a's profile
+
+
+def _row(system, set_name, condition, enroll, pairs):
+    return {"system": system, "set": set_name, "condition": condition, "duration": "full",
+            "enroll_eer": enroll, "pairs_eer": pairs}
+
+
+def test_ratio_summary_worst_case_mean_and_cells_without_a_ratio():
+    rows = [_row("teacher", "s1", "clean", 4.0, 8.0), _row("st", "s1", "clean", 2.0, 8.0),
+            _row("teacher", "s1", "pitch", 5.0, 10.0), _row("st", "s1", "pitch", 15.0, 5.0),
+            _row("teacher", "s2", "clean", 0.0, 1.0), _row("st", "s2", "clean", 1.5, 1.0)]
+    summary = {s["protocol"]: s for s in ev.ratio_summary(rows)}
+    enroll, pairs = summary["enroll"], summary["pairs"]
+    assert enroll["worst"] == pytest.approx(3.0) and enroll["worst_cell"] == "s1 pitch full"
+    assert enroll["mean"] == pytest.approx((0.5 + 3.0) / 2) and enroll["cells"] == 2
+    assert enroll["undefined"] == [("s2 clean full", 1.5)]
+    assert pairs["worst"] == pytest.approx(1.0) and pairs["mean"] == pytest.approx((1 + 0.5 + 1) / 3)
+    line = ev.summary_lines([enroll])[0]
+    assert "worst 3.00 (s1 pitch full), mean 1.75 over 2 cells" in line and "s2 clean full at 1.50%" in line
+
+
 # ------------------------------------------------------------ real data
 
 

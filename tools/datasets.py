@@ -16,7 +16,10 @@ from pathlib import Path
 import numpy as np
 
 SAMPLE_RATE = 16000
-DEV_SETS = ("speechocean-dev", "asc-test", "asc-val", "librispeech-test-other")
+DEV_SETS = ("speechocean-dev", "asc-test", "asc-val", "librispeech-test-other", "urdu")
+# Dev-only, out of domain (research-use licence): evaluated, never trained on, nothing derived shipped.
+OUT_OF_DOMAIN_SETS = ("urdu",)
+UNLABELED_FOLDERS = ("wake-words", "coffee-orders")  # shared/data/unlabeled/<folder>: Apache-2.0, no speakers
 # Whole ESC-10 classes kept out of training, so the noisy eval meets noise types
 # the student never heard (not just unseen clips of familiar types).
 HELDOUT_NOISE_CLASSES = ("chainsaw", "helicopter", "rooster")
@@ -27,7 +30,7 @@ AUDIO_EXTS = (".opus", ".flac", ".wav", ".ogg")
 class Utterance:
     speaker: str  # corpus-prefixed, e.g. "so/0036"
     path: Path
-    corpus: str  # "so", "asc" or "ls"
+    corpus: str  # "so", "asc", "ls", "urdu", or "unl" (unlabeled: speaker is the clip's own id)
 
 
 def data_root(required: bool = True) -> Path | None:
@@ -93,6 +96,28 @@ def _ls_test_other(root: Path) -> list[Utterance]:
     return out
 
 
+def _urdu(root: Path) -> list[Utterance]:
+    # One folder per speaker (the file name's first field, SM1 / SF6), 2 to 80 clips each.
+    out = []
+    for spk_dir in sorted((root / "urdu").iterdir()):
+        if spk_dir.is_dir():
+            out += [Utterance(f"urdu/{spk_dir.name}", p, "urdu") for p in _audio_files(spk_dir)]
+    return out
+
+
+def unlabeled_utterances(root: Path | None = None) -> list[Utterance]:
+    """Speech without speaker labels (distillation only). Each clip is its own pseudo-speaker
+    "unl/<folder>/<relative name>", so no two clips are ever treated as the same voice."""
+    root = root or data_root()
+    out = []
+    for folder in UNLABELED_FOLDERS:
+        base = root / "unlabeled" / folder
+        for p in sorted(base.rglob("*")):
+            if p.suffix in AUDIO_EXTS:
+                out.append(Utterance(f"unl/{folder}/{p.relative_to(base).with_suffix('')}", p, "unl"))
+    return out
+
+
 def _sorted(utts: list[Utterance]) -> list[Utterance]:
     return sorted(utts, key=lambda u: (u.speaker, u.path.name))
 
@@ -114,6 +139,8 @@ def dev_set(name: str, root: Path | None = None) -> list[Utterance]:
         utts = _asc_utterances(root, "val", first_take_only=True)
     elif name == "librispeech-test-other":
         utts = _ls_test_other(root)
+    elif name == "urdu":
+        utts = _urdu(root)
     else:
         raise ValueError(f"unknown dev set {name!r}; expected one of {', '.join(DEV_SETS)}")
     return _sorted(utts)
@@ -124,7 +151,7 @@ def dev_speakers(root: Path | None = None) -> set[str]:
     root = root or data_root()
     spk = {u.speaker for u in _so_utterances(root, dev=True) + _ls_test_other(root)}
     spk |= {u.speaker for s in ("val", "test") for u in _asc_utterances(root, s, False)}
-    return spk
+    return spk | {u.speaker for u in _urdu(root)}
 
 
 def noise_files(split: str, root: Path | None = None) -> list[Path]:
@@ -163,5 +190,7 @@ if __name__ == "__main__":
     for name in DEV_SETS:
         d = dev_set(name)
         print(f"{name}: {len(d)} utterances, {len({u.speaker for u in d})} speakers")
+    unl = unlabeled_utterances()
+    print(f"unlabeled: {len(unl)} clips")
     for split in ("train", "heldout"):
         print(f"noise {split}: {len(noise_files(split))} files")

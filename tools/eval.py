@@ -9,9 +9,15 @@ Protocols (as in shared/data/README.md):
   enroll  each speaker's first 3 utterances (by file name) are averaged into a profile (mean of unit
           embeddings, renormalised); every other utterance is scored against every profile.
 Conditions: clean; noisy10 / noisy5 = simulated room reverb, then a held-out ESC-10 noise class
-(never used in training) at 10 / 5 dB SNR. Durations: full clip, or a seeded 2 s / 1 s crop.
-Every random choice is seeded from the clip's path, so runs and systems see the same audio.
-Embeddings are cached per (system, set, condition, duration) under cache/eval (gitignored).
+(never used in training) at 10 / 5 dB SNR; telephone = 300-3400 Hz at 8 kHz through the Opus codec
+at its lowest bitrate (~8 kbit/s), back to 16 kHz; far = a talker 1-3 m from the microphone in a
+reverberant room (direct-to-reverberant ratio from the distance); pitch = +-1..3 semitones and
++-0..15% tempo, shifted independently (librosa's phase vocoder), for emotional and prosodic
+variation. Durations: full clip, or a seeded 2 s / 1 s crop. Every random choice is seeded from
+the clip's path, so runs and systems see the same audio. Embeddings (teacher's included) are
+cached per (system, set, condition, duration) under cache/eval (gitignored).
+The last line sums up each student against the teacher: the worst-case and the mean ratio of its
+EER to the teacher's, per protocol, over every set x condition x duration in the run.
 """
 from __future__ import annotations
 
@@ -32,14 +38,23 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE_DIR = REPO / "cache" / "eval"
 SAMPLE_RATE = 16000
 
-EVAL_SETS = ("speechocean-dev", "asc-test", "librispeech-test-other")
-CONDITIONS = {"clean": None, "noisy10": 10.0, "noisy5": 5.0}  # value: SNR in dB
+EVAL_SETS = ("speechocean-dev", "asc-test", "librispeech-test-other", "urdu")
+NOISY_CONDITIONS = {"noisy10": 10.0, "noisy5": 5.0}  # value: SNR in dB
+CONDITIONS = ("clean", *NOISY_CONDITIONS, "telephone", "far", "pitch")
 DURATIONS = {"full": None, "2s": 2.0, "1s": 1.0}  # value: crop length in seconds
 ENROLL_UTTERANCES = 3
 P_TARGET = 0.01  # minDCF operating point (C_miss = C_fa = 1), as in VoxCeleb/NIST SRE
 RT60_RANGE_S = (0.2, 0.7)  # simulated rooms: small office to living room
 DRR_RANGE_DB = (0.0, 10.0)  # direct-to-reverberant ratio: a device a metre or two from the talker
-DEGRADE_VERSION = "v2"  # bump when the noisy conditions change: it keys the embedding cache
+DEGRADE_VERSION = "v2"  # bump when a degraded condition changes: it keys the embedding cache
+TELEPHONE_RATE = 8000
+TELEPHONE_BAND_HZ = (300.0, 3400.0)
+OPUS_LOWEST_BITRATE = 1.0  # libsndfile's compression_level for Opus: 1.0 = lowest bitrate (~8 kbit/s at 8 kHz)
+FAR_DISTANCE_M = (1.0, 3.0)
+FAR_RT60_S = (0.3, 0.8)
+FAR_ROOM_M3 = (30.0, 80.0)  # living room to open-plan kitchen
+PITCH_SEMITONES = (1.0, 3.0)  # magnitude; the sign is drawn too
+TEMPO_CHANGE = (0.0, 0.15)  # magnitude of the relative tempo change; the sign is drawn too
 MFCC_N = 20
 
 
@@ -118,13 +133,13 @@ def crop(wave: np.ndarray, seconds: float | None, rng: np.random.Generator) -> n
     return wave[start : start + n]
 
 
-def room_impulse_response(rng: np.random.Generator) -> np.ndarray:
+def room_impulse_response(rng: np.random.Generator, rt60_range=RT60_RANGE_S, drr_range=DRR_RANGE_DB) -> np.ndarray:
     """A synthetic RIR: direct path, then exponentially decaying noise reaching -60 dB at RT60,
-    scaled so the direct-to-reverberant energy ratio falls in DRR_RANGE_DB."""
-    rt60 = rng.uniform(*RT60_RANGE_S)
+    scaled so the direct-to-reverberant energy ratio falls in `drr_range` (dB)."""
+    rt60 = rng.uniform(*rt60_range)
     t = np.arange(int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
     tail = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)
-    drr_db = rng.uniform(*DRR_RANGE_DB)
+    drr_db = rng.uniform(*drr_range)
     tail *= np.sqrt(10 ** (-drr_db / 10) / np.sum(tail**2))
     delay = int(rng.integers(int(0.002 * SAMPLE_RATE), int(0.010 * SAMPLE_RATE)))  # first reflection
     rir = np.zeros(len(t) + delay)
@@ -133,11 +148,53 @@ def room_impulse_response(rng: np.random.Generator) -> np.ndarray:
     return rir / np.linalg.norm(rir)
 
 
-def reverberate(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def reverberate(wave: np.ndarray, rng: np.random.Generator, rir: np.ndarray | None = None) -> np.ndarray:
     from scipy.signal import fftconvolve
 
-    wet = fftconvolve(wave, room_impulse_response(rng))[: len(wave)]
+    rir = room_impulse_response(rng) if rir is None else rir
+    wet = fftconvolve(wave, rir)[: len(wave)]
     return wet * (np.sqrt(np.mean(wave**2)) / max(np.sqrt(np.mean(wet**2)), 1e-9))
+
+
+def far_field_drr_db(distance_m: float, rt60_s: float, volume_m3: float) -> float:
+    """Direct-to-reverberant ratio of an omni talker at `distance_m`: 20 log10(critical distance /
+    distance), critical distance = 0.057 sqrt(V / RT60) m (Sabine, diffuse field)."""
+    return float(20 * np.log10(0.057 * np.sqrt(volume_m3 / rt60_s) / distance_m))
+
+
+def far_field(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The clip as a microphone 1-3 m away hears it in a reverberant room (level restored)."""
+    rt60 = rng.uniform(*FAR_RT60_S)
+    drr = far_field_drr_db(rng.uniform(*FAR_DISTANCE_M), rt60, rng.uniform(*FAR_ROOM_M3))
+    return reverberate(wave, rng, room_impulse_response(rng, (rt60, rt60), (drr, drr)))
+
+
+def telephone(wave: np.ndarray) -> np.ndarray:
+    """300-3400 Hz at 8 kHz, through Opus at its lowest bitrate, back at 16 kHz (deterministic)."""
+    import io
+
+    import soundfile as sf
+    from scipy.signal import butter, resample_poly, sosfiltfilt
+
+    narrow = resample_poly(np.asarray(wave, np.float64), TELEPHONE_RATE, SAMPLE_RATE)
+    sos = butter(6, TELEPHONE_BAND_HZ, btype="bandpass", fs=TELEPHONE_RATE, output="sos")
+    narrow = np.clip(sosfiltfilt(sos, narrow), -1, 1).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, narrow, TELEPHONE_RATE, format="OGG", subtype="OPUS", compression_level=OPUS_LOWEST_BITRATE)
+    buf.seek(0)
+    decoded, rate = sf.read(buf, dtype="float32")
+    wide = resample_poly(decoded, SAMPLE_RATE, rate)
+    return np.pad(wide, (0, max(0, len(wave) - len(wide))))[: len(wave)]
+
+
+def shift_pitch_and_tempo(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Pitch moved by 1-3 semitones and tempo by 0-15%, each up or down, independently."""
+    import librosa
+
+    semitones = rng.uniform(*PITCH_SEMITONES) * rng.choice([-1.0, 1.0])
+    rate = 1 + rng.uniform(*TEMPO_CHANGE) * rng.choice([-1.0, 1.0])
+    y = librosa.effects.pitch_shift(np.asarray(wave, np.float32), sr=SAMPLE_RATE, n_steps=semitones)
+    return librosa.effects.time_stretch(y, rate=rate)
 
 
 def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
@@ -163,15 +220,25 @@ class NoiseBank:
 
 
 def prepare(wave: np.ndarray, key: str, condition: str, duration: str, noise: NoiseBank | None) -> np.ndarray:
-    """The audio a system sees for one clip under one (condition, duration): deterministic."""
+    """The audio a system sees for one clip under one (condition, duration): deterministic.
+    The crop comes first, so every condition degrades the same stretch of speech."""
     wave = crop(wave, DURATIONS[duration], _rng("crop", key, duration))
-    snr = CONDITIONS[condition]
-    if snr is not None:
-        rng = _rng("noise", key, condition)
-        wave = mix_at_snr(reverberate(wave, rng), noise.pick(rng), snr, rng)
-        peak = np.abs(wave).max()
-        if peak > 1.0:  # keep within [-1, 1] like real captured audio
-            wave = wave / peak
+    if condition == "clean":
+        return wave.astype(np.float32)
+    rng = _rng("noise" if condition in NOISY_CONDITIONS else condition, key, condition)
+    if condition in NOISY_CONDITIONS:
+        wave = mix_at_snr(reverberate(wave, rng), noise.pick(rng), NOISY_CONDITIONS[condition], rng)
+    elif condition == "telephone":
+        wave = telephone(wave)
+    elif condition == "far":
+        wave = far_field(wave, rng)
+    elif condition == "pitch":
+        wave = shift_pitch_and_tempo(wave, rng)
+    else:
+        raise ValueError(f"unknown condition {condition!r}")
+    peak = np.abs(wave).max() if len(wave) else 0.0
+    if peak > 1.0:  # keep within [-1, 1] like real captured audio
+        wave = wave / peak
     return wave.astype(np.float32)
 
 
@@ -192,23 +259,31 @@ class System:
 
 
 def student_system(spec: str) -> System:
-    """spec: [LABEL=]PATH[@VARIANT]; PATH may be 'untrained' (random init, for plumbing checks);
-    VARIANT is a way to run it from streamsv.bench (numpy-exact, numpy-tanh, torch, int8, compile)."""
+    """spec: [LABEL=]PATH[@VARIANT]; PATH a step graph (.onnx), a training checkpoint (.pt) or a
+    format-1 .npz (both exported in memory), or 'untrained' (random init, for plumbing checks);
+    VARIANT fp32 (default) or int8 (tools/export_weights.py), or numpy-baseline (the frozen numpy
+    runtime of tools/baseline, which runs only its own weights)."""
     import streamsv
-    from streamsv.bench import apply_variant
+    from export_weights import embedder_from
     from streamsv.embedder import Embedder
 
     label, _, path = spec.rpartition("=")
     path, _, variant = path.partition("@")
-    emb = Embedder.untrained(seed=0) if path == "untrained" else streamsv.load_embedder(path)
-    emb = apply_variant(emb, variant or "numpy")
+    if variant == "numpy-baseline":
+        sys.path.insert(0, str(Path(__file__).resolve().parent / "baseline"))
+        import numpy_runtime
+
+        emb = numpy_runtime.load_baseline()
+    else:
+        emb = Embedder.untrained(seed=0) if path == "untrained" else embedder_from(path, variant or "fp32")
     if not label:
         default = path != "untrained" and Path(path).resolve() == streamsv.embedder.DEFAULT_WEIGHTS.resolve()
         label = ("student" if default else Path(path).stem) + (f"@{variant}" if variant else "")
     return System(
         label=label,
         # A random model's fingerprint does not track architecture edits: never cache it.
-        cache_id=None if path == "untrained" else f"student-{emb.fingerprint}" + (f"-{variant}" if variant else ""),
+        # Keyed by fingerprint and runtime: the ONNX graphs' embeddings never reuse the numpy runtime's.
+        cache_id=None if path == "untrained" else f"student-{emb.fingerprint}-" + ("numpy" if variant == "numpy-baseline" else "ort"),
         num_parameters=getattr(emb, "num_parameters", None),
         macs_per_second=getattr(emb, "macs_per_second", None),
         _embed_many=lambda waves: np.stack([emb.embed(w) for w in waves]),
@@ -245,7 +320,7 @@ def znorm(x: np.ndarray) -> np.ndarray:
 
 
 def embeddings(system: System, set_name: str, condition: str, duration: str, utts, noise, use_cache: bool) -> np.ndarray:
-    cond = condition if CONDITIONS[condition] is None else f"{condition}-{DEGRADE_VERSION}"
+    cond = condition if condition == "clean" else f"{condition}-{DEGRADE_VERSION}"
     path = CACHE_DIR / f"{system.cache_id}__{set_name}__{cond}__{duration}.npz"
     keys = [str(u.path.relative_to(datasets.data_root())) for u in utts]
     use_cache = use_cache and system.cache_id is not None
@@ -280,7 +355,7 @@ def score_set(system: System, emb: np.ndarray, utts) -> dict[str, float]:
 
 
 def run(systems: list[System], sets, conditions, durations, use_cache: bool = True, log=print) -> list[dict]:
-    noise = NoiseBank() if any(CONDITIONS[c] is not None for c in conditions) else None
+    noise = NoiseBank() if any(c in NOISY_CONDITIONS for c in conditions) else None
     rows = []
     for set_name in sets:
         utts = datasets.dev_set(set_name)
@@ -331,6 +406,43 @@ def markdown_wide(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ratio_summary(rows: list[dict], reference: str = "teacher") -> list[dict]:
+    """Per system other than `reference` and per protocol: the worst-case (largest) and the mean
+    ratio of its EER to the reference's EER over every (set, condition, duration) both have.
+    A cell where the reference's EER is 0 has no ratio: it is left out and listed, with the
+    system's EER there, so it cannot vanish silently."""
+    ref = {(r["set"], r["condition"], r["duration"]): r for r in rows if r["system"] == reference}
+    out = []
+    for system in dict.fromkeys(r["system"] for r in rows if r["system"] != reference):
+        for protocol in ("enroll", "pairs"):
+            ratios, undefined = [], []
+            for r in rows:
+                cell = (r["set"], r["condition"], r["duration"])
+                if r["system"] != system or cell not in ref:
+                    continue
+                base = ref[cell][f"{protocol}_eer"]
+                if base > 0:
+                    ratios.append((r[f"{protocol}_eer"] / base, cell))
+                else:
+                    undefined.append((cell, r[f"{protocol}_eer"]))
+            if not ratios:
+                continue
+            worst = max(ratios)
+            out.append({"system": system, "reference": reference, "protocol": protocol, "worst": worst[0],
+                        "worst_cell": " ".join(worst[1]), "mean": float(np.mean([x for x, _ in ratios])),
+                        "cells": len(ratios), "undefined": [(" ".join(c), e) for c, e in undefined]})
+    return out
+
+
+def summary_lines(summary: list[dict]) -> list[str]:
+    lines = []
+    for s in summary:
+        left = "".join(f"; left out (teacher EER 0): {c} at {e:.2f}%" for c, e in s["undefined"])
+        lines.append(f"{s['system']} / {s['reference']} {s['protocol']} EER ratio: worst {s['worst']:.2f} "
+                     f"({s['worst_cell']}), mean {s['mean']:.2f} over {s['cells']} cells{left}")
+    return lines
+
+
 def _csv(value: str, allowed) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     bad = [v for v in items if v not in allowed]
@@ -358,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     names = _csv(a.systems, ("student", "teacher", "mfcc"))
     sets = _csv(a.sets, datasets.DEV_SETS)
-    conditions = _csv(a.conditions, tuple(CONDITIONS))
+    conditions = _csv(a.conditions, CONDITIONS)
     durations = _csv(a.durations, tuple(DURATIONS))
     if datasets.data_root(required=False) is None:
         raise SystemExit("error: shared data not found (set STREAMSV_DATA)")
@@ -377,10 +489,14 @@ def main(argv: list[str] | None = None) -> int:
 
     log = (lambda *x: print(*x, file=sys.stderr)) if a.json == "-" else print
     rows = run(systems, sets, conditions, durations, use_cache=not a.no_cache, log=log)
+    summary = ratio_summary(rows) if "teacher" in names else []
     if a.json == "-":
         print(json.dumps(rows, indent=1))
+        for line in summary_lines(summary):
+            log(line)
     else:
         print(markdown_wide(rows) if a.wide else markdown(rows))
+        print("\n".join(summary_lines(summary)))
         if a.json:
             Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0

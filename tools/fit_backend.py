@@ -21,9 +21,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 import datasets  # noqa: E402
-from streamsv.embedder import load_embedder, save_checkpoint  # noqa: E402
+from streamsv.embedder import load_embedder  # noqa: E402
 from streamsv.features import SAMPLE_RATE  # noqa: E402
-from train import load_waves  # noqa: E402
+from train import load_waves, save_checkpoint  # noqa: E402
 
 MAX_PER_SPEAKER = 20
 SINGLE_CLIP_PIECE_S = 3.0  # a speaker with one clip (LibriSpeech) is cut into pieces of this length

@@ -5,10 +5,12 @@
     python tools/train.py --out runs/mixer --resume              # continue after a stop
 
 The frozen Resemblyzer teacher embeds each clean training utterance once (cached under
-``cache/``); the student sees augmented crops of it (noise, reverberation, gain, speed) and
-learns two things at once: to land near the teacher's utterance embedding through a linear
-distillation head (1 - cosine), and to separate the labelled training speakers with an
-additive-angular-margin softmax on its own embedding. Progress prints every few steps; a
+``cache/``), labelled or not (shared/data/unlabeled: wake words and coffee orders, silence
+trimmed). The student sees augmented crops of it (pitch and tempo, reverberation, noise,
+telephone band with mu-law, gain; on the log-mels a random microphone EQ and a frequency mask)
+and learns two things at once: to land near the teacher's CLEAN utterance embedding through a
+linear distillation head (1 - cosine), on every crop, and to separate the labelled training
+speakers with an additive-angular-margin softmax on its own embedding, on labelled crops only. Progress prints every few steps; a
 checkpoint is written every ``--checkpoint-every`` steps so a stopped run resumes.
 """
 from __future__ import annotations
@@ -25,20 +27,24 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from scipy.signal import fftconvolve
+from scipy.signal import butter, fftconvolve, resample_poly, sosfilt
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 import datasets  # noqa: E402  (tools/datasets.py)
-from streamsv.embedder import save_checkpoint  # noqa: E402
-from streamsv.features import SAMPLE_RATE, log_mel  # noqa: E402
+from streamsv.features import N_MELS, SAMPLE_RATE, log_mel  # noqa: E402
 from streamsv.model import ModelConfig, SpeakerEncoder, count_parameters  # noqa: E402
 
 CACHE = REPO / "cache"
+CHECKPOINT_FORMAT = 1  # the student checkpoint layout tools/export_weights.py reads
 ASC_CLIPS_PER_ITEM = 3  # ASC clips are 1 s keywords: join three of one speaker
-CORPUS_WEIGHTS = {"so": 0.4, "asc": 0.3, "ls": 0.3}  # sampling share of each corpus per batch
+CORPUS_WEIGHTS = {"so": 0.25, "asc": 0.15, "ls": 0.2, "unl": 0.4}  # sampling share of each corpus per batch
+TRIM_FLOOR_DB = -35.0  # unlabeled clips: keep from the first to the last frame within 35 dB of the loudest
+TRIM_PAD_S = 0.15
+MU_LAW_MU = 255.0
+_TELEPHONE_SOS = butter(4, [300, 3400], btype="bandpass", fs=SAMPLE_RATE // 2, output="sos")
 
 
 @dataclass
@@ -50,21 +56,58 @@ class Recipe:
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_steps: int = 150
-    aam_weight: float = 0.5
+    aam_weight: float = 0.2  # AAM on the labelled crops only; the teacher carries the unlabeled ones
     aam_margin: float = 0.2
     aam_scale: float = 30.0
     margin_ramp_steps: int = 600
-    noise_prob: float = 0.7
+    noise_prob: float = 0.6
     snr_db: tuple[float, float] = (0.0, 20.0)
-    reverb_prob: float = 0.3
-    speed_prob: float = 0.2
+    reverb_prob: float = 0.4
+    pitch_prob: float = 0.5  # resampling: pitch and tempo move together
+    pitch_semitones: float = 3.0  # +-3 semitones = +-16% tempo
+    telephone_prob: float = 0.2  # 300-3400 Hz through 8 kHz with 8-bit mu-law
+    eq_prob: float = 0.5  # random microphone response: a tilt plus a smooth bump, on the log-mels
+    eq_tilt_db: float = 8.0  # up to +-8 dB from the lowest to the highest mel band
+    eq_bump_db: float = 4.0
+    freq_mask_prob: float = 0.5
+    freq_mask_bands: int = 10  # one mask of up to this many mel bands
     gain_db: float = 8.0
     seed: int = 1234
 
 
 # ---------------------------------------------------------------- data
 
-def load_waves(utts: list[datasets.Utterance], name: str) -> list[np.ndarray]:
+def save_checkpoint(path: Path, model: nn.Module, meta: dict, backend: dict | None = None) -> None:
+    """A training checkpoint (.pt) of the student: torch tensors and plain types only, so it loads
+    with torch.load(weights_only=True); tools/export_weights.py turns it into what streamsv runs.
+    Written atomically."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": asdict(model.cfg),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "backend": None if backend is None else {k: torch.as_tensor(v) for k, v in backend.items()},
+        "meta": meta,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def trim_silence(wave: np.ndarray, floor_db: float = TRIM_FLOOR_DB, pad_s: float = TRIM_PAD_S) -> np.ndarray:
+    """Cut leading and trailing audio more than `floor_db` below the loudest 10 ms frame
+    (the wake-word clips hold long pauses around the word: a crop of pause teaches nothing)."""
+    hop = SAMPLE_RATE // 100
+    n = len(wave) // hop
+    if n < 2:
+        return wave
+    energy = (wave[: n * hop].reshape(n, hop) ** 2).mean(axis=1)
+    loud = np.flatnonzero(energy >= energy.max() * 10 ** (floor_db / 10))
+    pad = int(pad_s * SAMPLE_RATE)
+    return wave[max(0, loud[0] * hop - pad): min(len(wave), (loud[-1] + 1) * hop + pad)]
+
+
+def load_waves(utts: list[datasets.Utterance], name: str, trim: bool = False) -> list[np.ndarray]:
     """Decoded audio, cached as one int16 blob so later runs skip the Opus decoding."""
     CACHE.mkdir(exist_ok=True)
     blob, index = CACHE / f"{name}.int16.npy", CACHE / f"{name}.json"
@@ -74,15 +117,17 @@ def load_waves(utts: list[datasets.Utterance], name: str) -> list[np.ndarray]:
         bounds = json.loads(index.read_text())["bounds"]
         return [np.asarray(data[a:b], dtype=np.float32) / 32768 for a, b in bounds]
     waves = [datasets.read_audio(u.path) for u in utts]
+    if trim:
+        waves = [trim_silence(w) for w in waves]
     bounds = np.cumsum([0] + [len(w) for w in waves]).tolist()
     np.save(blob, np.concatenate([np.clip(w * 32768, -32768, 32767).astype(np.int16) for w in waves]))
     index.write_text(json.dumps({"keys": keys, "bounds": list(zip(bounds[:-1], bounds[1:]))}))
-    return waves
+    return [np.clip(w * 32768, -32768, 32767).astype(np.int16).astype(np.float32) / 32768 for w in waves]
 
 
-def teacher_targets(utts: list[datasets.Utterance], waves: list[np.ndarray]) -> np.ndarray:
+def teacher_targets(utts: list[datasets.Utterance], waves: list[np.ndarray], name: str) -> np.ndarray:
     """Resemblyzer utterance embeddings of the clean audio, computed once and cached."""
-    path = CACHE / "teacher-train.npz"
+    path = CACHE / f"teacher-{name}.npz"
     keys = np.array([str(u.path) for u in utts])
     if path.exists():
         cached = np.load(path)
@@ -93,27 +138,60 @@ def teacher_targets(utts: list[datasets.Utterance], waves: list[np.ndarray]) -> 
     teacher, out = Teacher(), []
     for i in range(0, len(waves), 64):
         out.append(teacher.embed_batch(waves[i:i + 64]))
-        print(f"\rteacher targets {min(i + 64, len(waves))}/{len(waves)}", end="", flush=True)
+        print(f"\rteacher targets ({name}) {min(i + 64, len(waves))}/{len(waves)}", end="", flush=True)
     print()
     emb = np.concatenate(out).astype(np.float32)
     np.savez(path, keys=keys, emb=emb)
     return emb
 
 
-class CropSampler:
-    """Draws labelled, augmented crops; the teacher target stays that of the clean utterance."""
+def prepare_data() -> tuple[list, list, np.ndarray, list]:
+    """Every training utterance (labelled, then unlabeled), its audio, its teacher target, and the noises."""
+    labelled = datasets.training_utterances()
+    assert not datasets.dev_speakers() & {u.speaker for u in labelled}, "dev speakers leaked into training"
+    unlabeled = datasets.unlabeled_utterances()
+    waves = load_waves(labelled, "train-audio") + load_waves(unlabeled, "train-unlabeled", trim=True)
+    targets = np.concatenate([teacher_targets(labelled, waves[:len(labelled)], "train"),
+                              teacher_targets(unlabeled, waves[len(labelled):], "unlabeled")])
+    noises = load_waves([datasets.Utterance("noise", p, "noise") for p in datasets.noise_files("train")], "train-noise")
+    return labelled + unlabeled, waves, targets, noises
 
-    def __init__(self, utts, waves, targets, noises, recipe: Recipe):
+
+def telephone_band(wave: np.ndarray) -> np.ndarray:
+    """300-3400 Hz through an 8 kHz, 8-bit mu-law channel, back at 16 kHz."""
+    narrow = sosfilt(_TELEPHONE_SOS, resample_poly(wave, 1, 2))
+    peak = max(np.abs(narrow).max(), 1e-6)
+    x = np.clip(narrow / peak, -1, 1)
+    coded = np.sign(x) * np.log1p(MU_LAW_MU * np.abs(x)) / np.log1p(MU_LAW_MU)
+    coded = np.round((coded + 1) / 2 * MU_LAW_MU) / MU_LAW_MU * 2 - 1  # 256 levels
+    decoded = np.sign(coded) * np.expm1(np.abs(coded) * np.log1p(MU_LAW_MU)) / MU_LAW_MU
+    return resample_poly(decoded * peak, 2, 1)[: len(wave)]
+
+
+def resample_by(wave: np.ndarray, factor: float, length: int) -> np.ndarray:
+    """`length` samples read from `wave` at `factor` times the speed: pitch and tempo times `factor`."""
+    return np.interp(np.arange(length) * factor, np.arange(len(wave)), wave)
+
+
+class CropSampler:
+    """Draws augmented crops: log-mels in, the teacher's clean-utterance target out; a speaker label
+    for the labelled corpora, -1 for unlabeled speech (distillation only)."""
+
+    def __init__(self, utts, waves, targets, noises, recipe: Recipe, mel_mean: np.ndarray):
         self.recipe, self.waves, self.targets, self.noises = recipe, waves, targets, noises
+        self.mel_mean = np.asarray(mel_mean, np.float32)
         self.rng = np.random.default_rng(recipe.seed)
-        speakers = sorted({u.speaker for u in utts})
+        speakers = sorted({u.speaker for u in utts if u.corpus != "unl"})
         self.speaker_index = {s: i for i, s in enumerate(speakers)}
         self.by_corpus: dict[str, dict[str, list[int]]] = {}
         for i, u in enumerate(utts):
             self.by_corpus.setdefault(u.corpus, {}).setdefault(u.speaker, []).append(i)
+        self.speakers = {c: sorted(spk) for c, spk in self.by_corpus.items()}
         self.corpora = sorted(self.by_corpus)
         weights = np.array([CORPUS_WEIGHTS[c] for c in self.corpora])
         self.corpus_p = weights / weights.sum()
+        octaves = np.log2(np.linspace(1, 2 ** 6, N_MELS))  # mel band position on a rough octave scale
+        self.band_position = (octaves / octaves[-1] - 0.5).astype(np.float32)  # -0.5 .. 0.5
 
     @property
     def n_speakers(self) -> int:
@@ -136,7 +214,7 @@ class CropSampler:
         start = self.rng.integers(len(wave) - length + 1)
         return wave[start:start + length]
 
-    def _augment(self, crop: np.ndarray, length: int) -> np.ndarray:
+    def _augment(self, crop: np.ndarray) -> np.ndarray:
         r, rng = self.recipe, self.rng
         if rng.random() < r.reverb_prob:
             rt60 = rng.uniform(0.2, 0.8)
@@ -150,8 +228,25 @@ class CropSampler:
             snr = rng.uniform(*r.snr_db)
             gain = np.sqrt((crop ** 2).mean() / max((noise ** 2).mean(), 1e-9) / 10 ** (snr / 10))
             crop = crop + gain * noise
+        if rng.random() < r.telephone_prob:
+            crop = telephone_band(crop)
         crop = crop * 10 ** (rng.uniform(-r.gain_db, r.gain_db) / 20)
         return np.clip(crop, -1, 1)
+
+    def _augment_mel(self, mel: np.ndarray) -> np.ndarray:
+        """Microphone colouring and frequency masking, done where they are cheap: on log power."""
+        r, rng = self.recipe, self.rng
+        if rng.random() < r.eq_prob:
+            tilt = rng.uniform(-r.eq_tilt_db, r.eq_tilt_db) * self.band_position
+            centre, width = rng.uniform(-0.5, 0.5), rng.uniform(0.05, 0.3)
+            bump = rng.uniform(-r.eq_bump_db, r.eq_bump_db) * np.exp(-0.5 * ((self.band_position - centre) / width) ** 2)
+            mel = mel + (tilt + bump).astype(np.float32) * np.float32(np.log(10) / 10)  # dB -> natural log power
+        if rng.random() < r.freq_mask_prob:
+            width = int(rng.integers(1, r.freq_mask_bands + 1))
+            start = int(rng.integers(0, N_MELS - width + 1))
+            mel = mel.copy()
+            mel[:, start:start + width] = self.mel_mean[start:start + width]
+        return mel
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         r, rng = self.recipe, self.rng
@@ -159,17 +254,20 @@ class CropSampler:
         crops, labels, targets = [], [], []
         for _ in range(r.batch):
             corpus = self.corpora[rng.choice(len(self.corpora), p=self.corpus_p)]
-            speakers = sorted(self.by_corpus[corpus])
+            speakers = self.speakers[corpus]
             speaker = speakers[rng.integers(len(speakers))]
             wave, target = self._source(corpus, speaker)
-            speed = rng.choice([0.93, 1.07]) if rng.random() < r.speed_prob else 1.0
-            crop = self._crop(wave, int(length * speed))
-            if speed != 1.0:  # resample to `length`: pitch and tempo shift together
-                crop = np.interp(np.linspace(0, len(crop) - 1, length), np.arange(len(crop)), crop)
-            crops.append(self._augment(crop, length))
-            labels.append(self.speaker_index[speaker])
+            if rng.random() < r.pitch_prob:
+                factor = 2 ** (rng.uniform(-r.pitch_semitones, r.pitch_semitones) / 12)
+                crop = resample_by(self._crop(wave, math.ceil(length * factor) + 1), factor, length)
+            else:
+                crop = self._crop(wave, length)
+            crops.append(self._augment(crop))
+            labels.append(self.speaker_index.get(speaker, -1))
             targets.append(target)
-        return (torch.from_numpy(np.stack(crops).astype(np.float32)), torch.tensor(labels),
+        mels = log_mel(np.stack(crops).astype(np.float32))
+        mels = np.stack([self._augment_mel(m) for m in mels])
+        return (torch.from_numpy(mels), torch.tensor(labels),
                 torch.from_numpy(np.stack(targets).astype(np.float32)))
 
 
@@ -199,12 +297,13 @@ class Distiller(nn.Module):
         self.to_teacher = nn.Linear(cfg.embedding_dim, 256)
         self.aam = AAMSoftmax(cfg.embedding_dim, n_speakers, recipe.aam_scale)
 
-    def forward(self, waves, labels, targets, margin: float):
-        with torch.no_grad():
-            mel = torch.from_numpy(log_mel(waves.cpu().numpy()))
+    def forward(self, mel, labels, targets, margin: float):
         emb = self.student(mel)
         distill = 1 - F.cosine_similarity(self.to_teacher(emb), targets).mean()
-        return distill, self.aam(emb, labels, margin)
+        labelled = labels >= 0  # AAM only where a speaker label exists
+        if not labelled.any():
+            return distill, distill.new_zeros(())
+        return distill, self.aam(emb[labelled], labels[labelled], margin)
 
 
 def mel_statistics(waves: list[np.ndarray], rng: np.random.Generator, n: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,6 +330,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=Recipe.seed)
     ap.add_argument("--checkpoint-every", type=int, default=100)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--prepare-only", action="store_true", help="decode the audio and cache the teacher targets, then stop")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -240,18 +340,17 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.time()
-    utts = datasets.training_utterances()
-    dev = datasets.dev_speakers()
-    assert not dev & {u.speaker for u in utts}, "dev speakers leaked into training"
-    waves = load_waves(utts, "train-audio")
-    noises = load_waves([datasets.Utterance("noise", p, "noise") for p in datasets.noise_files("train")], "train-noise")
-    targets = teacher_targets(utts, waves)
-    sampler = CropSampler(utts, waves, targets, noises, recipe)
+    utts, waves, targets, noises = prepare_data()
+    if args.prepare_only:
+        print(f"data ready in {time.time() - started:.0f} s")
+        return
+    mel_mean, mel_std = mel_statistics(waves, np.random.default_rng(recipe.seed))
+    sampler = CropSampler(utts, waves, targets, noises, recipe, mel_mean.numpy())
     print(f"data ready in {time.time() - started:.0f} s: {len(utts)} utterances, {sampler.n_speakers} speakers, "
           f"{sum(map(len, waves)) / SAMPLE_RATE / 3600:.1f} h", flush=True)
 
     model = Distiller(cfg, sampler.n_speakers, recipe)
-    model.student.stem.mel_mean, model.student.stem.mel_std = mel_statistics(waves, np.random.default_rng(recipe.seed))
+    model.student.stem.mel_mean, model.student.stem.mel_std = mel_mean, mel_std
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     step, elapsed = 0, 0.0
     last = args.out / "last.pt"
@@ -273,8 +372,8 @@ def main() -> None:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, recipe)
         margin = recipe.aam_margin * min(1.0, step / recipe.margin_ramp_steps)
-        waves_b, labels, targets_b = sampler.batch()
-        distill, aam = model(waves_b, labels, targets_b, margin)
+        mels, labels, targets_b = sampler.batch()
+        distill, aam = model(mels, labels, targets_b, margin)
         loss = distill + recipe.aam_weight * aam
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
