@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -17,11 +18,12 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from .errors import StreamsvError
+from .errors import StreamsvError, os_reason, shown
 
 EXIT_ERROR = 2
 EXIT_REJECT = 1
 ENROLL_SECONDS = 20.0
+MAX_ENROLL_SECONDS = 600.0    # --seconds: ten minutes of voice is far more than a profile needs
 ENROLL_PIECE_S = 3.0          # mic enrollment: one embedding per ~3 s of voice, like a live window
 NO_VOICE_WARN_S = 3.0
 QUIET_DBFS = -45.0            # RMS of a voiced frame below this is "too quiet"
@@ -31,7 +33,58 @@ CLIP_LEVEL = 0.99
 # ends the process within 2 s. Everything is flushed first. In-process tests turn it off.
 FAST_SERVICE_EXIT = True
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+
+class _QuietPipeGroup(typer.core.TyperGroup):
+    """The top-level command group, catching output failures before typer does.
+
+    typer turns a broken pipe into exit status 1, which for `verify` means "reject" and for
+    `listen ... | head -1` is a false failure: the reader leaving is not an error, so it is exit 0
+    (``verify`` keeps its decision's status: it writes through ``_say``). Any other failure to
+    write stdout (``> /dev/full``) is one ``error:`` line and exit 2, not a traceback.
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _silence_stdout()
+            raise typer.Exit(0) from None
+        except OSError as e:
+            if not _stdout_failed():
+                raise
+            _silence_stdout()
+            raise StreamsvError(f"cannot write the output: {os_reason(e)}") from None
+
+
+def _stdout_failed() -> bool:
+    try:
+        sys.stdout.flush()
+        return False
+    except (OSError, ValueError):
+        return True
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so that the final flush at exit cannot fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    finally:
+        os.close(devnull)
+
+
+def _say(text: str) -> None:
+    """Print a result line; a reader that left (``| head -c0``) does not change the exit status."""
+    try:
+        typer.echo(text)
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+app = typer.Typer(cls=_QuietPipeGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="On-device, real-time speaker verification.")
 profiles_app = typer.Typer(no_args_is_help=True, help="List, show, delete, rename, export and import voice profiles.")
 app.add_typer(profiles_app, name="profiles")
@@ -114,6 +167,8 @@ def enroll(
     from .profiles import check_name, enroll as build_profile
 
     check_name(name)
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_ENROLL_SECONDS):
+        raise StreamsvError(f"--seconds: expected more than 0 and at most {MAX_ENROLL_SECONDS:g}, got {seconds:g}")
     cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model, "audio.device": device})
     store = _store(cfg)
     if store.exists(name) and not force:
@@ -356,10 +411,10 @@ def verify(
     score = cosine_scores(embed_bounded(emb, speech), {name: prof.centroid})[name]
     ok = score >= cfg.scoring.threshold
     if json_out:
-        typer.echo(json.dumps({"speaker": name, "accepted": ok, "score": round(score, 4),
-                               "threshold": cfg.scoring.threshold, "speech_s": round(len(speech) / 16000, 2)}))
+        _say(json.dumps({"speaker": name, "accepted": ok, "score": round(score, 4),
+                         "threshold": cfg.scoring.threshold, "speech_s": round(len(speech) / 16000, 2)}))
     else:
-        typer.echo(f"{'accept' if ok else 'reject'} {name} score {score:.3f} (threshold {cfg.scoring.threshold:.2f})")
+        _say(f"{'accept' if ok else 'reject'} {name} score {score:.3f} (threshold {cfg.scoring.threshold:.2f})")
     raise typer.Exit(0 if ok else EXIT_REJECT)
 
 
@@ -403,21 +458,24 @@ def calibrate(
     model: Optional[str] = ModelOpt,
 ) -> None:
     """Derive an accept threshold from your own recordings and print it."""
-    from .profiles import centroid_of
+    from .profiles import centroid_of, embed_bounded
     from .scoring import calibrate as calib
     from .sources import load_audio
     from .vad import voiced
 
     cfg = _config(config, **{"model.path": model})
-    if not folder.is_dir():
-        raise StreamsvError(f"{folder}: not a folder (expected one sub-folder per speaker)")
+    if not os.path.isdir(folder):
+        raise StreamsvError(f"{shown(folder)}: not a folder (expected one sub-folder per speaker)")
     speakers = {}
-    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in AUDIO_EXT)
-        if len(files) > enroll_n:
-            speakers[d.name] = files
-        else:
-            _err(f"warning: {d.name}: needs more than {enroll_n} recordings, skipped")
+    try:
+        for d in sorted(p for p in folder.iterdir() if p.is_dir()):
+            files = sorted(f for f in d.iterdir() if f.suffix.lower() in AUDIO_EXT)
+            if len(files) > enroll_n:
+                speakers[d.name] = files
+            else:
+                _err(f"warning: {shown(d.name)}: needs more than {enroll_n} recordings, skipped")
+    except OSError as e:
+        raise StreamsvError(f"{shown(e.filename or folder)}: cannot read ({os_reason(e)})") from None
     if len(speakers) < 2:
         raise StreamsvError(f"{folder}: need at least 2 speakers with more than {enroll_n} recordings each")
     emb = load_model(cfg.model.path)
@@ -432,7 +490,7 @@ def calibrate(
             if len(speech) < lengths["short"]:
                 continue
             if i < enroll_n:
-                vecs.append(emb.embed(speech))
+                vecs.append(embed_bounded(emb, speech))   # bounded memory, as enroll and embed
                 continue
             # Score windows as listen would: full windows, and the shortest that gets a decision.
             for kind, n in lengths.items():
@@ -514,11 +572,11 @@ def profiles_rename(old: str, new: str, force: bool = typer.Option(False, "--for
 
 
 @profiles_app.command("export")
-def profiles_export(name: str, dest: Path, profiles_dir: Optional[str] = ProfilesOpt,
-                    config: Optional[Path] = ConfigOpt) -> None:
+def profiles_export(name: str, dest: Path, force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+                    profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
     """Copy a profile to a file (0600; it is biometric data: keep it private)."""
     cfg = _config(config, **{"profiles.dir": profiles_dir})
-    out = _store(cfg).export(name, dest)
+    out = _store(cfg).export(name, dest, force=force)
     typer.echo(f"exported {name!r} -> {out}")
 
 
@@ -586,7 +644,7 @@ def wyoming(
 
 # --------------------------------------------------------------------------- bench / demo
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
     """Run the accuracy/latency benchmark (options are passed to streamsv.bench)."""
     try:
@@ -616,6 +674,11 @@ def demo(
 # --------------------------------------------------------------------------- entry point
 
 def main(argv: list[str] | None = None) -> None:
+    # Started with stdout/stderr closed (`streamsv verify ... >&-`): Python leaves them None;
+    # write into /dev/null rather than fail on the first print.
+    for stream in ("stdout", "stderr"):
+        if getattr(sys, stream) is None:
+            setattr(sys, stream, open(os.devnull, "w"))
     try:
         app(args=argv, prog_name="streamsv")
     except StreamsvError as e:

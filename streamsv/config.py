@@ -14,13 +14,15 @@ import dataclasses
 import math
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from .errors import StreamsvError
+from .errors import StreamsvError, shown
+from .safeio import read_bounded
 from .scoring import DEFAULT_DURATION_SLOPE, DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD
 
 ENV_CONFIG = "STREAMSV_CONFIG"
@@ -29,7 +31,12 @@ USER_CONFIG = Path("~/.config/streamsv/config.yaml")
 SYSTEM_CONFIG = Path("/etc/streamsv/config.yaml")
 DEFAULT_PROFILES_DIR = Path("profiles")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few hundred bytes; refuse to parse anything huge
+MAX_CONFIG_BYTES = 256 << 10  # a settings file is a few KB; refuse to parse anything huge
+# Checked on the YAML events before anything is built, so that nothing is expanded or recursed:
+MAX_YAML_DEPTH = 8            # the file is section > key > value: 2 levels
+MAX_SCALAR_CHARS = 4096       # a path is at most 4096 bytes on Linux
+MAX_NUMBER_CHARS = 32         # no setting needs more digits
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -140,8 +147,12 @@ class _Bad(Exception):
     pass
 
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 40
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = _SHORT_REPR.repr(value)   # bounded work: never the repr of a whole huge container
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -187,6 +198,8 @@ def _text(v: Any) -> str:
         raise _Bad(f"expected a string, got {_show(v)}")
     if not v.strip():
         raise _Bad("must not be empty")
+    if _CONTROL_CHARS.search(v):
+        raise _Bad(f"must not contain control characters (NUL, newline...), got {_show(v)}")
     return v
 
 
@@ -361,11 +374,53 @@ def _mapping_no_dupes(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_no_dupes)
 
 
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_RESOLVER = yaml.resolver.Resolver()
+
+
+def _check_shape(text: str) -> None:
+    """Walk the YAML events (a flat stream: no recursion, nothing expanded) and refuse, before
+    anything is built: aliases (billion laughs), nesting deeper than MAX_YAML_DEPTH, keys that
+    are not plain scalars, and scalars or numbers too long for any setting."""
+    stack: list[list] = []          # per open collection: [is_mapping, items seen]
+    for event in yaml.parse(text, Loader=_StrictLoader):
+        mark = event.start_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        is_key = bool(stack) and stack[-1][0] and stack[-1][1] % 2 == 0
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent, yaml.ScalarEvent, yaml.AliasEvent)):
+            if stack:
+                stack[-1][1] += 1
+        if isinstance(event, yaml.AliasEvent):
+            raise _Shape(f"YAML aliases (*name) are not allowed in settings{at}")
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            if is_key:
+                raise _Shape(f"keys must be plain names, not a list or mapping{at}")
+            stack.append([isinstance(event, yaml.MappingStartEvent), 0])
+            if len(stack) > MAX_YAML_DEPTH:
+                raise _Shape(f"nested deeper than {MAX_YAML_DEPTH} levels{at}")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            stack.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            value = event.value
+            if len(value) > MAX_SCALAR_CHARS:
+                raise _Shape(f"a value of {len(value)} characters (at most {MAX_SCALAR_CHARS}){at}")
+            if (event.implicit[0] and len(value) > MAX_NUMBER_CHARS
+                    and _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) in _NUMBER_TAGS):
+                raise _Shape(f"a number of {len(value)} characters (at most {MAX_NUMBER_CHARS}){at}")
+
+
+class _Shape(Exception):
+    pass
+
+
 def parse_config(text: str, source: str | None = None) -> Config:
     """Parse and validate YAML text; ``source`` only labels error messages."""
     where = f" (in {source})" if source else ""
     try:
+        _check_shape(text)
         tree = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _Shape as exc:
+        raise StreamsvError(f"config: refused: {exc}{where}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -382,7 +437,7 @@ def find_config(path: str | os.PathLike | None = None) -> Path | None:
     if env:
         return Path(env).expanduser()
     for candidate in (USER_CONFIG.expanduser(), SYSTEM_CONFIG):
-        if candidate.is_file():
+        if os.path.isfile(candidate):   # False, not an exception, for an unreadable home
             return candidate
     return None
 
@@ -392,19 +447,21 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     found = find_config(path)
     if found is None:
         return Config()
+    label = f"config: {shown(found)}"
     try:
-        if not found.exists():
-            origin = "--config" if path else f"${ENV_CONFIG}"
-            raise StreamsvError(f"config: {found}: no such file (from {origin})")
-        if found.is_dir():
-            raise StreamsvError(f"config: {found}: is a folder, expected a YAML file")
-        if found.stat().st_size > MAX_CONFIG_BYTES:
-            raise StreamsvError(f"config: {found}: too large for a settings file (> {MAX_CONFIG_BYTES} bytes)")
-        text = found.read_text(encoding="utf-8")
-    except PermissionError:
-        raise StreamsvError(f"config: {found}: permission denied") from None
+        # Bounded: a device (/dev/zero), a FIFO or a growing file cannot make us read forever.
+        raw, _ = read_bounded(found, MAX_CONFIG_BYTES, label)
+    except StreamsvError as exc:
+        msg = str(exc)
+        if msg == f"{label}: no such file":
+            msg += f" (from {'--config' if path else '$' + ENV_CONFIG})"
+        elif msg.endswith("is a folder, expected a file"):
+            msg = f"{label}: is a folder, expected a YAML file"
+        elif "Permission denied" in msg:
+            msg = f"{label}: permission denied"
+        raise StreamsvError(msg) from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise StreamsvError(f"config: {found}: not UTF-8 text") from None
-    except OSError as exc:
-        raise StreamsvError(f"config: {found}: cannot read ({exc.strerror or exc})") from None
-    return parse_config(text, source=str(found))
+        raise StreamsvError(f"{label}: not UTF-8 text") from None
+    return parse_config(text, source=shown(found))

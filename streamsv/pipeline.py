@@ -20,6 +20,7 @@ import numpy as np
 
 from . import confidence as confidence_mod
 from .config import Config
+from .errors import StreamsvError
 from .scoring import Smoother, cosine_scores, decide, threshold_for, unit
 from .sources import SAMPLE_RATE, Source
 from .vad import Segmenter, SpeechAudio, SpeechEnd, SpeechStart
@@ -139,7 +140,12 @@ class Pipeline:
             fixed += [s for s in ("audio", "vad", "model", "profiles") if getattr(new, s) != getattr(self.cfg, s)]
             if fixed:
                 log.warning("reload: %s changed; applied after a restart", ", ".join(fixed))
-        n = self.reload_profiles()
+        try:
+            n = self.reload_profiles()
+        except StreamsvError as e:
+            # e.g. the folder became writable by others: keep verifying with the profiles we had.
+            log.error("reload: %s; keeping the current profiles", e)
+            n = len(self.centroids)
         return {"event": "profiles_reloaded", "t": round(self.audio_s, 3), "profiles": sorted(self.centroids),
                 "count": n, "threshold": self.sc.threshold, "min_confidence": self.sc.min_confidence,
                 "min_margin": self.sc.min_margin,
@@ -180,6 +186,10 @@ class Pipeline:
                 if stop is not None and stop.is_set():
                     break
             yield from self._process(self.segmenter.flush())
+        except StreamsvError:
+            # The audio broke mid-stream (a truncated FLAC): what was heard still gets final stats.
+            yield self.stats_event(final=True)
+            raise
         finally:
             self.source.close()
         yield self.stats_event(final=True)

@@ -5,13 +5,25 @@ folder, atomic writes (temp file, fsync, rename, fsync folder), and strict
 names so a name can never address a path outside the folder. A profile records
 the fingerprint of the model that made it; embeddings from another model live
 in a different space, so such a profile is refused with a re-enroll message.
+
+Profile files are also untrusted input (hand-edited, planted, damaged):
+- reading is bounded (size, JSON depth, number length) and every field is validated, so a bad
+  file is one warning and every other profile keeps working;
+- like ssh with a key file, a folder or file writable by group/others or owned by another user
+  is refused (a planted ``alice.json`` made from bob's voice would verify bob as alice);
+- streamsv creates the folder 0700 but never changes the mode of an existing one;
+- a new profile is created exclusively (two ``enroll dave`` at once: exactly one wins);
+- temp files left by a killed writer are removed at the next start.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import math
 import os
 import re
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StreamsvError
+from .errors import StreamsvError, os_reason, shown
+from .safeio import read_bounded
 
 FORMAT = "streamsv-profile"
 VERSION = 1
@@ -28,6 +41,17 @@ NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 MAX_PROFILE_BYTES = 16 << 20   # ~thousands of embeddings; anything bigger is not ours
+MAX_JSON_DEPTH = 16            # a profile nests 3 deep (object > embeddings > row)
+MAX_NUMBER_CHARS = 40          # a float32 written by json is ~20 characters
+MAX_DIM = 4096                 # embedding size; ours is 256
+MAX_MODEL_CHARS = 256
+MAX_SPEECH_S = 1e6
+# created: 1970 .. 2100. Beyond it time.localtime overflows and one profile breaks `profiles list`.
+MAX_TIMESTAMP = 4102444800.0
+MIN_NORM = 1e-6                # a zero vector has no direction: no cosine against it
+TMP_PREFIX = ".tmp-"
+STALE_TMP_S = 60.0             # a writer finishes in milliseconds; an older temp file is a leftover
+UNSAFE_MODE_BITS = stat.S_IWGRP | stat.S_IWOTH
 
 log = logging.getLogger("streamsv.profiles")
 
@@ -36,9 +60,9 @@ def check_name(name: str) -> str:
     """Return ``name`` if it is a safe profile name, else raise StreamsvError."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name or name.startswith("."):
         # repr() escapes control and bidi characters, so the message cannot spoof the terminal.
-        shown = repr(name) if len(str(name)) <= 40 else f"{str(name)[:32]!r}... ({len(name)} characters)"
+        shown_name = repr(name) if len(str(name)) <= 40 else f"{str(name)[:32]!r}... ({len(name)} characters)"
         raise StreamsvError(
-            f"invalid profile name {shown}: use 1-64 ASCII letters, digits, _ . - (not starting with '.', no '..')")
+            f"invalid profile name {shown_name}: use 1-64 ASCII letters, digits, _ . - (not starting with '.', no '..')")
     return name
 
 
@@ -84,22 +108,77 @@ class Profile:
 
     @classmethod
     def from_json(cls, data: object, where: str) -> "Profile":
+        """Validate a parsed profile field by field; anything odd is a one-line StreamsvError."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise StreamsvError(f"{where}: not a streamsv profile")
-        if data.get("version") != VERSION:
-            raise StreamsvError(f"{where}: unsupported profile version {data.get('version')!r} (this streamsv reads {VERSION})")
+        version = data.get("version")
+        if type(version) is not int or version != VERSION:
+            raise StreamsvError(f"{where}: unsupported profile version {_brief(version)} (this streamsv reads {VERSION})")
         try:
-            emb = np.asarray(data["embeddings"], dtype=np.float32)
-            cen = np.asarray(data["centroid"], dtype=np.float32)
-            prof = cls(name=str(data["name"]), embeddings=emb, speech_s=float(data["speech_s"]),
-                       model=str(data["model"]), created=float(data["created"]), centroid=cen)
+            name = data.get("name")
+            if not isinstance(name, str):
+                raise _Malformed(f"name: expected a string, got {_brief(name)}")
+            model = data.get("model")
+            if not isinstance(model, str) or not 0 < len(model) <= MAX_MODEL_CHARS:
+                raise _Malformed(f"model: expected a fingerprint string, got {_brief(model)}")
+            created = _number(data.get("created"), "created", 0.0, MAX_TIMESTAMP)
+            speech_s = _number(data.get("speech_s"), "speech_s", 0.0, MAX_SPEECH_S)
+            emb = _matrix(data.get("embeddings"), "embeddings")
+            cen = _matrix([data.get("centroid")], "centroid")[0]
+            if cen.shape != (emb.shape[1],):
+                raise _Malformed(f"centroid has {cen.size} values, embeddings have {emb.shape[1]}")
+            if "dim" in data and (type(data["dim"]) is not int or data["dim"] != emb.shape[1]):
+                raise _Malformed(f"dim {_brief(data['dim'])} does not match the {emb.shape[1]}-value embeddings")
+            return cls(name=name, embeddings=emb, speech_s=speech_s, model=model, created=created, centroid=cen)
+        except _Malformed as e:
+            raise StreamsvError(f"{where}: malformed profile ({e})") from None
         except StreamsvError as e:
             raise StreamsvError(f"{where}: {e}") from None
-        except (KeyError, TypeError, ValueError) as e:
-            raise StreamsvError(f"{where}: malformed profile ({type(e).__name__}: {e})") from None
-        if emb.ndim != 2 or cen.shape != (emb.shape[1],) or not (np.isfinite(emb).all() and np.isfinite(cen).all()):
-            raise StreamsvError(f"{where}: malformed profile (inconsistent shapes or non-finite values)")
-        return prof
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _brief(value: object) -> str:
+    """A short description of a JSON value for a message (never the whole of a huge value)."""
+    if isinstance(value, (list, dict)):
+        return f"a {'list' if isinstance(value, list) else 'mapping'} of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(value: object, what: str, lo: float, hi: float) -> float:
+    if type(value) not in (int, float):      # bool is an int subclass: type() keeps it out
+        raise _Malformed(f"{what}: expected a number, got {_brief(value)}")
+    x = float(value)
+    if not (math.isfinite(x) and lo <= x <= hi):
+        raise _Malformed(f"{what}: out of range: {_brief(value)} (allowed {lo:g}..{hi:g})")
+    return x
+
+
+def _matrix(rows: object, what: str) -> np.ndarray:
+    """A non-empty list of equal-length lists of finite numbers, each row non-zero, as float32."""
+    if not isinstance(rows, list) or not rows:
+        raise _Malformed(f"{what}: expected a non-empty list of vectors, got {_brief(rows)}")
+    width = None
+    for row in rows:
+        if not isinstance(row, list) or not row or len(row) > MAX_DIM:
+            raise _Malformed(f"{what}: expected vectors of 1..{MAX_DIM} numbers, got {_brief(row)}")
+        if width is None:
+            width = len(row)
+        elif len(row) != width:
+            raise _Malformed(f"{what}: vectors of different lengths ({width} and {len(row)})")
+        if not all(type(x) in (int, float) for x in row):
+            bad = next(x for x in row if type(x) not in (int, float))
+            raise _Malformed(f"{what}: expected numbers, got {_brief(bad)}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        m = np.asarray(rows, dtype=np.float64).astype(np.float32)
+    if not np.isfinite(m).all():
+        raise _Malformed(f"{what}: non-finite or out-of-range values")
+    if (np.linalg.norm(m.astype(np.float64), axis=1) < MIN_NORM).any():
+        raise _Malformed(f"{what}: a zero vector (it has no direction to score against)")
+    return m
 
 
 def centroid_of(embeddings: np.ndarray) -> np.ndarray:
@@ -113,40 +192,111 @@ def new_profile(name: str, embeddings: list[np.ndarray] | np.ndarray, speech_s: 
                    model=model, created=time.time())
 
 
-def _read_json(path: Path, where: str) -> object:
+# --------------------------------------------------------------------------- parsing
+
+
+# A JSON string: quote, then runs of ordinary characters or escapes (unrolled: linear time).
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+
+
+def json_depth(text: str) -> int:
+    """The deepest bracket nesting of JSON ``text``, counted without parsing (no recursion)."""
+    bare = np.frombuffer(_JSON_STRING.sub('""', text).encode("utf-8", "surrogatepass"), np.uint8)
+    if not bare.size:
+        return 0
+    step = np.isin(bare, _OPEN).astype(np.int64) - np.isin(bare, _CLOSE)
+    return int(np.cumsum(step).max(initial=0))
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _Malformed(f"a number of {len(text)} digits")
+    return int(text)
+
+
+def _bounded_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _Malformed(f"a number of {len(text)} characters")
+    return float(text)
+
+
+def _no_constant(text: str) -> float:
+    raise _Malformed(f"{text}: non-finite numbers are not allowed")
+
+
+def parse_profile_json(raw: bytes, where: str) -> object:
+    """Parse the bytes of a profile file with every bound checked before the parser sees them."""
     try:
-        if path.stat().st_size > MAX_PROFILE_BYTES:
-            raise StreamsvError(f"{where}: file too large to be a profile")
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StreamsvError(f"{where}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StreamsvError(f"{where}: corrupt profile file ({type(e).__name__})") from None
-    except OSError as e:
-        raise StreamsvError(f"{where}: cannot read ({e.strerror})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StreamsvError(f"{where}: corrupt profile file (not UTF-8 JSON text)") from None
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise StreamsvError(f"{where}: malformed profile (JSON nested deeper than {MAX_JSON_DEPTH} levels)")
+    try:
+        return json.loads(text, parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_no_constant)
+    except _Malformed as e:
+        raise StreamsvError(f"{where}: malformed profile ({e})") from None
+    except (json.JSONDecodeError, RecursionError, ValueError) as e:
+        raise StreamsvError(f"{where}: corrupt profile file (not valid JSON)") from None
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old or the new file, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=path.parent)  # mkstemp: 0600
+def _check_trusted(st: os.stat_result, where: str, kind: str) -> None:
+    """Refuse, as ssh does, what another user could have written."""
+    if st.st_uid not in (os.geteuid(), 0):
+        raise StreamsvError(
+            f"{where}: {kind} is owned by another user (uid {st.st_uid}); refusing to trust it "
+            f"(profiles decide who is who: they must belong to you or root)")
+    if st.st_mode & UNSAFE_MODE_BITS:
+        raise StreamsvError(
+            f"{where}: {kind} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"refusing to trust it (fix: chmod go-w {shown(where)})")
+
+
+def atomic_write(path: Path, text: str, replace: bool = True) -> None:
+    """Write ``text`` to ``path`` so readers see the old or the new file, never half of one.
+
+    ``replace=False`` creates ``path`` exclusively: if it exists (even if it appeared a moment
+    ago, from another process) FileExistsError is raised and nothing is changed.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=SUFFIX, dir=path.parent)  # mkstemp: 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_exclusive(tmp, path, text)
+    finally:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        raise
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def _link_exclusive(tmp: str, path: Path, text: str) -> None:
+    """A hard link fails with EEXIST if ``path`` exists: an atomic create-if-absent of a whole file."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        # A file system without hard links (FAT): still exclusive, though written in place.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 class ProfileStore:
@@ -155,41 +305,102 @@ class ProfileStore:
     def __init__(self, directory: str | os.PathLike) -> None:
         self.dir = Path(directory).expanduser()
 
+    # -- the folder
+
+    def _dir_stat(self) -> os.stat_result | None:
+        """The folder's stat (following a symlink to it), None if absent; refused if untrusted."""
+        try:
+            st = os.stat(self.dir)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            reason = os_reason(e) if isinstance(e, OSError) else "invalid path"
+            raise StreamsvError(f"profiles folder {shown(self.dir)}: {reason}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise StreamsvError(f"profiles folder {shown(self.dir)}: not a folder")
+        _check_trusted(st, f"profiles folder {shown(self.dir)}", "it")
+        return st
+
     def _ensure_dir(self) -> None:
+        """Create the folder 0700 if absent; an existing one is checked, never chmod'ed."""
+        if self._dir_stat() is not None:
+            return
         try:
             self.dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            if (self.dir.stat().st_mode & 0o777) != DIR_MODE:
-                os.chmod(self.dir, DIR_MODE)
         except OSError as e:
-            raise StreamsvError(f"profiles folder {self.dir}: {e.strerror}") from None
+            raise StreamsvError(f"profiles folder {shown(self.dir)}: {os_reason(e)}") from None
+        self._dir_stat()
+
+    def _entries(self) -> list[str]:
+        try:
+            return sorted(os.listdir(self.dir))
+        except OSError as e:
+            raise StreamsvError(f"profiles folder {shown(self.dir)}: {os_reason(e)}") from None
+
+    def remove_stale_temps(self, now: float | None = None) -> list[str]:
+        """Delete temp files a killed writer left (each may hold a whole voice profile)."""
+        if self._dir_stat() is None:
+            return []
+        now = time.time() if now is None else now
+        removed = []
+        for entry in self._entries():
+            if not (entry.startswith(TMP_PREFIX) and entry.endswith(SUFFIX)):
+                continue
+            p = self.dir / entry
+            try:
+                st = os.lstat(p)
+                if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and now - st.st_mtime > STALE_TMP_S:
+                    p.unlink()
+                    removed.append(entry)
+            except OSError as e:
+                log.warning("cannot remove leftover %s: %s", shown(p), os_reason(e))
+        if removed:
+            log.info("removed %d leftover temp file(s) of an interrupted write in %s", len(removed), shown(self.dir))
+        return removed
+
+    # -- names and files
 
     def path(self, name: str) -> Path:
         return self.dir / f"{check_name(name)}{SUFFIX}"
 
     def names(self) -> list[str]:
-        if not self.dir.is_dir():
+        if self._dir_stat() is None:
             return []
         out = []
-        for p in sorted(self.dir.glob(f"*{SUFFIX}")):
-            stem = p.name[: -len(SUFFIX)]
-            if NAME_RE.fullmatch(stem) and ".." not in stem and not stem.startswith("."):
+        for entry in self._entries():
+            stem = entry[: -len(SUFFIX)]
+            if entry.endswith(SUFFIX) and NAME_RE.fullmatch(stem) and ".." not in stem and not stem.startswith("."):
                 out.append(stem)
         return out
 
     def exists(self, name: str) -> bool:
-        return self.path(name).is_file()
+        p = self.path(name)
+        try:
+            os.lstat(p)
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise StreamsvError(f"profiles folder {shown(self.dir)}: {os_reason(e)}") from None
+
+    def _read(self, name: str) -> Profile:
+        p = self.path(name)
+        if self._dir_stat() is None or not self.exists(name):
+            raise StreamsvError(f"no profile named {name!r} in {shown(self.dir)}")
+        where = shown(p)
+        raw, st = read_bounded(p, MAX_PROFILE_BYTES, where, follow_symlinks=False)
+        _check_trusted(st, where, "the profile file")
+        return Profile.from_json(parse_profile_json(raw, where), where)
 
     def load(self, name: str, fingerprint: str | None = None, dim: int | None = None) -> Profile:
         """One profile; ``fingerprint``/``dim`` (the current model's) refuse one it cannot be scored against."""
-        p = self.path(name)
-        if not p.is_file():
-            raise StreamsvError(f"no profile named {name!r} in {self.dir}")
-        prof = Profile.from_json(_read_json(p, str(p)), str(p))
+        prof = self._read(name)
+        p = shown(self.path(name))
         if prof.name != name:
             raise StreamsvError(f"{p}: file holds profile {prof.name!r}, expected {name!r}")
         if fingerprint is not None and prof.model != fingerprint:
             raise StreamsvError(
-                f"profile {name!r} was made by another model ({prof.model}, current {fingerprint}); "
+                f"profile {name!r} was made by another model ({shown(prof.model)}, current {fingerprint}); "
                 f"re-enroll with: streamsv enroll {name} --force")
         if dim is not None and prof.dim != dim:
             # A hand-edited or foreign file with the right fingerprint: scoring it would crash.
@@ -199,7 +410,11 @@ class ProfileStore:
         return prof
 
     def load_all(self, fingerprint: str | None = None, dim: int | None = None) -> dict[str, Profile]:
-        """Every loadable profile; corrupt or other-model files are logged and skipped."""
+        """Every loadable profile; a bad file is logged and skipped, every other one still loads.
+
+        An untrusted folder (writable by others, another user's) is refused as a whole.
+        """
+        self.remove_stale_temps()
         out = {}
         for name in self.names():
             try:
@@ -209,55 +424,92 @@ class ProfileStore:
         return out
 
     def save(self, profile: Profile, force: bool = False) -> Path:
+        """Write a profile; without ``force`` it is created exclusively (an existing one is kept)."""
         self._ensure_dir()
+        self.remove_stale_temps()
         p = self.path(profile.name)
-        if p.exists() and not force:
-            raise StreamsvError(f"profile {profile.name!r} already exists; use --force to replace it")
-        atomic_write(p, json.dumps(profile.to_json(), separators=(",", ":")))
+        exists_msg = f"profile {profile.name!r} already exists; use --force to replace it"
+        if not force and self.exists(profile.name):
+            raise StreamsvError(exists_msg)
+        try:
+            atomic_write(p, json.dumps(profile.to_json(), separators=(",", ":")), replace=force)
+        except FileExistsError:
+            raise StreamsvError(exists_msg) from None      # another process created it meanwhile
+        except OSError as e:
+            raise StreamsvError(f"cannot write profile {profile.name!r} in {shown(self.dir)}: {os_reason(e)}") from None
         return p
 
     def delete(self, name: str) -> None:
-        p = self.path(name)
-        if not p.is_file():
-            raise StreamsvError(f"no profile named {name!r} in {self.dir}")
-        p.unlink()
+        if self._dir_stat() is None or not self.exists(name):
+            raise StreamsvError(f"no profile named {name!r} in {shown(self.dir)}")
+        try:
+            self.path(name).unlink()
+        except OSError as e:
+            raise StreamsvError(f"cannot delete profile {name!r}: {os_reason(e)}") from None
 
     def rename(self, old: str, new: str, force: bool = False) -> None:
         prof = self.load(old)
         check_name(new)
-        if self.exists(new) and not force:
-            raise StreamsvError(f"profile {new!r} already exists; use --force to replace it")
+        if old == new:
+            return
         prof.name = new
-        self.save(prof, force=True)
-        if old != new:
+        self.save(prof, force=force)
+        try:
             self.path(old).unlink()
+        except OSError as e:
+            raise StreamsvError(f"renamed to {new!r}, but cannot remove {old!r}: {os_reason(e)}") from None
 
-    def export(self, name: str, dest: str | os.PathLike) -> Path:
+    def export(self, name: str, dest: str | os.PathLike, force: bool = False) -> Path:
+        """Copy a profile to ``dest`` (a new file, or a folder to put ``NAME.json`` in).
+
+        An existing file is replaced only with ``force``, and never anything but a regular file
+        (a device node, FIFO or symlink stays as it is).
+        """
         prof = self.load(name)
         out = Path(dest).expanduser()
-        if out.is_dir():
+        if _lstat(out) is not None and os.path.isdir(out):
             out = out / f"{name}{SUFFIX}"
+        st = _lstat(out)
+        if st is not None:
+            if not stat.S_ISREG(st.st_mode):
+                kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                raise StreamsvError(f"{shown(out)}: exists and is {kind}; refusing to replace it")
+            if not force:
+                raise StreamsvError(f"{shown(out)}: already exists; use --force to replace it")
         try:
-            atomic_write(out, json.dumps(prof.to_json(), separators=(",", ":")))
+            atomic_write(out, json.dumps(prof.to_json(), separators=(",", ":")), replace=force)
+        except FileExistsError:
+            raise StreamsvError(f"{shown(out)}: already exists; use --force to replace it") from None
         except OSError as e:
-            raise StreamsvError(f"cannot write {out}: {e.strerror}") from None
+            raise StreamsvError(f"cannot write {shown(out)}: {os_reason(e)}") from None
         return out
 
     def import_(self, src: str | os.PathLike, name: str | None = None, force: bool = False,
                 fingerprint: str | None = None, dim: int | None = None) -> Profile:
         p = Path(src).expanduser()
-        prof = Profile.from_json(_read_json(p, str(p)), str(p))
+        where = shown(p)
+        raw, _ = read_bounded(p, MAX_PROFILE_BYTES, where)
+        prof = Profile.from_json(parse_profile_json(raw, where), where)
         if name is not None:
             prof.name = check_name(name)
         if fingerprint is not None and prof.model != fingerprint:
             raise StreamsvError(
-                f"{p}: profile was made by another model ({prof.model}, current {fingerprint}); "
+                f"{where}: profile was made by another model ({shown(prof.model)}, current {fingerprint}); "
                 f"re-enroll {prof.name!r} instead of importing")
         if dim is not None and prof.dim != dim:
-            raise StreamsvError(f"{p}: profile has {prof.dim}-dimensional embeddings, the model makes {dim}")
+            raise StreamsvError(f"{where}: profile has {prof.dim}-dimensional embeddings, the model makes {dim}")
         self.save(prof, force=force)
         return prof
 
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        reason = os_reason(e) if isinstance(e, OSError) else "invalid path"
+        raise StreamsvError(f"{shown(path)}: {reason}") from None
 
 # --------------------------------------------------------------------------- enrollment
 

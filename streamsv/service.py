@@ -54,6 +54,8 @@ PROFILES_DIR = "/var/lib/streamsv/profiles"
 WATCHDOG_SEC = 30
 STATUS_MIN_INTERVAL_S = 2.0  # STATUS= is for humans running `systemctl status`; no need to flood
 TICK_S = 0.25  # the monitor thread's polling period (shorter when the watchdog interval is tiny)
+MIN_TICK_S = 0.02  # ...but never shorter than this: WATCHDOG_USEC=1 must not make it spin
+RELOAD_READY_TIMEOUT_S = 10.0  # READY=1 after a reload waits for it to be applied, at most this long
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 
@@ -383,6 +385,7 @@ class ServiceRunner:
         self._note: str | None = None
         self._monitor: threading.Thread | None = None
         self._finished = False
+        self._reload_pending_since: float | None = None   # RELOADING=1 sent, READY=1 not yet
         previous = getattr(self.pipeline, "on_audio", None)
         self._chained = previous if callable(previous) else None
         self.pipeline.on_audio = self.heartbeat
@@ -491,6 +494,7 @@ class ServiceRunner:
         elif kind == "profiles_reloaded":
             log.info("profiles reloaded: %s", ", ".join(event.get("profiles", [])) or "none")
             self._set_status(f"profiles reloaded ({event.get('count', 0)})", force=True)
+            self._reload_done()
         else:
             note = _decision_note(event) if isinstance(event, dict) else None
             if note:
@@ -505,8 +509,19 @@ class ServiceRunner:
                 self._status_sent = None
         self._wake.set()
 
+    def _reload_done(self, late: bool = False) -> None:
+        """READY=1 for a reload, once the pipeline applied it (systemd reports the reload done then)."""
+        with self._lock:
+            if self._reload_pending_since is None:
+                return
+            self._reload_pending_since = None
+        if late:
+            log.warning("reload not applied within %.0f s (no audio is flowing); it applies when audio resumes",
+                        RELOAD_READY_TIMEOUT_S)
+        self.notifier.ready(status="listening (reloaded)")
+
     def _monitor_loop(self) -> None:
-        tick = TICK_S if self._policy is None else min(TICK_S, self._policy.period_s / 2)
+        tick = TICK_S if self._policy is None else max(MIN_TICK_S, min(TICK_S, self._policy.period_s / 2))
         while not self._finished:
             self._wake.wait(tick)
             self._wake.clear()
@@ -518,10 +533,15 @@ class ServiceRunner:
                 self.notifier.ready(status="listening")
                 log.info("ready: audio is flowing")
                 with self._lock:
+                    if self._status == "starting":
+                        self._status = "listening"   # else STATUS=starting would follow READY
                     self._status_sent = ("listening", now)
             if self._reload_wanted.is_set():
                 self._reload_wanted.clear()
                 self._do_reload()
+            pending = self._reload_pending_since
+            if pending is not None and now - pending > RELOAD_READY_TIMEOUT_S:
+                self._reload_done(late=True)
             with self._lock:
                 ping = self.ready_sent and self._policy is not None and self._policy.should_ping(now)
                 if ping:
@@ -549,6 +569,10 @@ class ServiceRunner:
                 log.error("reload failed: %s; keeping the current settings", _describe(exc))
         request = getattr(self.pipeline, "request_reload", None)
         if callable(request):
+            # The pipeline applies it at its next chunk and says so with a profiles_reloaded event;
+            # READY=1 goes out then (``_reload_done``), not before.
+            with self._lock:
+                self._reload_pending_since = self.clock()
             if new_cfg is not None and _accepts_config(request):
                 request(new_cfg)
             else:
@@ -557,7 +581,8 @@ class ServiceRunner:
                 request()
         self.reloads += 1
         log.info("reload requested (SIGHUP)")
-        self.notifier.ready(status="listening (reloaded)")
+        if not callable(request):
+            self.notifier.ready(status="listening (reloaded)")
 
 
 def _accepts_config(fn: Callable) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from .errors import StreamsvError
+from .errors import StreamsvError, os_reason, shown
 
 SAMPLE_RATE = 16000
 BLOCK_MS = 30               # one webrtcvad frame: a natural unit for every source
@@ -42,14 +43,20 @@ def _to_mono_float32(data: np.ndarray) -> np.ndarray:
 
 def _check_file(p: Path) -> None:
     """Problems worth naming before libsndfile reports them less clearly."""
-    if not p.exists():
-        raise StreamsvError(f"{p}: no such file")
-    if p.is_dir():
-        raise StreamsvError(f"{p}: is a directory, expected an audio file")
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise StreamsvError(f"{shown(p)}: no such file") from None
+    except OSError as e:          # a name over 255 bytes, a parent folder we may not enter...
+        raise StreamsvError(f"{shown(p)}: cannot read ({os_reason(e)})") from None
+    except ValueError:            # an embedded NUL byte
+        raise StreamsvError(f"{shown(p)}: invalid path (contains a NUL byte)") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise StreamsvError(f"{shown(p)}: is a directory, expected an audio file")
     if not os.access(p, os.R_OK):
-        raise StreamsvError(f"{p}: permission denied")
-    if p.is_file() and p.stat().st_size == 0:
-        raise StreamsvError(f"{p}: cannot read audio (empty file, 0 bytes)")
+        raise StreamsvError(f"{shown(p)}: permission denied")
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        raise StreamsvError(f"{shown(p)}: cannot read audio (empty file, 0 bytes)")
 
 
 def _read_error(p: Path, e: BaseException) -> StreamsvError:
@@ -228,6 +235,8 @@ class StdinSource(Source):
 
     def __init__(self, stream: BinaryIO | None = None, block_ms: int = BLOCK_MS) -> None:
         super().__init__()
+        if stream is None and sys.stdin is None:
+            raise StreamsvError("--source -: stdin is closed (pipe raw s16le 16 kHz mono audio into it)")
         self._stream = stream if stream is not None else sys.stdin.buffer
         self.block = _rechunk(SAMPLE_RATE * block_ms // 1000)
 

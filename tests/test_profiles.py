@@ -35,12 +35,17 @@ def test_roundtrip_and_permissions(tmp_path):
     assert [f.name for f in store.dir.iterdir()] == ["alice.json"]   # no temp files left behind
 
 
-def test_existing_loose_dir_is_tightened(tmp_path):
+def test_existing_dir_is_used_as_is_never_chmoded(tmp_path):
+    # `--profiles-dir /tmp` as root once made /tmp 0700; an existing folder keeps its mode.
     d = tmp_path / "p"
     d.mkdir(mode=0o755)
     os.chmod(d, 0o755)
     ProfileStore(d).save(prof())
-    assert mode(d) == 0o700
+    assert mode(d) == 0o755
+    os.chmod(d, 0o777)
+    with pytest.raises(StreamsvError, match="writable by group or others"):
+        ProfileStore(d).save(prof(name="bob"))
+    assert mode(d) == 0o777 and not (d / "bob.json").exists()
 
 
 def test_replace_needs_force(tmp_path):

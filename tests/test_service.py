@@ -360,10 +360,13 @@ class PacedPipeline:
         self.source = 0  # generation number of the "device"
         self.chunks_in = 0
         self.reload_calls = 0
+        self.reload_wanted = False
         self.runs = 0
 
     def request_reload(self) -> None:
+        # Like the real pipeline: applied at the next chunk, announced by a profiles_reloaded event.
         self.reload_calls += 1
+        self.reload_wanted = True
 
     def stats_event(self, final: bool = False) -> dict:
         return {"event": "stats", "final": final, "audio_s": self.chunks_in * 0.03, "profiles": 2,
@@ -386,6 +389,9 @@ class PacedPipeline:
             n += 1
             self.chunks_in += 1
             self.on_audio(CHUNK)
+            if self.reload_wanted:
+                self.reload_wanted = False
+                yield {"event": "profiles_reloaded", "profiles": ["alice", "bob"], "count": 2}
             if n % 10 == 0:
                 yield {"event": "decision", "speaker": "alice", "accepted": True, "score": 0.81}
             if n % 25 == 0:

@@ -1,0 +1,59 @@
+"""Reading files that may be hostile: bounded in size, regular files only, never blocking.
+
+A size check on ``st_size`` is not a bound: it is 0 for ``/dev/zero`` and for a FIFO, and a file
+can grow between the check and the read. So the file is opened without blocking (a FIFO with no
+writer would otherwise hang ``open``), refused unless it is a regular file, and read for at most
+``limit + 1`` bytes: one byte more than allowed proves it too large without reading the rest.
+"""
+from __future__ import annotations
+
+import os
+import stat
+
+from .errors import StreamsvError, os_reason, shown
+
+READ_STEP = 1 << 20
+
+
+def read_bounded(path: str | os.PathLike, limit: int, what: str | None = None,
+                 follow_symlinks: bool = True) -> tuple[bytes, os.stat_result]:
+    """(contents, fstat of the opened file) of a regular file of at most ``limit`` bytes.
+
+    ``what`` labels error messages (default: the path). With ``follow_symlinks=False`` a symbolic
+    link is refused instead of followed. Every failure is a one-line StreamsvError.
+    """
+    label = what or shown(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise StreamsvError(f"{label}: no such file") from None
+    except ValueError:          # an embedded NUL byte
+        raise StreamsvError(f"{label}: invalid path (contains a NUL byte)") from None
+    except OSError as e:
+        if not follow_symlinks and os.path.islink(path):
+            raise StreamsvError(f"{label}: is a symbolic link; refusing to follow it") from None
+        raise StreamsvError(f"{label}: cannot read ({os_reason(e)})") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise StreamsvError(f"{label}: is a folder, expected a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise StreamsvError(f"{label}: not a regular file (a device, FIFO or socket); refusing to read it")
+        os.set_blocking(fd, True)
+        parts, total = [], 0
+        while total <= limit:
+            block = os.read(fd, min(READ_STEP, limit + 1 - total))
+            if not block:
+                break
+            parts.append(block)
+            total += len(block)
+        if total > limit:
+            raise StreamsvError(f"{label}: too large (more than {limit} bytes)")
+        return b"".join(parts), st
+    except OSError as e:
+        raise StreamsvError(f"{label}: cannot read ({os_reason(e)})") from None
+    finally:
+        os.close(fd)
