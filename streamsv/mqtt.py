@@ -232,6 +232,7 @@ class MqttSink:
         self._stop = False
         self._turn_first_sent = False
         self._speaker_label = NO_SPEAKER
+        self._refusal: str | None = None
         self._client = None
         self._pump_thread: threading.Thread | None = None
         self._set_state(self.topics.speaker, _json({"speaker": NO_SPEAKER, "score": None, "scores": {}, "last": None}))
@@ -360,8 +361,12 @@ class MqttSink:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
         if reason_code.is_failure:
-            log.warning("mqtt: broker %s:%d refused the connection: %s", self.broker.host, self.broker.port, reason_code)
+            if str(reason_code) != self._refusal:      # once per reason, not at every retry
+                self._refusal = str(reason_code)
+                log.warning("mqtt: broker %s:%d refused the connection: %s", self.broker.host, self.broker.port,
+                            reason_code)
             return
+        self._refusal = None
         with self._cond:
             self._connected = True
             self._fresh = True
@@ -413,6 +418,7 @@ class MqttSink:
             if self._inflight:
                 log.warning("mqtt: %d messages unacknowledged after reconnecting; not waiting for them", len(self._inflight))
                 self._inflight.clear()
+                self._acked_early.clear()
             # A state still in the backlog goes out from there, in order; re-send only the others.
             queued = {m.topic for m in self._backlog}
             states = [_Message(t, p, True) for t, p in self._retained.items()

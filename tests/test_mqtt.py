@@ -383,3 +383,74 @@ def test_password_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("MQTT_PW")
     with pytest.raises(StreamsvError, match="not set"):
         read_password(MqttConfig(url="mqtt://h", password_env="MQTT_PW"))
+
+
+# --------------------------------------------------------------------------- rooms and credentials
+
+def _turn(sink, t: float, speaker: str) -> None:
+    sink.update({"event": "speech_start", "t": t})
+    sink.update({"event": "decision", "t": t + 1, "speaker": speaker, "accepted": True, "score": 0.9,
+                 "scores": {speaker: 0.9}})
+    sink.update({"event": "speech_end", "t": t + 2, "decisions": 1, "speaker": speaker, "accepted": True,
+                 "score": 0.9, "scores": {speaker: 0.9}})
+
+
+def test_two_rooms_on_one_broker_stay_apart(broker):
+    from streamsv.config import MqttConfig
+    from streamsv.mqtt import MqttSink
+
+    sub = Subscriber(broker.port)
+    kitchen = MqttSink(MqttConfig(url=broker.url, room="kitchen"), names=["ada", "bob"]).start()
+    office = MqttSink(MqttConfig(url=broker.url, room="office"), names=["bob"]).start()
+    try:
+        _turn(kitchen, 0.0, "ada")
+        _turn(office, 0.0, "bob")
+        for room, who in (("kitchen", "ada"), ("office", "bob")):
+            sub.wait_for(lambda m: m[1] == f"streamsv/{room}/event" and json.loads(m[2])["phase"] == "end")
+            events = [json.loads(p) for _, _, p, _ in sub.all(f"streamsv/{room}/event")]
+            assert {e["event_type"] for e in events} == {who} and {e["room"] for e in events} == {room}
+    finally:
+        kitchen.close()
+        office.close()
+        sub.close()
+    configs = {t: json.loads(p) for t, p in retained(broker.port).items() if t.endswith("/config")}
+    assert len(configs) == 10
+    assert len({c["unique_id"] for c in configs.values()}) == 10
+    devices = {c["device"]["identifiers"][0]: c["device"]["name"] for c in configs.values()}
+    assert devices == {"streamsv_kitchen": "streamsv kitchen", "streamsv_office": "streamsv office"}
+    voice = {c["device"]["identifiers"][0]: c["event_types"] for c in configs.values() if "event_types" in c}
+    assert voice == {"streamsv_kitchen": ["ada", "bob", "unknown"], "streamsv_office": ["bob", "unknown"]}
+
+
+def test_broker_credentials_from_a_password_file(tmp_path):
+    from streamsv.config import MqttConfig
+    from streamsv.mqtt import MqttSink
+
+    passwd = shutil.which("mosquitto_passwd")
+    if passwd is None:
+        pytest.skip("needs mosquitto_passwd")
+    users = tmp_path / "users"
+    subprocess.run([passwd, "-b", "-c", str(users), "streamsv", "s3cret"], check=True, capture_output=True)
+    users.chmod(0o600)
+    b = Broker(tmp_path)
+    # As root, mosquitto drops to its own user unless told not to, and could not read a 0600 file here.
+    stay = "user root\n" if os.geteuid() == 0 else ""
+    b.conf.write_text(f"listener {b.port} 127.0.0.1\nallow_anonymous false\npassword_file {users}\n"
+                      f"persistence false\n{stay}")
+    b.start()
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    try:
+        good = MqttSink(MqttConfig(url=f"mqtt://streamsv@127.0.0.1:{b.port}", room="porch", password_file=str(secret)))
+        bad = MqttSink(MqttConfig(url=b.url, room="shed", username="streamsv"))
+        good.start()
+        bad.start()
+        deadline = time.monotonic() + WAIT_S
+        while not good.stats()["connected"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert good.stats()["connected"] and not bad.stats()["connected"]   # no password: refused
+        good.close()
+        bad.close()
+    finally:
+        b.stop()
