@@ -47,7 +47,8 @@ KEEPALIVE_S = 30
 MAX_INFLIGHT = 50             # unacknowledged messages handed to paho; bounds paho's own queue
 PUMP_TICK_S = 0.2
 RESEND_WAIT_S = 2.0           # after a reconnect, wait this long for paho's re-sends before the snapshot
-CLOSE_FLUSH_S = 2.0           # how long close() waits for the backlog and "offline" to reach the broker
+CLOSE_FLUSH_S = 1.0           # how long close() waits for the backlog and "offline" to reach the broker
+                              # (short: a service must stop within 2 s of SIGTERM)
 MAX_PASSWORD_BYTES = 4096
 ONLINE, OFFLINE = "online", "offline"
 UNKNOWN = "unknown"           # a voice that matched no profile
@@ -250,7 +251,10 @@ class MqttSink:
         if self.username:
             client.username_pw_set(self.username, self.password)
         if self.tls:
-            client.tls_set(ca_certs=self.settings.ca_file)
+            try:
+                client.tls_set(ca_certs=self.settings.ca_file)
+            except (OSError, ValueError) as exc:      # ssl.SSLError is an OSError
+                raise StreamsvError(f"mqtt.ca_file: {self.settings.ca_file}: cannot use it for TLS ({exc})") from None
         client.reconnect_delay_set(BACKOFF_START_S, BACKOFF_MAX_S)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

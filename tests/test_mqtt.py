@@ -454,3 +454,46 @@ def test_broker_credentials_from_a_password_file(tmp_path):
         bad.close()
     finally:
         b.stop()
+
+
+def test_tls_with_a_private_ca(tmp_path):
+    """mqtts:// against a mosquitto TLS listener whose certificate a throw-away CA signed."""
+    from streamsv.config import MqttConfig
+    from streamsv.errors import StreamsvError
+    from streamsv.mqtt import MqttSink
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs openssl to make certificates")
+
+    def ssl(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=tmp_path)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        "-subj", "/CN=streamsv test CA")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "1", "-extfile", "san.ext")
+    b = Broker(tmp_path)
+    stay = "user root\n" if os.geteuid() == 0 else ""
+    b.conf.write_text(f"listener {b.port} 127.0.0.1\nallow_anonymous true\npersistence false\n{stay}"
+                      f"cafile {tmp_path / 'ca.pem'}\ncertfile {tmp_path / 'server.pem'}\nkeyfile {tmp_path / 'server.key'}\n")
+    b.start()
+    try:
+        sink = MqttSink(MqttConfig(url=f"mqtts://127.0.0.1:{b.port}", room="garage", ca_file=str(tmp_path / "ca.pem")))
+        sink.start()
+        deadline = time.monotonic() + WAIT_S
+        while not sink.stats()["connected"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sink.stats()["connected"]
+        sink.close()
+        untrusted = MqttSink(MqttConfig(url=f"mqtts://127.0.0.1:{b.port}", room="shed"))   # the system CAs
+        untrusted.start()
+        time.sleep(1.0)
+        assert not untrusted.stats()["connected"]
+        untrusted.close()
+    finally:
+        b.stop()
+    with pytest.raises(StreamsvError, match="mqtt.ca_file"):
+        MqttSink(MqttConfig(url="mqtts://127.0.0.1:1", ca_file=str(tmp_path / "missing.pem"))).start()
