@@ -18,16 +18,12 @@ from typing import List, Optional
 import numpy as np
 import typer
 
+from .enrollment import GOOD_SPEECH_S
 from .errors import StreamsvError, os_reason, shown
 
 EXIT_ERROR = 2
 EXIT_REJECT = 1
-ENROLL_SECONDS = 20.0
 MAX_ENROLL_SECONDS = 600.0    # --seconds: ten minutes of voice is far more than a profile needs
-ENROLL_PIECE_S = 3.0          # mic enrollment: one embedding per ~3 s of voice, like a live window
-NO_VOICE_WARN_S = 3.0
-QUIET_DBFS = -45.0            # RMS of a voiced frame below this is "too quiet"
-CLIP_LEVEL = 0.99
 # After a service stops, skip the interpreter's teardown: with a torch model loaded, unloading torch alone costs ~1 s of CPU
 # (8 s of wall time measured on a loaded 2-core box), which would break the promise that SIGTERM
 # ends the process within 2 s. Everything is flushed first. In-process tests turn it off.
@@ -146,7 +142,9 @@ def devices() -> None:
         _err("no input devices found")
         return
     for d in devs:
-        typer.echo(f"[{d['index']}] {d['name']}  ({d['hostapi']}, {d['channels']} ch, {d['default_samplerate']:.0f} Hz)")
+        mark = "*" if d.get("default") else " "
+        typer.echo(f"{mark} [{d['index']}] {d['name']}  ({d['hostapi']}, {d['channels']} ch, {d['default_samplerate']:.0f} Hz)")
+    typer.echo("* = the default input (used without --device)")
 
 
 # --------------------------------------------------------------------------- enroll
@@ -156,97 +154,33 @@ def enroll(
     name: str = typer.Argument(..., help="Profile name: 1-64 of A-Z a-z 0-9 _ . -"),
     files: Optional[List[Path]] = typer.Argument(None, hidden=True),
     from_: Optional[List[Path]] = typer.Option(None, "--from", help="Enroll from audio files instead of the mic: --from a.wav b.flac ..."),
-    seconds: float = typer.Option(ENROLL_SECONDS, "--seconds", help="Voiced seconds to collect from the mic."),
+    seconds: float = typer.Option(GOOD_SPEECH_S, "--seconds", help="Voiced seconds to collect from the mic "
+                                  f"({GOOD_SPEECH_S:g} s makes a good profile, from the mic or from files)."),
     device: Optional[str] = typer.Option(None, "--device", help="Input device: index or part of its name."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing profile."),
+    append: bool = typer.Option(False, "--append", help="Add this speech to an existing profile (keeps its embeddings, "
+                                "recomputes the centroid)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing profile; keep a voice that sounds like "
+                               "another profile; append a voice that does not sound like the profile."),
+    json_out: bool = typer.Option(False, "--json", help="Progress and result as JSON lines (quality figures, verdict)."),
     config: Optional[Path] = ConfigOpt,
     profiles_dir: Optional[str] = ProfilesOpt,
     model: Optional[str] = ModelOpt,
 ) -> None:
-    """Enroll a voice: from the microphone (default) or from files with --from."""
-    from .profiles import check_name, enroll as build_profile
+    """Enroll a voice: from the microphone (default) or from files with --from.
+
+    The recording is judged good, usable or refused from measured figures (speech seconds,
+    level, SNR, clipping, noise- and tone-likeness, consistency); refused writes nothing.
+    """
+    from .enroll_command import run_enroll
+    from .profiles import check_name
 
     check_name(name)
     if not (math.isfinite(seconds) and 0 < seconds <= MAX_ENROLL_SECONDS):
         raise StreamsvError(f"--seconds: expected more than 0 and at most {MAX_ENROLL_SECONDS:g}, got {seconds:g}")
     cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model, "audio.device": device})
-    store = _store(cfg)
-    if store.exists(name) and not force:
-        raise StreamsvError(f"profile {name!r} already exists; use --force to replace it")
     paths = list(from_ or []) + list(files or [])
-    if paths:
-        from .sources import load_audio
-
-        waves = [load_audio(p) for p in paths]       # a bad file fails before the model loads
-    else:
-        from .sources import resolve_input_device
-
-        resolve_input_device(cfg.audio.device)       # so does a wrong --device
-    emb = load_model(cfg.model.path)
-    if paths:
-        profile, warnings = build_profile(emb, name, waves, cfg.vad, sources=[str(p) for p in paths])
-    else:
-        pieces = _record_enrollment(cfg, seconds)
-        profile, warnings = build_profile(emb, name, pieces, cfg.vad, trim=False)
-    for w in warnings:
-        _err(f"warning: {w}")
-    path = store.save(profile, force=force)
-    mean, low = profile.consistency()
-    verdict = "good" if low >= 0.75 else ("fair" if low >= 0.6 else "poor: re-enroll in a quiet room, one speaker only")
-    typer.echo(f"enrolled {name!r}: {profile.speech_s:.1f} s of speech, {len(profile.embeddings)} embeddings, "
-               f"consistency mean {mean:.2f} min {low:.2f} ({verdict}) -> {path}")
-
-
-def _record_enrollment(cfg, seconds: float) -> list[np.ndarray]:
-    """Collect ``seconds`` of voiced mic audio with a progress bar and live feedback."""
-    from rich.progress import BarColumn, Progress, TextColumn
-
-    from .sources import MicSource
-    from .vad import Segmenter, SpeechAudio
-
-    seg = Segmenter(cfg.vad)
-    collected: list[np.ndarray] = []
-    voiced_s = 0.0
-    last_voice = time.monotonic()
-    deadline = time.monotonic() + seconds * 4 + 30
-    clip_frames = quiet_frames = 0
-    with MicSource(cfg.audio.device, cfg.audio.block_ms, cfg.audio.queue_s) as mic, Progress(
-        TextColumn("[bold]voice[/]"), BarColumn(), TextColumn("{task.completed:.1f}/{task.total:.0f} s"),
-        TextColumn("{task.fields[hint]}"),
-    ) as bar:
-        task = bar.add_task("enroll", total=seconds, hint=f"speak naturally into '{mic.name}'")
-        for chunk, captured in mic.chunks():
-            peak = float(np.abs(chunk).max()) if len(chunk) else 0.0
-            for ev in seg.process(chunk, captured):
-                if isinstance(ev, SpeechAudio) and ev.voiced:
-                    collected.append(ev.audio)
-                    voiced_s += len(ev.audio) / 16000
-                    last_voice = time.monotonic()
-                    rms = float(np.sqrt(np.mean(ev.audio ** 2)) + 1e-12)
-                    quiet_frames = quiet_frames + 1 if 20 * np.log10(rms) < QUIET_DBFS else 0
-            clip_frames = clip_frames + 1 if peak >= CLIP_LEVEL else max(0, clip_frames - 1)
-            if clip_frames > 3:
-                hint = "[red]clipping: move back or lower the input gain[/]"
-            elif time.monotonic() - last_voice > NO_VOICE_WARN_S:
-                hint = "[yellow]no voice heard: speak up or check --device[/]"
-            elif quiet_frames > 10:
-                hint = "[yellow]too quiet: move closer to the microphone[/]"
-            else:
-                hint = "[green]hearing you[/]"
-            bar.update(task, completed=min(voiced_s, seconds), hint=hint)
-            if voiced_s >= seconds:
-                break
-            if time.monotonic() > deadline:
-                break
-    if voiced_s < seconds * 0.5:
-        raise StreamsvError(f"too short: heard only {voiced_s:.1f} s of voice (wanted {seconds:.0f} s); try again")
-    audio = np.concatenate(collected)
-    step = int(ENROLL_PIECE_S * 16000)
-    pieces = [audio[i:i + step] for i in range(0, len(audio), step)]
-    if len(pieces) > 1 and len(pieces[-1]) < step // 2:
-        tail = pieces.pop()
-        pieces[-1] = np.concatenate([pieces[-1], tail])
-    return pieces
+    run_enroll(name, paths, seconds, force=force, append=append, json_out=json_out, cfg=cfg,
+               load_model=lambda: load_model(cfg.model.path), say=_say, warn=_err)
 
 
 # --------------------------------------------------------------------------- listen
@@ -257,8 +191,13 @@ def listen(
     device: Optional[str] = typer.Option(None, "--device", help="Input device: index or part of its name."),
     realtime: bool = typer.Option(False, "--realtime", help="Play a file at wall-clock pace (as a mic would)."),
     json_out: Optional[bool] = typer.Option(None, "--json/--no-json", help="JSON lines (default when stdout is not a TTY)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Accept when the best cosine is at least this."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Accept when the best cosine is at least this "
+                                              "(for a full window; lower for shorter ones by duration_slope)."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Accept when the calibrated confidence "
+                                                   "(0-1) is at least this, instead of a cosine --threshold."),
     min_margin: Optional[float] = typer.Option(None, "--min-margin", help="...and leads the runner-up by at least this."),
+    turns: bool = typer.Option(False, "--turns", help="JSON: only turn-level events (ready, speech_start, speaker_change, "
+                               "speech_end with the turn's decision, final stats), for scripts."),
     service: bool = typer.Option(False, "--service", help="Run as a systemd service (implied when $NOTIFY_SOCKET is set): "
                                  "sd_notify READY/WATCHDOG/STATUS, SIGHUP reloads profiles and thresholds, "
                                  "SIGTERM stops cleanly, a failed microphone is reopened with backoff."),
@@ -272,7 +211,7 @@ def listen(
     """Say live who is speaking: accept an enrolled name, or reject as unknown."""
     overrides = {"audio.source": source, "audio.device": device, "output.json": json_out,
                  "scoring.threshold": threshold, "scoring.min_margin": min_margin,
-                 "profiles.dir": profiles_dir, "model.path": model, "mqtt.url": mqtt, "mqtt.room": room}
+                 "scoring.min_confidence": min_confidence, "profiles.dir": profiles_dir, "model.path": model, "mqtt.url": mqtt, "mqtt.room": room}
     cfg = _config(config, **overrides)
     if cfg.mqtt.url:
         from .mqtt import read_password
@@ -292,12 +231,13 @@ def listen(
         setup_logging(cfg.output.log_level)      # one line per record; journald adds the time
         emb = load_model(cfg.model.path)
         # SIGHUP re-reads the same file with the same flags on top: flags keep winning.
-        code = run_service(cfg, emb, realtime=realtime, reload_config=lambda: _load_config(config, overrides))
+        code = run_service(cfg, emb, realtime=realtime, reload_config=lambda: _load_config(config, overrides),
+                           turns=turns)
         if FAST_SERVICE_EXIT:
             _exit_now(code)
         raise typer.Exit(code)
     emb = load_model(cfg.model.path)
-    run_listen(cfg, emb, realtime=realtime)
+    run_listen(cfg, emb, realtime=realtime, turns=turns)
 
 
 def _exit_now(code: int) -> None:
@@ -318,7 +258,7 @@ def _profile_loader(store, emb):
     return profiles
 
 
-def run_service(cfg, emb, realtime: bool = False, reload_config=None) -> int:
+def run_service(cfg, emb, realtime: bool = False, reload_config=None, turns: bool = False) -> int:
     """``listen`` under streamsv.service.ServiceRunner; returns the exit status (0 after SIGTERM).
 
     READY=1 goes out once the model is loaded and the first audio chunk was consumed; the
@@ -342,14 +282,32 @@ def run_service(cfg, emb, realtime: bool = False, reload_config=None) -> int:
     if not pipe.centroids:
         log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
     out = with_mqtt(make_output(cfg.output.json, title="streamsv listen (service)"), cfg, sorted(pipe.centroids))
+    write = _writer(out, pipe, cfg, turns)
     with out:
-        runner = ServiceRunner(pipe, lambda ev: out.update(ev, pipe), reopen_source=open_audio if mic else None,
+        runner = ServiceRunner(pipe, write, reopen_source=open_audio if mic else None,
                                reload_config=reload_config)
         return runner.run()
 
 
+def _writer(out, pipe, cfg, turns: bool):
+    """The event sink: the live view also gets input-level events; ``--turns`` keeps turn-level ones."""
+    from .output import LEVEL_INTERVAL_S, json_mode
+    from .pipeline import TurnFilter
+
+    if not json_mode(cfg.output.json):
+        pipe.level_interval_s = LEVEL_INTERVAL_S
+    keep = TurnFilter().keep if turns else (lambda ev: ev)
+
+    def write(ev: dict) -> None:
+        kept = keep(ev)
+        if kept is not None:
+            out.update(kept, pipe)
+
+    return write
+
+
 def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
-               stop: threading.Event | None = None, on_event=None) -> dict:
+               stop: threading.Event | None = None, on_event=None, turns: bool = False) -> dict:
     """Build source + pipeline + output from a Config and run to the end; returns the final stats."""
     from .mqtt import with_mqtt
     from .output import make_output
@@ -362,13 +320,14 @@ def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
     if not pipe.centroids:
         log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
     out = with_mqtt(make_output(cfg.output.json, title=title), cfg, sorted(pipe.centroids))
+    write = _writer(out, pipe, cfg, turns)
     final: dict = {}
     stop = stop or threading.Event()
     with out:
         events = pipe.run(stop)
         try:
             for ev in events:
-                out.update(ev, pipe)
+                write(ev)
                 if on_event is not None:
                     on_event(ev)
                 if ev["event"] == "stats" and ev.get("final"):
@@ -387,34 +346,58 @@ def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
 def verify(
     name: str = typer.Argument(..., help="Claimed profile name."),
     file: Path = typer.Argument(..., help="Audio file of the speaker."),
-    threshold: Optional[float] = typer.Option(None, "--threshold"),
-    json_out: bool = typer.Option(False, "--json"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Accept when the cosine is at least this."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Accept when the calibrated "
+                                                   "confidence (0-1) is at least this, instead of --threshold."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object: speaker, accepted, score, confidence, ..."),
     config: Optional[Path] = ConfigOpt,
     profiles_dir: Optional[str] = ProfilesOpt,
     model: Optional[str] = ModelOpt,
 ) -> None:
-    """Score FILE against NAME's profile; exit 0 on accept, 1 on reject."""
+    """Score FILE against NAME's profile (cosine and calibrated confidence); exit 0 on accept, 1 on reject."""
     from .profiles import check_name, embed_bounded
     from .scoring import cosine_scores
     from .sources import load_audio
     from .vad import voiced
 
     check_name(name)
-    cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model, "scoring.threshold": threshold})
+    from . import confidence as confidence_mod
+
+    cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model, "scoring.threshold": threshold,
+                             "scoring.min_confidence": min_confidence})
     wave = load_audio(file)
+    store = _store(cfg)
+    if not store.exists(name):
+        names = store.names()
+        known = f"enrolled: {', '.join(names)}" if names else "none enrolled yet (streamsv enroll NAME)"
+        raise StreamsvError(f"no profile named {name!r} in {store.dir}; {known}")
     emb = load_model(cfg.model.path)
-    prof = _store(cfg).load(name, emb.fingerprint, emb.dim)
+    prof = store.load(name, emb.fingerprint, emb.dim)
+    calibration = confidence_mod.load(emb.fingerprint, cfg.profiles.resolved())
+    if cfg.scoring.min_confidence is not None and calibration is None:
+        raise StreamsvError(f"--min-confidence needs a confidence calibration for model {emb.fingerprint}; "
+                            f"use --threshold instead")
     segments = voiced(wave, cfg.vad)
     speech = np.concatenate(segments) if segments else np.zeros(0, np.float32)
     if len(speech) < 16000 * 0.5:
         raise StreamsvError(f"{file}: only {len(speech) / 16000:.1f} s of speech; need at least 0.5 s")
     score = cosine_scores(embed_bounded(emb, speech), {name: prof.centroid})[name]
-    ok = score >= cfg.scoring.threshold
+    seconds = len(speech) / 16000
+    conf = calibration.confidence(score, seconds) if calibration is not None else None
+    if cfg.scoring.min_confidence is not None:
+        ok = conf >= cfg.scoring.min_confidence
+        rule = f"min confidence {cfg.scoring.min_confidence:.2f}"
+    else:
+        ok = score >= cfg.scoring.threshold
+        rule = f"threshold {cfg.scoring.threshold:.2f}"
     if json_out:
         _say(json.dumps({"speaker": name, "accepted": ok, "score": round(score, 4),
-                         "threshold": cfg.scoring.threshold, "speech_s": round(len(speech) / 16000, 2)}))
+                         "confidence": None if conf is None else round(conf, 4),
+                         "threshold": cfg.scoring.threshold, "min_confidence": cfg.scoring.min_confidence,
+                         "speech_s": round(seconds, 2)}))
     else:
-        _say(f"{'accept' if ok else 'reject'} {name} score {score:.3f} (threshold {cfg.scoring.threshold:.2f})")
+        shown_conf = f" confidence {conf:.2f}" if conf is not None else ""
+        _say(f"{'accept' if ok else 'reject'} {name} score {score:.3f}{shown_conf} ({rule})")
     raise typer.Exit(0 if ok else EXIT_REJECT)
 
 
@@ -454,16 +437,20 @@ def calibrate(
     folder: Path = typer.Argument(..., help="One sub-folder per speaker, each with several recordings."),
     enroll_n: int = typer.Option(3, "--enroll-n", help="Recordings per speaker used to build its profile."),
     target_far: Optional[float] = typer.Option(None, "--target-far", help="Pick the threshold with at most this false-accept rate (e.g. 0.01) instead of the EER point."),
+    save: bool = typer.Option(False, "--save", help="Save the confidence calibration fitted on these recordings into "
+                              "the profiles folder (used instead of the shipped one for this model)."),
+    force: bool = typer.Option(False, "--force", help="With --save: replace a calibration saved before for this model."),
     config: Optional[Path] = ConfigOpt,
+    profiles_dir: Optional[str] = ProfilesOpt,
     model: Optional[str] = ModelOpt,
 ) -> None:
-    """Derive an accept threshold from your own recordings and print it."""
+    """Derive an accept threshold and a confidence calibration from your own recordings and print them."""
     from .profiles import centroid_of, embed_bounded
     from .scoring import calibrate as calib
     from .sources import load_audio
     from .vad import voiced
 
-    cfg = _config(config, **{"model.path": model})
+    cfg = _config(config, **{"model.path": model, "profiles.dir": profiles_dir})
     if not os.path.isdir(folder):
         raise StreamsvError(f"{shown(folder)}: not a folder (expected one sub-folder per speaker)")
     speakers = {}
@@ -515,30 +502,73 @@ def calibrate(
     typer.echo(f"threshold {full.threshold:.3f}  (FAR {full.far * 100:.2f}%, FRR {full.frr * 100:.2f}%)")
     typer.echo(f"short-window threshold {short.threshold:.3f} at {sc.min_speech_s:g} s -> duration_slope {slope:.3f} per second")
     typer.echo(f"use it: streamsv listen --threshold {full.threshold:.3f}   or   scoring: {{threshold: {full.threshold:.3f}}} in config.yaml")
+    _calibrate_confidence(tests, centroids, lengths, emb.fingerprint, cfg, save, force)
+
+
+def _calibrate_confidence(tests: dict, centroids: dict, lengths: dict, fingerprint: str, cfg, save: bool,
+                          force: bool) -> None:
+    """Fit the confidence on the same trials (both window lengths), print it, save it if asked."""
+    from . import confidence as confidence_mod
+
+    cos, secs, gen = [], [], []
+    for kind, trials in tests.items():
+        for spk, v in trials:
+            for other, c in centroids.items():
+                cos.append(float(np.dot(v, c)))
+                secs.append(lengths[kind] / 16000)
+                gen.append(int(other == spk))
+    try:
+        fitted = confidence_mod.fit(cos, secs, gen, cfg.scoring.window_s,
+                                    fitted_on=f"streamsv calibrate: {len(centroids)} speakers, {len(cos)} trials")
+    except StreamsvError as e:
+        _err(f"warning: no confidence calibration from these recordings: {e}")
+        if save:
+            raise
+        return
+    conf = [fitted.confidence(c, s) for c, s in zip(cos, secs)]
+    rows = confidence_mod.reliability(conf, gen, balanced=True)
+    typer.echo(f"confidence: 0.5 at cosine {fitted.cosine_for(0.5, cfg.scoring.window_s):.3f}, "
+               f"0.9 at {fitted.cosine_for(0.9, cfg.scoring.window_s):.3f} ({cfg.scoring.window_s:g} s windows); "
+               f"reliability on the same trials it was fitted on, genuine and impostor weighted equally:")
+    typer.echo(confidence_mod.format_reliability(rows))
+    if save:
+        path = confidence_mod.save(cfg.profiles.resolved() / confidence_mod.USER_FILE, fingerprint, fitted, force=force)
+        typer.echo(f"saved the confidence calibration for model {fingerprint} -> {path}")
+    else:
+        typer.echo("keep it for listen/verify with: streamsv calibrate ... --save")
 
 
 # --------------------------------------------------------------------------- profiles
 
 @profiles_app.command("list")
-def profiles_list(profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
-    """List enrolled profiles."""
+def profiles_list(json_out: bool = typer.Option(False, "--json", help="One JSON object per profile."),
+                  profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
+    """List enrolled profiles (name, speech, embeddings, model, created)."""
     cfg = _config(config, **{"profiles.dir": profiles_dir})
     store = _store(cfg)
     names = store.names()
     if not names:
         _err(f"no profiles in {store.dir}")
         return
+    if not json_out:
+        typer.echo(f"{'name':<20} {'speech':>8} {'emb':>4}  {'model':<16}  created")
     for n in names:
         try:
             p = store.load(n)
-            typer.echo(f"{n}\t{p.speech_s:.1f} s\t{len(p.embeddings)} emb\tmodel {p.model}\t"
-                       f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(p.created))}")
+            created = time.strftime('%Y-%m-%d %H:%M', time.localtime(p.created))
+            if json_out:
+                typer.echo(json.dumps({"name": n, "speech_s": round(p.speech_s, 2), "embeddings": len(p.embeddings),
+                                       "model": p.model, "created": created, "readable": True}))
+            else:
+                typer.echo(f"{n:<20} {p.speech_s:>6.1f} s {len(p.embeddings):>4}  {p.model:<16}  {created}")
         except StreamsvError as e:
-            typer.echo(f"{n}\tUNREADABLE: {e}")
+            typer.echo(json.dumps({"name": n, "readable": False, "error": str(e)}) if json_out
+                       else f"{n:<20} UNREADABLE: {e}")
 
 
 @profiles_app.command("show")
-def profiles_show(name: str, json_out: bool = typer.Option(False, "--json"),
+def profiles_show(name: str = typer.Argument(..., help="Profile name."),
+                  json_out: bool = typer.Option(False, "--json", help="One JSON object."),
                   profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
     """Show one profile's details."""
     cfg = _config(config, **{"profiles.dir": profiles_dir})
@@ -555,7 +585,7 @@ def profiles_show(name: str, json_out: bool = typer.Option(False, "--json"),
 
 
 @profiles_app.command("delete")
-def profiles_delete(name: str, profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
+def profiles_delete(name: str = typer.Argument(..., help="Profile name."), profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
     """Delete a profile."""
     cfg = _config(config, **{"profiles.dir": profiles_dir})
     _store(cfg).delete(name)
@@ -563,7 +593,8 @@ def profiles_delete(name: str, profiles_dir: Optional[str] = ProfilesOpt, config
 
 
 @profiles_app.command("rename")
-def profiles_rename(old: str, new: str, force: bool = typer.Option(False, "--force"),
+def profiles_rename(old: str = typer.Argument(..., help="Current name."), new: str = typer.Argument(..., help="New name."),
+                    force: bool = typer.Option(False, "--force", help="Replace a profile already called NEW."),
                     profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
     """Rename a profile."""
     cfg = _config(config, **{"profiles.dir": profiles_dir})
@@ -572,7 +603,8 @@ def profiles_rename(old: str, new: str, force: bool = typer.Option(False, "--for
 
 
 @profiles_app.command("export")
-def profiles_export(name: str, dest: Path, force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+def profiles_export(name: str = typer.Argument(..., help="Profile name."),
+                    dest: Path = typer.Argument(..., help="File (or folder) to write."), force: bool = typer.Option(False, "--force", help="Replace an existing file."),
                     profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
     """Copy a profile to a file (0600; it is biometric data: keep it private)."""
     cfg = _config(config, **{"profiles.dir": profiles_dir})
@@ -581,8 +613,9 @@ def profiles_export(name: str, dest: Path, force: bool = typer.Option(False, "--
 
 
 @profiles_app.command("import")
-def profiles_import(file: Path, name: Optional[str] = typer.Option(None, "--name", help="Store under this name."),
-                    force: bool = typer.Option(False, "--force"), profiles_dir: Optional[str] = ProfilesOpt,
+def profiles_import(file: Path = typer.Argument(..., help="Profile file (from profiles export)."),
+                    name: Optional[str] = typer.Option(None, "--name", help="Store under this name."),
+                    force: bool = typer.Option(False, "--force", help="Replace an existing profile of that name."), profiles_dir: Optional[str] = ProfilesOpt,
                     config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt) -> None:
     """Import a profile file made by this model."""
     cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model})
@@ -658,7 +691,7 @@ def bench(ctx: typer.Context) -> None:
 @app.command()
 def demo(
     realtime: bool = typer.Option(True, "--realtime/--fast", help="Play the conversation at real-time pace."),
-    json_out: Optional[bool] = typer.Option(None, "--json/--no-json"),
+    json_out: Optional[bool] = typer.Option(None, "--json/--no-json", help="JSON lines (default when stdout is not a TTY)."),
     keep: Optional[Path] = typer.Option(None, "--keep", help="Also save the generated audio in this folder."),
     model: Optional[str] = ModelOpt,
     config: Optional[Path] = ConfigOpt,
@@ -673,6 +706,25 @@ def demo(
 
 # --------------------------------------------------------------------------- entry point
 
+def _usage_error(e: Exception) -> None:
+    """Click's usage errors in the one ``error: ...`` style, then exit; anything else is re-raised.
+    Matched by shape, not class: typer vendors click from 0.2x on, so the class path varies."""
+    name = type(e).__name__
+    if name == "Abort":                     # end of input at a prompt
+        sys.exit(1)
+    if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+        raise e
+    message = e.format_message().strip()
+    if name == "NoArgsIsHelpError":         # bare `streamsv profiles`: the help is the answer
+        if message:
+            typer.echo(message, err=True)
+    elif message:
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "streamsv"
+        _err(f"error: {message} (see: {where} --help)")
+    sys.exit(e.exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
     # Started with stdout/stderr closed (`streamsv verify ... >&-`): Python leaves them None;
     # write into /dev/null rather than fail on the first print.
@@ -680,7 +732,8 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(sys, stream) is None:
             setattr(sys, stream, open(os.devnull, "w"))
     try:
-        app(args=argv, prog_name="streamsv")
+        # standalone_mode=False: usage errors come back here to be printed in the one style.
+        code = app(args=argv, prog_name="streamsv", standalone_mode=False)
     except StreamsvError as e:
         _err(f"error: {e}")
         sys.exit(EXIT_ERROR)
@@ -691,6 +744,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as e:
+        _usage_error(e)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

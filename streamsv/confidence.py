@@ -103,23 +103,31 @@ def fit(cosines, seconds, genuine, window_s: float, fitted_on: str = "") -> Conf
     return model
 
 
-def reliability(confidences, genuine, bins: int = 10) -> list[dict]:
-    """Per confidence bin: trials, mean confidence, share genuine ("right" when accepting)."""
+def reliability(confidences, genuine, bins: int = 10, balanced: bool = False) -> list[dict]:
+    """Per confidence bin: trials, mean confidence, share genuine ("right" when accepting).
+
+    ``balanced`` weights genuine and impostor trials to equal totals, the prior the confidence
+    assumes, so that a table over all trials of a few speakers (mostly impostor) is comparable."""
     c = np.asarray(confidences, np.float64)
     y = np.asarray(genuine, np.float64)
+    w = np.ones_like(c)
+    if balanced and 0 < y.sum() < len(y):
+        w = np.where(y > 0, 0.5 / y.sum(), 0.5 / (len(y) - y.sum()))
     idx = np.minimum((c * bins).astype(int), bins - 1)
     rows = []
     for b in range(bins):
         m = idx == b
         if m.any():
             rows.append({"lo": b / bins, "hi": (b + 1) / bins, "n": int(m.sum()),
-                         "confidence": float(c[m].mean()), "genuine": float(y[m].mean())})
+                         "confidence": float(np.average(c[m], weights=w[m])),
+                         "genuine": float(np.average(y[m], weights=w[m])), "weight": float(w[m].sum())})
     return rows
 
 
 def expected_calibration_error(rows: list[dict]) -> float:
-    total = sum(r["n"] for r in rows)
-    return sum(r["n"] * abs(r["confidence"] - r["genuine"]) for r in rows) / total if total else float("nan")
+    """The bins' |mean confidence - share genuine|, weighted by each bin's share of the (weighted) trials."""
+    total = sum(r["weight"] for r in rows)
+    return sum(r["weight"] * abs(r["confidence"] - r["genuine"]) for r in rows) / total if total else float("nan")
 
 
 def format_reliability(rows: list[dict]) -> str:

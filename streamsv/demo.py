@@ -96,6 +96,24 @@ def turn_of(t: float, turns: list[tuple[str, float, float]]) -> str | None:
     return None
 
 
+def make_keep_folder(keep: Path) -> None:
+    """``--keep``'s folder, made before any synthesis so that a bad path fails at once, in one line."""
+    try:
+        keep.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StreamsvError(f"--keep {keep}: cannot make this folder ({e.strerror or e})") from None
+
+
+def save_copies(folder: Path, keep: Path) -> None:
+    """``--keep``: copy the generated audio."""
+    make_keep_folder(keep)
+    try:
+        for f in folder.glob("*.wav"):
+            shutil.copy(f, keep / f.name)
+    except OSError as e:
+        raise StreamsvError(f"--keep {keep}: cannot save the demo audio there ({e.strerror or e})") from None
+
+
 def run_demo(cfg, embedder, realtime: bool = True, keep: Path | None = None) -> dict:
     """Synthesise, enroll, play, and report how well the turns were recognised."""
     import soundfile as sf
@@ -105,6 +123,8 @@ def run_demo(cfg, embedder, realtime: bool = True, keep: Path | None = None) -> 
     from .profiles import ProfileStore, enroll
 
     espeak_available()
+    if keep is not None:
+        make_keep_folder(keep)
     console = Console(stderr=True)
     enrolled = [v for v in VOICES if v.name != "stranger"]
     with tempfile.TemporaryDirectory(prefix="streamsv-demo-") as tmp:
@@ -121,9 +141,7 @@ def run_demo(cfg, embedder, realtime: bool = True, keep: Path | None = None) -> 
         conv = folder / "conversation.wav"
         sf.write(conv, wave, SAMPLE_RATE)
         if keep is not None:
-            keep.mkdir(parents=True, exist_ok=True)
-            for f in folder.glob("*.wav"):
-                shutil.copy(f, keep / f.name)
+            save_copies(folder, keep)
         console.print(f"  conversation: {len(turns)} turns, {len(wave) / SAMPLE_RATE:.1f} s "
                       f"(the voice 'stranger' is not enrolled and should come out as unknown)")
         for who, a, b in turns:

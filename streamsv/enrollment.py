@@ -31,19 +31,26 @@ USABLE_SPEECH_S = 8.0         # below this a profile works but decides less reli
 # --- level and clipping
 CLIP_LEVEL = 0.99             # |sample| at or above this counts as clipped
 CLIP_USABLE = 0.001           # more than 0.1% clipped samples: not good
-CLIP_REFUSE = 0.05            # more than 5%: the voice is distorted beyond use
+CLIP_REFUSE = 0.25            # more than a quarter: refused (a conservative bar, not measured against accuracy)
 QUIET_DBFS = -45.0            # voiced RMS below this: too quiet to be good
 SILENT_DBFS = -60.0           # below this: refused (a muted or wrong input)
 
 # --- noise
 SNR_GOOD_DB = 20.0            # below this the room noise shapes the profile
 SNR_REFUSE_DB = 6.0           # below this the "voice" barely rises above the background
-FLATNESS_REFUSE = 0.30        # median spectral flatness of loud frames; noise ~0.5, voices < 0.15
-MODULATION_REFUSE_DB = 3.0    # std of frame levels (dB) over the voiced audio; speech > 6
+FLATNESS_REFUSE = 0.30        # median spectral flatness of loud frames: white noise 0.57, dev speech < 0.06
+MODULATION_REFUSE_DB = 2.5    # std of frame levels (dB) over loud frames: dev speech 5.8-9.7, tones/hum < 1.6
 
-# --- consistency of the enrollment embeddings (cosine to their centroid)
+# --- consistency: mean cosine of the enrollment embeddings to their centroid (1 s prefixes
+# included). Clean single-speaker enrollments of the dev speakers measured 0.77-0.93.
 CONSISTENCY_GOOD = 0.75
 CONSISTENCY_USABLE = 0.60
+
+# --- collisions: the new profile's centroid against each existing one. On the dev speakers
+# (two profiles of 5 utterances each per speaker, shipped model) the same speaker scored
+# 0.78-0.98 (speechocean762) and 0.75-0.93 (LibriSpeech); different speakers exceeded 0.70 in
+# 1.7% / 0% of pairs and the live threshold 0.56 in 6% / 2%, hence a bar of its own.
+COLLISION_THRESHOLD = 0.70
 
 # --- analysis frames
 FRAME = 400                   # 25 ms
@@ -123,9 +130,15 @@ def measure(speech: list[np.ndarray], raw: list[np.ndarray]) -> Quality:
     return Quality(len(voiced) / SAMPLE_RATE, level, clipped, snr, flatness, modulation)
 
 
-def judge(q: Quality, consistency_min: float | None = None, min_speech_s: float = 3.0) -> Verdict:
-    """The verdict on measured figures: refusals first (the first reason is the one that matters),
-    then everything that keeps a usable profile from being good."""
+def judge(q: Quality, consistency_mean: float | None = None, min_speech_s: float = 3.0,
+          total_speech_s: float | None = None) -> Verdict:
+    """The verdict on measured figures: refusals first (the reason given is the first that
+    applies), then everything that keeps a kept profile from being good.
+
+    ``total_speech_s`` is the profile's speech after this enrollment (old plus new for
+    ``--append``; default the new audio's), judged on the one standard, whatever the source.
+    """
+    total = q.voiced_s if total_speech_s is None else total_speech_s
     if q.level_dbfs is None or q.voiced_s <= 0:
         return Verdict(REFUSED, ["no voice heard (silence); check the microphone or the file"])
     if q.level_dbfs < SILENT_DBFS:
@@ -133,28 +146,42 @@ def judge(q: Quality, consistency_min: float | None = None, min_speech_s: float 
     if q.flatness is not None and q.flatness > FLATNESS_REFUSE:
         return Verdict(REFUSED, [f"sounds like noise, not a voice (spectral flatness {q.flatness:.2f} > {FLATNESS_REFUSE:.2f})"])
     if q.modulation_db is not None and q.modulation_db < MODULATION_REFUSE_DB:
-        return Verdict(REFUSED, [f"a steady sound (tone, hum or fan), not a voice: its level varies by "
+        return Verdict(REFUSED, [f"a steady sound (a tone, hum or constant noise), not a voice: its level varies by "
                                  f"{q.modulation_db:.1f} dB, speech by more than {MODULATION_REFUSE_DB:g}"])
     if q.clipped > CLIP_REFUSE:
         return Verdict(REFUSED, [f"badly clipped ({q.clipped:.1%} of samples at full scale); lower the input gain"])
     if q.snr_db is not None and q.snr_db < SNR_REFUSE_DB:
         return Verdict(REFUSED, [f"the voice barely rises above the background (SNR {q.snr_db:.0f} dB); find a quieter place"])
-    if q.voiced_s < min_speech_s:
-        return Verdict(REFUSED, [f"too short: {q.voiced_s:.1f} s of speech (need at least {min_speech_s:g} s, "
+    if total < min_speech_s:
+        return Verdict(REFUSED, [f"too short: {total:.1f} s of speech (need at least {min_speech_s:g} s, "
                                  f"{GOOD_SPEECH_S:g} s for a good profile)"])
     reasons = []
-    if q.voiced_s < GOOD_SPEECH_S:
-        reasons.append(f"{q.voiced_s:.1f} s of speech ({GOOD_SPEECH_S:g} s makes a good profile: add more with --append)")
+    if total < GOOD_SPEECH_S:
+        reasons.append(f"{total:.1f} s of speech ({GOOD_SPEECH_S:g} s makes a good profile: add more with --append)")
     if q.clipped > CLIP_USABLE:
         reasons.append(f"clipping ({q.clipped:.2%} of samples); lower the input gain")
     if q.level_dbfs < QUIET_DBFS:
         reasons.append(f"quiet ({q.level_dbfs:.0f} dBFS); move closer to the microphone")
     if q.snr_db is not None and q.snr_db < SNR_GOOD_DB:
         reasons.append(f"noisy background (SNR {q.snr_db:.0f} dB)")
-    if consistency_min is not None and consistency_min < CONSISTENCY_GOOD:
-        reasons.append(f"inconsistent pieces (min consistency {consistency_min:.2f}): one speaker only, same place")
-    hard = q.voiced_s < USABLE_SPEECH_S or (consistency_min is not None and consistency_min < CONSISTENCY_USABLE)
+    if consistency_mean is not None and consistency_mean < CONSISTENCY_GOOD:
+        reasons.append(f"inconsistent pieces (consistency {consistency_mean:.2f}): one speaker only, same place")
     if not reasons:
         return Verdict(GOOD, [])
-    # Usable is still kept; "poor" usable ones say so first.
-    return Verdict(USABLE, (["poor: re-enroll or --append more speech"] if hard else []) + reasons)
+    if total < USABLE_SPEECH_S or (consistency_mean is not None and consistency_mean < CONSISTENCY_USABLE):
+        reasons.insert(0, "poor: it will decide less reliably")
+    return Verdict(USABLE, reasons)
+
+
+def collisions(centroid: np.ndarray, others: dict[str, np.ndarray],
+               threshold: float = COLLISION_THRESHOLD) -> list[tuple[str, float]]:
+    """Existing profiles the new voice sounds like: (name, cosine of centroids), best first."""
+    c = np.asarray(centroid, np.float64)
+    c = c / max(float(np.linalg.norm(c)), 1e-12)
+    hits = []
+    for name, other in others.items():
+        o = np.asarray(other, np.float64)
+        score = float(np.dot(c, o / max(float(np.linalg.norm(o)), 1e-12)))
+        if score >= threshold:
+            hits.append((name, score))
+    return sorted(hits, key=lambda kv: -kv[1])

@@ -2,16 +2,25 @@
 
 JSON lines (``--json`` or whenever stdout is not a TTY), one object per line:
 
+  {"event":"ready","t":0,"device":<input name>,"sample_rate":16000,"model":<fingerprint>,"dim":<n>,
+   "profiles":[..],"threshold":<cosine>,"min_confidence":<p|null>,"min_margin":..,"duration_slope":..,
+   "window_s":..,"confidence":<bool: calibrated for this model>}          # always the first line
   {"event":"speech_start","t":<stream s>}
   {"event":"decision","t":<stream s at hop end>,"speaker":<name|null>,"accepted":<bool>,
-   "score":<best cosine>,"scores":{"<name>":<cosine>,...},"speech_s":<s in window>,
+   "score":<best cosine>,"confidence":<0..1|null>,"scores":{"<name>":<cosine>,...},"speech_s":<s in window>,
    "latency_ms":<capture of the hop's last sample → emission>,"compute_ms":<model time>}
   {"event":"speech_end","t":..,"start":..,"duration_s":..,"decisions":<n>,
-   "speaker":..,"accepted":..,"score":..,"scores":{..}}        # the turn's summary decision
+   "speaker":..,"accepted":..,"score":..,"confidence":..,"scores":{..}}   # the turn's summary decision
   {"event":"stats","t":..,"final":<bool>,"uptime_s":..,"audio_s":..,"segments":..,"decisions":..,
    "profiles":..,"latency_p50_ms":..,"latency_p95_ms":..,"latency_p99_ms":..,
    "compute_p50_ms":..,"compute_p95_ms":..,"rtf":..,"overflows":..,"drops":..,"dropped_s":..}
-  {"event":"profiles_reloaded","t":..,"profiles":[..],"count":<n>}
+  {"event":"profiles_reloaded","t":..,"profiles":[..],"count":<n>,"threshold":..,"min_confidence":..,
+   "min_margin":..,"duration_slope":..}
+
+``confidence`` is null when the model has no confidence calibration. With ``listen --turns`` only
+ready, speech_start, ``speaker_change`` (a decision whose label differs from the turn's previous
+one, the first included), speech_end, profiles_reloaded and the final stats are written. The
+live view also receives ``{"event":"level","t":..,"dbfs":..,"peak":..}`` a few times a second.
 """
 from __future__ import annotations
 
@@ -21,8 +30,14 @@ import time
 from collections import deque
 from typing import IO
 
+from .enrollment import CLIP_LEVEL
+
 BAR_WIDTH = 30
 RECENT_TURNS = 6
+METER_WIDTH = 12
+METER_FLOOR_DB = -60.0     # an empty meter: silence or a muted input
+LATENCY_KEEP = 200         # recent decisions behind the live latency figures
+LEVEL_INTERVAL_S = 0.25    # input-level events for the live meter, per this much audio
 
 
 class JsonWriter:
@@ -51,16 +66,37 @@ def _bar(score: float | None, threshold: float) -> str:
     return "".join(cells)
 
 
+def level_meter(dbfs: float | None, width: int = METER_WIDTH) -> str:
+    """An input-level bar from METER_FLOOR_DB (empty) to 0 dBFS (full), with the figure."""
+    if dbfs is None:
+        return "·" * width + "    - dBFS"
+    filled = int(round((min(0.0, max(METER_FLOOR_DB, dbfs)) - METER_FLOOR_DB) / -METER_FLOOR_DB * width))
+    return "▮" * filled + "·" * (width - filled) + f" {dbfs:5.0f} dBFS"
+
+
 class LiveView:
-    """A rich Live panel: a score bar per profile, the decision, VAD state, latency, RTF, overflows."""
+    """A rich Live panel built from the events alone (so it shows what a JSON consumer would see):
+    a score bar per profile, the decision and its confidence, VAD state, input level, latency, RTF.
+
+    Until the ``ready`` event it says it is starting; after a turn ends it says no one is speaking.
+    """
 
     def __init__(self, title: str = "streamsv listen", console=None) -> None:
         from rich.console import Console
 
         self.console = console or Console()
         self.title = title
-        self.pipeline = None
+        self.ready: dict | None = None
+        self.profiles: list[str] = []
+        self.threshold: float | None = None
+        self.min_confidence: float | None = None
         self.decision: dict | None = None
+        self.in_speech = False
+        self.level: dict | None = None
+        self.audio_s = 0.0
+        self.segments = 0
+        self.decisions = 0
+        self.latencies: deque[float] = deque(maxlen=LATENCY_KEEP)
         self.turns: deque[str] = deque(maxlen=RECENT_TURNS)
         self.stats: dict = {}
         self._live = None
@@ -77,60 +113,86 @@ class LiveView:
             self._live.__exit__(*exc)
 
     def update(self, event: dict, pipeline=None) -> None:
-        self.pipeline = pipeline
+        """Take one event (``pipeline`` is accepted for the writers' common signature, not read)."""
         kind = event.get("event")
-        if kind == "decision":
+        self.audio_s = max(self.audio_s, float(event.get("t") or 0.0))
+        if kind in ("ready", "profiles_reloaded"):
+            if kind == "ready":
+                self.ready = event
+            self.profiles = list(event.get("profiles", []))
+            self.threshold = event.get("threshold", self.threshold)
+            self.min_confidence = event.get("min_confidence", self.min_confidence)
+        elif kind == "decision":
             self.decision = event
+            self.decisions += 1
+            if event.get("latency_ms") is not None:
+                self.latencies.append(float(event["latency_ms"]))
         elif kind == "speech_start":
             self.decision = None
+            self.in_speech = True
+            self.segments += 1
         elif kind == "speech_end":
+            self.in_speech = False
+            self.decision = None
             who = event.get("speaker") or ("unknown" if event.get("decisions") else "(too short)")
-            score = event.get("score")
+            score, conf = event.get("score"), event.get("confidence")
             s = f"{score:.2f}" if score is not None else "  - "
-            self.turns.append(f"{event.get('start', 0):7.2f}–{event['t']:7.2f}s  {who:<16} {s}")
+            c = f"  conf {conf:.2f}" if conf is not None else ""
+            self.turns.append(f"{event.get('start', 0):7.2f}–{event['t']:7.2f}s  {who:<16} {s}{c}")
+        elif kind == "level":
+            self.level = event
         elif kind == "stats":
             self.stats = event
         if self._live is not None:
             self._live.refresh()
+
+    def _verdict(self):
+        from rich.text import Text
+
+        if self.ready is None:
+            return Text("starting…", style="dim")
+        if self.decision is None:
+            return Text("speech: gathering audio…" if self.in_speech else "no one speaking", style="dim")
+        conf = self.decision.get("confidence")
+        c = f"  confidence {conf:.2f}" if conf is not None else ""
+        if self.decision["accepted"]:
+            return Text(f"{self.decision['speaker']}  {self.decision['score']:.2f}{c}", style="bold green")
+        sc = self.decision.get("score")
+        return Text("unknown" + (f"  (best {sc:.2f}{c})" if sc is not None else ""), style="bold yellow")
 
     def __rich__(self):
         from rich.panel import Panel
         from rich.table import Table
         from rich.text import Text
 
-        p = self.pipeline
-        thr = p.sc.threshold if p is not None else 0.7
+        thr = self.threshold
         grid = Table.grid(padding=(0, 2))
         grid.add_column(justify="right")
         grid.add_column()
         grid.add_column(justify="right")
         scores = (self.decision or {}).get("scores", {})
-        names = sorted(p.centroids) if p is not None else sorted(scores)
         best = (self.decision or {}).get("speaker")
-        for n in names:
+        for n in sorted(set(self.profiles) | set(scores)):
             sc = scores.get(n)
             style = "bold green" if n == best else ""
-            grid.add_row(Text(n, style=style), Text(_bar(sc, thr), style="green" if n == best else "cyan"),
+            grid.add_row(Text(n, style=style), Text(_bar(sc, thr if thr is not None else -1), style="green" if n == best else "cyan"),
                          f"{sc:.2f}" if sc is not None else "")
-        if not names:
+        if self.ready is not None and not self.profiles:
             grid.add_row("", Text("no profiles enrolled: everyone is unknown", style="yellow"), "")
-        in_speech = p is not None and p.in_speech
-        if self.decision is None:
-            verdict = Text("listening…" if not in_speech else "speech: gathering audio…", style="dim")
-        elif self.decision["accepted"]:
-            verdict = Text(f"{self.decision['speaker']}  {self.decision['score']:.2f}", style="bold green")
-        else:
-            sc = self.decision.get("score")
-            verdict = Text("unknown" + (f"  (best {sc:.2f})" if sc is not None else ""), style="bold yellow")
-        st = p.stats_event() if p is not None else self.stats
-        lat = f"{_fmt(st.get('latency_p50_ms'))} / {_fmt(st.get('latency_p95_ms'))} ms"
+        st = self.stats
+        lat = list(self.latencies)
+        p50 = _pct(lat, 50) if lat else st.get("latency_p50_ms")
+        p95 = _pct(lat, 95) if lat else st.get("latency_p95_ms")
         info = Table.grid(padding=(0, 2))
-        info.add_row("decision", verdict)
-        info.add_row("VAD", Text("speech" if in_speech else "silence", style="magenta" if in_speech else "dim"))
-        info.add_row("latency p50/p95", lat)
+        info.add_row("decision", self._verdict())
+        info.add_row("VAD", Text("speech" if self.in_speech else "silence", style="magenta" if self.in_speech else "dim"))
+        lvl = self.level or {}
+        info.add_row("input level", Text(level_meter(lvl.get("dbfs")) + ("  CLIPPING" if (lvl.get("peak") or 0) >= CLIP_LEVEL else ""),
+                                         style="red" if (lvl.get("peak") or 0) >= CLIP_LEVEL else ""))
+        info.add_row("latency p50/p95", f"{_fmt(p50)} / {_fmt(p95)} ms")
         info.add_row("RTF", _fmt(st.get("rtf"), ".3f"))
         info.add_row("overflows / drops", f"{st.get('overflows', 0)} / {st.get('drops', 0)}")
-        info.add_row("audio", f"{st.get('audio_s', 0):.1f} s   turns {st.get('segments', 0)}   decisions {st.get('decisions', 0)}")
+        info.add_row("audio", f"{self.audio_s:.1f} s   turns {self.segments}   decisions {self.decisions}")
         body = Table.grid()
         body.add_row(grid)
         body.add_row("")
@@ -140,15 +202,31 @@ class LiveView:
             body.add_row(Text("recent turns", style="bold"))
             for line in self.turns:
                 body.add_row(Text(line))
-        return Panel(body, title=self.title, subtitle=f"threshold {thr:.2f} (|)  {time.strftime('%H:%M:%S')}")
+        if self.ready is None:
+            rule = "starting"
+        elif self.min_confidence is not None:
+            rule = f"min confidence {self.min_confidence:.2f}"
+        else:
+            rule = f"threshold {thr:.2f} (|)"
+        src = f"  {self.ready.get('device')}" if self.ready else ""
+        return Panel(body, title=self.title, subtitle=f"{rule}{src}  {time.strftime('%H:%M:%S')}")
+
+
+def _pct(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q))
 
 
 def _fmt(v, spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def make_output(json_mode: bool | None, title: str = "streamsv listen"):
-    """JSON lines when asked, or when stdout is not a terminal; the live view otherwise."""
-    if json_mode is None:
-        json_mode = not sys.stdout.isatty()
-    return JsonWriter() if json_mode else LiveView(title=title)
+def json_mode(setting: bool | None) -> bool:
+    """JSON lines when asked, or when stdout is not a terminal."""
+    return (not sys.stdout.isatty()) if setting is None else bool(setting)
+
+
+def make_output(json_setting: bool | None, title: str = "streamsv listen"):
+    """JSON lines (``json_mode``) or the live view."""
+    return JsonWriter() if json_mode(json_setting) else LiveView(title=title)

@@ -328,21 +328,34 @@ class Pipeline:
         }
 
 
-def turn_events(events: Iterator[dict]) -> Iterator[dict]:
+class TurnFilter:
     """``listen --turns``: only what a script acting on turns needs. The ready and reload events,
     each turn's start, a ``speaker_change`` when the live label (a name or unknown) changes within
     the turn, its first label included, and the turn's end with its summary decision; the final
     stats close the stream. Hop-by-hop decisions, level and periodic stats are left out."""
-    label: object = ()          # no label yet in this turn (None would mean "unknown")
-    for ev in events:
+
+    def __init__(self) -> None:
+        self._label: object = ()          # no label yet in this turn (None means "unknown")
+
+    def keep(self, ev: dict) -> dict | None:
         kind = ev.get("event")
         if kind == "speech_start":
-            label = ()
+            self._label = ()
         if kind in TURN_EVENTS or (kind == "stats" and ev.get("final")):
-            yield ev
-        elif kind == "decision" and ev.get("speaker") != label:
-            label = ev.get("speaker")
-            yield {**ev, "event": "speaker_change"}
+            return ev
+        if kind == "decision" and ev.get("speaker") != self._label:
+            self._label = ev.get("speaker")
+            return {**ev, "event": "speaker_change"}
+        return None
+
+
+def turn_events(events: Iterator[dict]) -> Iterator[dict]:
+    """The events ``TurnFilter`` keeps, as a stream."""
+    f = TurnFilter()
+    for ev in events:
+        kept = f.keep(ev)
+        if kept is not None:
+            yield kept
 
 
 def _r(x: float) -> float | None:

@@ -565,3 +565,30 @@ def enroll(embedder, name: str, recordings: list[np.ndarray], vad_settings=None,
     if total < MIN_ENROLL_S:
         raise StreamsvError(f"too little speech to enroll {name!r}: {total:.1f} s (need >= {MIN_ENROLL_S:g} s)")
     return new_profile(name, embeddings, total, embedder.fingerprint), warnings
+
+
+# --------------------------------------------------------------------------- enroll --append
+
+MAX_EMBEDDINGS = 200   # per profile: bounds the file (~0.6 MB) and scoring however often --append runs
+
+
+def bounded_embeddings(embeddings: np.ndarray, limit: int = MAX_EMBEDDINGS) -> np.ndarray:
+    """All of ``embeddings`` up to ``limit``; beyond it an evenly spaced subset, first and last kept,
+    so every enrollment session stays represented (dropping the oldest would forget the first)."""
+    if len(embeddings) <= limit:
+        return embeddings
+    keep = np.unique(np.round(np.linspace(0, len(embeddings) - 1, limit)).astype(int))
+    return embeddings[keep]
+
+
+def append_to_profile(profile: Profile, embeddings: list[np.ndarray] | np.ndarray, speech_s: float,
+                      limit: int = MAX_EMBEDDINGS) -> Profile:
+    """``profile`` extended with more enrollment embeddings of the same model (``enroll --append``):
+    old and new kept (bounded by ``limit``), speech seconds added, the centroid recomputed."""
+    new = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
+    if new.shape[1] != profile.dim:
+        raise StreamsvError(f"profile {profile.name!r}: cannot append {new.shape[1]}-dimensional embeddings "
+                            f"to {profile.dim}-dimensional ones")
+    both = bounded_embeddings(np.concatenate([profile.embeddings, new]), limit)
+    return Profile(name=profile.name, embeddings=both, speech_s=profile.speech_s + float(speech_s),
+                   model=profile.model, created=profile.created)

@@ -272,12 +272,14 @@ def _sd():
 
 
 def list_input_devices() -> list[dict]:
-    """Input-capable devices as dicts with index, name, channels, default_samplerate, hostapi."""
+    """Input-capable devices as dicts with index, name, channels, default_samplerate, hostapi and
+    default (True for the system's default input, what no --device opens)."""
     sd = _sd()
     out = []
     try:
         devices = sd.query_devices()
         apis = sd.query_hostapis()
+        default_in = sd.default.device[0]
     except Exception as e:
         raise StreamsvError(f"cannot list audio devices: {e}") from None
     for d in devices:
@@ -288,6 +290,7 @@ def list_input_devices() -> list[dict]:
                 "channels": d["max_input_channels"],
                 "default_samplerate": d["default_samplerate"],
                 "hostapi": apis[d["hostapi"]]["name"],
+                "default": d["index"] == default_in,
             })
     return out
 

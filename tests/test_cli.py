@@ -42,7 +42,8 @@ def test_enroll_from_files_then_force(capsys, clips, tmp_path):
     f = tmp_path / "profiles" / "alice.json"
     assert stat.S_IMODE(f.stat().st_mode) == 0o600
     code, out, err = run(capsys, "enroll", "alice", "--from", str(clips[0]))
-    assert code == 2 and err.strip() == "error: profile 'alice' already exists; use --force to replace it"
+    assert code == 2 and err.strip() == ("error: profile 'alice' already exists; "
+                                         "use --append to add speech to it or --force to replace it")
     code, out, err = run(capsys, "enroll", "alice", "--force", "--from", *map(str, clips))
     assert code == 0, err
 
@@ -126,7 +127,8 @@ def speech_clips_of(path):
 def test_profiles_commands(capsys, clips, tmp_path):
     assert run(capsys, "enroll", "alice", "--from", str(clips[0]), str(clips[1]))[0] == 0
     code, out, _ = run(capsys, "profiles", "list")
-    assert code == 0 and out.startswith("alice\t")
+    assert code == 0 and out.splitlines()[0].split() == ["name", "speech", "emb", "model", "created"]
+    assert out.splitlines()[1].startswith("alice ")
     code, out, _ = run(capsys, "profiles", "show", "alice", "--json")
     info = json.loads(out)
     assert info["embeddings"] >= 2 and info["dim"] == 256
@@ -138,7 +140,7 @@ def test_profiles_commands(capsys, clips, tmp_path):
     assert run(capsys, "profiles", "list")[2].startswith("no profiles")
     assert run(capsys, "profiles", "import", str(exported), "--name", "dave")[0] == 0
     code, out, _ = run(capsys, "profiles", "list")
-    assert out.startswith("dave\t")
+    assert out.splitlines()[1].startswith("dave ")
     code, _, err = run(capsys, "profiles", "rename", "dave", "a/b")
     assert code == 2 and "invalid profile name" in err
 
