@@ -17,8 +17,9 @@ __all__ = ["StreamsvError", "load_embedder"]
 __version__ = "0.1.0"
 
 
-def load_embedder(path: str | None = None) -> "Embedder":
-    """Load a speaker embedder; ``None`` means the shipped default weights."""
+def load_embedder(path: str | None = None, variant: str | None = None, threads: int = 1) -> "Embedder":
+    """Load a speaker embedder: ``None`` means the shipped model (``variant`` "fp32" or "int8"),
+    run by ONNX Runtime on ``threads`` intra-op threads."""
     from .embedder import load_embedder as _load
 
-    return _load(path)
+    return _load(path, variant, threads)

@@ -97,11 +97,15 @@ ModelOpt = typer.Option(None, "--model", help="Model weights file (default: the 
 
 # --------------------------------------------------------------------------- plumbing
 
-def load_model(path: str | None):
-    """The embedder the CLI uses (tests replace this to run on an untrained model)."""
+def load_model(model_cfg):
+    """The embedder the CLI uses, from the config's ``model`` section, or a weights path (None:
+    the shipped model); tests replace this."""
     from . import load_embedder
+    from .config import ModelConfig
 
-    return load_embedder(path)
+    if not isinstance(model_cfg, ModelConfig):
+        model_cfg = ModelConfig(path=model_cfg)
+    return load_embedder(model_cfg.path, variant=None if model_cfg.path else model_cfg.variant, threads=model_cfg.threads)
 
 
 def _load_config(config: Optional[Path], overrides: dict):
@@ -180,7 +184,7 @@ def enroll(
     cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model, "audio.device": device})
     paths = list(from_ or []) + list(files or [])
     run_enroll(name, paths, seconds, force=force, append=append, json_out=json_out, cfg=cfg,
-               load_model=lambda: load_model(cfg.model.path), say=_say, warn=_err)
+               load_model=lambda: load_model(cfg.model), say=_say, warn=_err)
 
 
 # --------------------------------------------------------------------------- listen
@@ -229,14 +233,14 @@ def listen(
         from .service import setup_logging
 
         setup_logging(cfg.output.log_level)      # one line per record; journald adds the time
-        emb = load_model(cfg.model.path)
+        emb = load_model(cfg.model)
         # SIGHUP re-reads the same file with the same flags on top: flags keep winning.
         code = run_service(cfg, emb, realtime=realtime, reload_config=lambda: _load_config(config, overrides),
                            turns=turns)
         if FAST_SERVICE_EXIT:
             _exit_now(code)
         raise typer.Exit(code)
-    emb = load_model(cfg.model.path)
+    emb = load_model(cfg.model)
     run_listen(cfg, emb, realtime=realtime, turns=turns)
 
 
@@ -371,7 +375,7 @@ def verify(
         names = store.names()
         known = f"enrolled: {', '.join(names)}" if names else "none enrolled yet (streamsv enroll NAME)"
         raise StreamsvError(f"no profile named {name!r} in {store.dir}; {known}")
-    emb = load_model(cfg.model.path)
+    emb = load_model(cfg.model)
     prof = store.load(name, emb.fingerprint, emb.dim)
     calibration = confidence_mod.load(emb.fingerprint, cfg.profiles.resolved())
     if cfg.scoring.min_confidence is not None and calibration is None:
@@ -413,7 +417,7 @@ def embed(
     from .sources import load_audio
 
     cfg = _config(config, **{"model.path": model})
-    emb = load_model(cfg.model.path)
+    emb = load_model(cfg.model)
     for f in files:
         wave = load_audio(f)
         try:
@@ -465,7 +469,7 @@ def calibrate(
         raise StreamsvError(f"{shown(e.filename or folder)}: cannot read ({os_reason(e)})") from None
     if len(speakers) < 2:
         raise StreamsvError(f"{folder}: need at least 2 speakers with more than {enroll_n} recordings each")
-    emb = load_model(cfg.model.path)
+    emb = load_model(cfg.model)
     sc = cfg.scoring
     lengths = {"full": int(sc.window_s * 16000), "short": int(sc.min_speech_s * 16000)}
     centroids, tests = {}, {k: [] for k in lengths}
@@ -619,7 +623,7 @@ def profiles_import(file: Path = typer.Argument(..., help="Profile file (from pr
                     config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt) -> None:
     """Import a profile file made by this model."""
     cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model})
-    emb = load_model(cfg.model.path)
+    emb = load_model(cfg.model)
     p = _store(cfg).import_(file, name=name, force=force, fingerprint=emb.fingerprint, dim=emb.dim)
     typer.echo(f"imported {p.name!r}")
 
@@ -668,7 +672,7 @@ def wyoming(
     cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model, "scoring.threshold": threshold,
                              "scoring.min_speech_s": min_speech_s})
     store = _store(cfg)
-    emb = load_model(cfg.model.path)
+    emb = load_model(cfg.model)
     loader = _profile_loader(store, emb)
     if not loader():
         log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
@@ -700,7 +704,7 @@ def demo(
     from .demo import run_demo
 
     cfg = _config(config, **{"model.path": model, "output.json": json_out})
-    emb = load_model(cfg.model.path)
+    emb = load_model(cfg.model)
     run_demo(cfg, emb, realtime=realtime, keep=keep)
 
 

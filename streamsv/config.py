@@ -85,6 +85,8 @@ class ProfilesConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     path: str | None = None  # None = the shipped weights
+    variant: str = "fp32"  # the shipped model's graph: "fp32" or "int8" (ignored with a path)
+    threads: int = 1  # ONNX Runtime intra-op threads for the model
 
 
 @dataclass(frozen=True)
@@ -300,6 +302,8 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "scoring.min_confidence": _optional(_num(0.0, 1.0, lo_open=True)),
     "profiles.dir": _optional(_text),
     "model.path": _optional(_text),
+    "model.variant": _choice(("fp32", "int8")),
+    "model.threads": _int(1, 64),
     "output.json": _optional_bool,
     "output.stats_interval_s": _num(0.0, 86400.0, lo_open=True),
     "output.log_level": _choice(LOG_LEVELS),

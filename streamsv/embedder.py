@@ -1,32 +1,108 @@
 """The public embedding API: whole utterances with ``embed``, live audio with ``stream``.
 
-Shipped weights are a plain ``.npz`` (no pickle) that the numpy runtime runs without importing
-torch; training checkpoints (``.pt``, from tools/train.py) load too, through torch's
-``weights_only`` loader. torch (optional: ``pip install 'streamsv[torch]'``) is imported only for
-those, for counting MACs, and for the Transformer ablation, which the numpy runtime does not run.
+The network runs as ONNX graphs on ONNX Runtime, exported from the one torch definition
+(streamsv/model.py) by tools/export_weights.py: the streaming step (new log-mel frames and the
+stream state in, per-frame head inputs and the new state out) and the pooling head (a window of
+those frames in, the unit embedding that is scored out). This module imports neither torch nor
+onnx: only onnxruntime and numpy.
+
+A model is a step graph, ``NAME.onnx`` (fp32) or ``NAME.int8.onnx`` (int8 weights), and the
+pooling graph beside it, ``NAME.pool.onnx``. The step graph's metadata holds the model config,
+the training metadata, the counted parameters and MACs, and the fingerprint that profiles record.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from .errors import StreamsvError
-from .features import FILTERBANK_MACS_PER_FRAME, HOP, SAMPLE_RATE, StreamingLogMel, log_mel
-from .runtime import FRAMES_PER_SECOND, Encoder
+from .features import SAMPLE_RATE, StreamingLogMel, log_mel
 
-DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "student.npz"
-CHECKPOINT_FORMAT = 1
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+MODEL_NAME = "student"
+VARIANT_SUFFIXES = {"fp32": ".onnx", "int8": ".int8.onnx"}
+DEFAULT_VARIANT = "fp32"
+POOL_SUFFIX = ".pool.onnx"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / (MODEL_NAME + VARIANT_SUFFIXES[DEFAULT_VARIANT])
+MODEL_FORMAT = 2  # 1 was the .npz of the numpy runtime
+DEFAULT_THREADS = 1  # a Pi runs other things; a push's matrices are too small for more to pay
+FRAMES_PER_SECOND = 50  # encoder frames (20 ms) per second of audio
+MEL_FRAMES_PER_FRAME = 2  # the stem stacks pairs of 10 ms log-mel frames
+MAX_STEP_FRAMES = 64  # longer pushes run as several steps: token mixing grows with a step squared
 MIN_AUDIO_S = 0.1  # below this an embedding is mostly noise
-MODEL_PREFIX = "model."
-BUFFERS = ("stem.mel_mean", "stem.mel_std")  # feature statistics in the weights, not learnt parameters
+
+
+@dataclass
+class StreamState:
+    """One stream's place in the encoder: the graph's state tensor, the 20 ms frames encoded
+    so far, and a 10 ms log-mel frame waiting for its pair."""
+
+    tensor: np.ndarray
+    position: int
+    mel_pending: np.ndarray
+
+
+def session_options(threads: int = DEFAULT_THREADS) -> Any:
+    """ONNX Runtime settings for a small streaming step: ``threads`` intra-op threads and one
+    inter-op thread (the graph is a chain), sequential execution, every graph optimisation,
+    and no spinning worker threads burning a core between pushes."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3  # warnings about the host's CPU are not the user's problem
+    return opts
+
+
+class OnnxEncoder:
+    """The two graphs in sessions. ``encode`` maps log-mel frames to per-frame head inputs,
+    advancing a stream's state; ``embed_window`` pools a window of them into the unit embedding."""
+
+    def __init__(self, step: bytes | str, pool: bytes | str, threads: int = DEFAULT_THREADS):
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        self.step = ort.InferenceSession(step, session_options(threads), providers=providers)
+        self.pool = ort.InferenceSession(pool, session_options(threads), providers=providers)
+        inputs = {i.name: i for i in self.step.get_inputs()}
+        self.state_shape = tuple(inputs["state"].shape)
+        self.n_mels = int(inputs["mel"].shape[1])
+        self.metadata = dict(self.step.get_modelmeta().custom_metadata_map)
+
+    def new_state(self) -> StreamState:
+        return StreamState(np.zeros(self.state_shape, np.float32), 0, np.zeros((0, self.n_mels), np.float32))
+
+    def encode(self, mel: np.ndarray, state: StreamState) -> tuple[np.ndarray, np.ndarray]:
+        """Log-mels (frames, n_mels) -> (features, attention logits), both (frames/2, width)."""
+        mel = np.concatenate([state.mel_pending, np.asarray(mel, np.float32)]) if len(state.mel_pending) else mel
+        usable = len(mel) - len(mel) % MEL_FRAMES_PER_FRAME
+        state.mel_pending = mel[usable:]
+        features, logits = [], []
+        for start in range(0, usable, MAX_STEP_FRAMES * MEL_FRAMES_PER_FRAME):
+            piece = np.ascontiguousarray(mel[start:min(usable, start + MAX_STEP_FRAMES * MEL_FRAMES_PER_FRAME)], np.float32)
+            f, lg, state.tensor = self.step.run(None, {"mel": piece, "position": np.array(state.position, np.int64),
+                                                       "state": state.tensor})
+            state.position += len(f)
+            features.append(f)
+            logits.append(lg)
+        if not features:
+            empty = np.zeros((0, self.state_shape[1]), np.float32)
+            return empty, empty
+        return (features[0], logits[0]) if len(features) == 1 else (np.concatenate(features), np.concatenate(logits))
+
+    def embed_window(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        return self.pool.run(None, {"features": features, "logits": logits})[0]
 
 
 class EmbeddingStream:
@@ -38,7 +114,6 @@ class EmbeddingStream:
     """
 
     def __init__(self, embedder: "Embedder", window_s: float):
-        self._embedder = embedder
         self._encoder = embedder.encoder
         self._max_frames = max(1, round(window_s * FRAMES_PER_SECOND))
         self.compute_seconds = 0.0
@@ -78,103 +153,53 @@ class EmbeddingStream:
         started = time.perf_counter()
         features = np.concatenate(self._features)[-self._max_frames:]
         logits = np.concatenate(self._logits)[-self._max_frames:]
-        vector = self._embedder.finish(self._encoder.pool(features, logits))
+        vector = self._encoder.embed_window(features, logits)
         self.compute_seconds += time.perf_counter() - started
         return vector
 
 
-class TorchEncoder:
-    """A torch SpeakerEncoder behind the runtime Encoder's interface (numpy in, numpy out):
-    the Transformer ablation, which the numpy runtime does not run, and torch speed variants."""
-
-    def __init__(self, network: Any):
-        self.network = network
-
-    def new_state(self) -> list:
-        return [None]
-
-    def encode(self, mel: np.ndarray, state: list) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        with torch.inference_mode():
-            features, logits, state[0] = self.network.encode(torch.from_numpy(mel)[None], state[0])
-        return features[0].numpy(), logits[0].numpy()
-
-    def pool(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            return self.network.head.pool(torch.from_numpy(features)[None], torch.from_numpy(logits)[None])[0].numpy()
-
-
 class Embedder:
-    """Trained weights, the encoder that runs them, and the scoring backend.
-
-    The backend (optional) centres unit embeddings on the training speakers' mean and
-    whitens their within-speaker scatter, both fitted on training speakers only
-    (tools/fit_backend.py). Cosine scoring then weighs the directions that separate voices.
-    """
+    """A model's encoder and what profiles need to know about it (fingerprint, dimension)."""
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, config: dict, weights: Mapping[str, np.ndarray], backend: Mapping[str, np.ndarray] | None = None,
-                 fingerprint: str | None = None):
+    def __init__(self, encoder: Any, fingerprint: str, config: dict, info: dict | None = None):
+        self.encoder = encoder
+        self.fingerprint = fingerprint
         self.config = dict(config)
-        self.weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
-        self.backend = None if backend is None else {k: np.asarray(v, np.float32) for k, v in backend.items()}
-        self.fingerprint = fingerprint or weights_fingerprint(self.config, self.weights)
+        self.info = dict(info or {})  # counted figures, variant, training metadata
         self.dim = int(self.config["embedding_dim"])
-        if self.config.get("arch", "mixer") == "mixer":
-            self.encoder: Encoder | TorchEncoder = Encoder(self.weights, self.config)
-        else:
-            from .model import fuse_for_inference
-
-            self.encoder = TorchEncoder(fuse_for_inference(self.to_torch()))
 
     @classmethod
-    def from_model(cls, model: Any, backend: Mapping[str, np.ndarray] | None = None, fingerprint: str | None = None) -> "Embedder":
-        """From a torch SpeakerEncoder (training, tests)."""
-        from dataclasses import asdict
-
-        weights = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
-        return cls(asdict(model.cfg), weights, backend, fingerprint)
+    def from_onnx(cls, step: bytes | str, pool: bytes | str, threads: int = DEFAULT_THREADS) -> "Embedder":
+        encoder = OnnxEncoder(step, pool, threads)
+        meta = encoder.metadata
+        if int(meta.get("format", -1)) != MODEL_FORMAT:
+            raise ValueError(f"unsupported model format {meta.get('format')!r} (expected {MODEL_FORMAT})")
+        info = json.loads(meta.get("info", "{}"))
+        return cls(encoder, meta["fingerprint"], json.loads(meta["config"]), info)
 
     @classmethod
     def untrained(cls, seed: int = 0, config: Any = None) -> "Embedder":
-        """Randomly initialised: carries the plumbing in tests, identifies nobody."""
-        import torch
+        """Randomly initialised, exported in memory: carries plumbing in tests, identifies
+        nobody. Needs torch and onnx (the test extra)."""
+        from .model import onnx_model_bytes
 
-        from .model import ModelConfig, SpeakerEncoder
-
-        torch.manual_seed(seed)
-        return cls.from_model(SpeakerEncoder(config or ModelConfig()), fingerprint=f"untrained-seed{seed}")
-
-    def to_torch(self) -> Any:
-        """The weights as a torch SpeakerEncoder in eval mode (counting, training tools, tests)."""
-        import torch
-
-        from .model import ModelConfig, SpeakerEncoder
-
-        model = SpeakerEncoder(ModelConfig(**self.config))
-        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.weights.items()})
-        return model.eval()
-
-    def finish(self, raw: np.ndarray) -> np.ndarray:
-        """Raw pooled output -> the unit-norm embedding that is scored."""
-        vector = raw / max(float(np.linalg.norm(raw)), 1e-12)
-        if self.backend is not None:
-            vector = (vector - self.backend["center"]) @ self.backend["whiten"]
-            vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
-        return vector.astype(np.float32)
+        step, pool = onnx_model_bytes(seed=seed, config=config)
+        return cls.from_onnx(step, pool)
 
     @property
-    def num_parameters(self) -> int:
-        return sum(v.size for k, v in self.weights.items() if k not in BUFFERS)
+    def num_parameters(self) -> int | None:
+        return self.info.get("parameters")
 
     @property
-    def macs_per_second(self) -> float:
-        """Counted on the torch model (needs torch)."""
-        return count_macs_per_second(self.to_torch())
+    def macs_per_second(self) -> float | None:
+        """Counted at export by torch's FLOP counter on the trained model (the function's arithmetic)."""
+        return self.info.get("macs_per_second")
+
+    @property
+    def variant(self) -> str:
+        return self.info.get("variant", DEFAULT_VARIANT)
 
     def embed(self, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         wave = np.asarray(wave, dtype=np.float32)
@@ -189,106 +214,53 @@ class Embedder:
         if wave.size < MIN_AUDIO_S * SAMPLE_RATE:
             raise StreamsvError(f"audio too short: {wave.size / SAMPLE_RATE:.2f} s (need at least {MIN_AUDIO_S} s)")
         features, logits = self.encoder.encode(log_mel(wave), self.encoder.new_state())
-        return self.finish(self.encoder.pool(features, logits))
+        return self.encoder.embed_window(features, logits)
 
     def stream(self, window_s: float = 3.0) -> EmbeddingStream:
         return EmbeddingStream(self, window_s)
 
 
-def weights_fingerprint(config: dict, weights: Mapping[str, np.ndarray]) -> str:
-    """The fingerprint of weights made in memory: a hash of the config and arrays. Profiles record
-    the fingerprint of the model that made them, so a profile is never scored against another
-    model's embeddings. A training checkpoint's is the SHA-256 of its file; exporting it to .npz
-    keeps it, so profiles stay valid across the export."""
-    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for name in sorted(weights):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(weights[name], dtype="<f4").tobytes())
-    return h.hexdigest()[:16]
+def model_paths(path: str | Path | None = None, variant: str | None = None) -> tuple[Path, Path]:
+    """(step graph, pooling graph) of a model: the shipped one in ``variant`` when ``path`` is
+    None; else ``path`` (a step graph) and the ``.pool.onnx`` beside it."""
+    if path is None:
+        variant = variant or DEFAULT_VARIANT
+        if variant not in VARIANT_SUFFIXES:
+            raise StreamsvError(f"unknown model variant {variant!r}; expected one of {', '.join(VARIANT_SUFFIXES)}")
+        step = WEIGHTS_DIR / (MODEL_NAME + VARIANT_SUFFIXES[variant])
+    else:
+        step = Path(path)
+    if step.suffix in (".pt", ".npz"):
+        raise StreamsvError(f"{step}: a training checkpoint, not a model streamsv runs; export it first: "
+                            f"python tools/export_weights.py {step} OUT_DIR")
+    return step, step.with_name(step.name.split(".")[0] + POOL_SUFFIX)
 
 
-def count_macs_per_second(model: Any, seconds: float = 10.0) -> float:
-    """Multiply-accumulates per second of audio: the torch model's matmuls, convolutions and
-    einsums over an offline pass, counted by torch's FLOP counter (2 FLOPs = 1 MAC), plus the
-    log-mel filterbank projection counted from its shape (the FFT is not counted)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    mel = torch.from_numpy(log_mel(np.zeros(int(seconds * SAMPLE_RATE) + HOP, np.float32)))
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(mel[None])
-    return (counter.get_total_flops() / 2 + len(mel) * FILTERBANK_MACS_PER_FRAME) / seconds
-
-
-def save_checkpoint(path: Path, model: Any, meta: dict, backend: Mapping[str, Any] | None = None) -> None:
-    """A training checkpoint (.pt): torch tensors, loadable with weights_only."""
-    import torch
-    from dataclasses import asdict
-
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "config": asdict(model.cfg),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "backend": None if backend is None else {k: torch.as_tensor(v) for k, v in backend.items()},
-        "meta": meta,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+def load_embedder(path: str | Path | None = None, variant: str | None = None, threads: int = DEFAULT_THREADS) -> Embedder:
+    """The shipped model (``variant`` fp32 or int8), or the step graph at ``path``."""
+    step, pool = model_paths(path, variant)
+    for p in (step, pool):
+        if not p.is_file():
+            raise StreamsvError(f"model file not found: {p}")
+    try:
+        return Embedder.from_onnx(str(step), str(pool), threads)
+    except ModuleNotFoundError as exc:
+        raise StreamsvError(f"cannot load model {step}: it needs {exc.name}, which is not installed") from None
+    except Exception as exc:  # any unreadable model file is the user's file problem
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StreamsvError(f"cannot load model {step}: {message}") from None
 
 
-def save_weights(path: Path, embedder: Embedder, meta: dict | None = None) -> None:
-    """Runtime weights (.npz): float32 arrays and JSON, no pickle; written atomically."""
-    arrays = {MODEL_PREFIX + k: v for k, v in embedder.weights.items()}
-    arrays.update({f"backend.{k}": v for k, v in (embedder.backend or {}).items()})
-    arrays["format"] = np.array(CHECKPOINT_FORMAT)
-    arrays["config"] = np.array(json.dumps(embedder.config))
-    arrays["meta"] = np.array(json.dumps(meta or {}))
-    arrays["fingerprint"] = np.array(embedder.fingerprint)
+def write_atomic(path: Path, data: bytes, force: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename; refuse to overwrite
+    without ``force``."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise StreamsvError(f"{path} exists (pass --force to overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _read_npz(path: Path) -> tuple[dict, dict, dict | None, str | None]:
-    with np.load(path, allow_pickle=False) as data:
-        if int(data["format"]) != CHECKPOINT_FORMAT:
-            raise ValueError(f"unsupported weights format {int(data['format'])}")
-        config = json.loads(str(data["config"]))
-        weights = {k[len(MODEL_PREFIX):]: data[k] for k in data.files if k.startswith(MODEL_PREFIX)}
-        backend = {k[len("backend."):]: data[k] for k in data.files if k.startswith("backend.")} or None
-        fingerprint = str(data["fingerprint"]) if "fingerprint" in data.files else None
-    return config, weights, backend, fingerprint
-
-
-def _read_pt(path: Path) -> tuple[dict, dict, dict | None, str | None]:
-    import torch
-
-    raw = path.read_bytes()
-    payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"unsupported checkpoint format {payload.get('format')!r}")
-    weights = {k: v.float().numpy() for k, v in payload["state_dict"].items()}
-    backend = payload.get("backend")
-    backend = None if backend is None else {k: v.numpy() for k, v in backend.items()}
-    return payload["config"], weights, backend, hashlib.sha256(raw).hexdigest()[:16]
-
-
-def load_embedder(path: str | Path | None = None) -> Embedder:
-    path = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if not path.is_file():
-        raise StreamsvError(f"model weights not found: {path}")
-    try:
-        config, weights, backend, fingerprint = (_read_pt if path.suffix == ".pt" else _read_npz)(path)
-        embedder = Embedder(config, weights, backend, fingerprint)
-        if backend is not None and (backend["center"].shape != (embedder.dim,) or backend["whiten"].shape != (embedder.dim,) * 2):
-            raise ValueError("backend does not match the embedding size")
-    except ModuleNotFoundError as exc:
-        raise StreamsvError(f"cannot load model weights {path}: it needs {exc.name}, which is not installed "
-                            "(pip install torch; or export a .pt checkpoint with tools/export_weights.py)") from None
-    except Exception as exc:  # any unreadable weights file is the user's file problem
-        raise StreamsvError(f"cannot load model weights {path}: {exc}") from None
-    return embedder

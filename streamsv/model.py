@@ -18,6 +18,8 @@ start of an utterance, so offline and streaming share one code path. Shapes are
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -330,3 +332,268 @@ def fuse_for_inference(model: SpeakerEncoder) -> SpeakerEncoder:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- the streaming step, for export
+#
+# SpeakerEncoder.encode carries its stream state as Python structures whose shapes change from push
+# to push. ExportStep computes the same function for one push with every piece of state in one
+# fixed-size tensor (rows of ``width``) plus the frame position, and no data-dependent Python: the
+# token-mixing matrices of the new frames are gathered from the weights by position, the half-rate
+# branch picks each frame's latest complete pair by index. torch.onnx traces it into the graph the
+# daemon runs (tools/export_weights.py); tests hold it to SpeakerEncoder.forward.
+
+STATE_ROWS_STEM = "stem_conv"
+
+
+def _state_layout(cfg: ModelConfig) -> list[tuple[str, int]]:
+    """(name, rows) of every piece of the stream state, in the order of the state tensor's rows."""
+    layout = [(STATE_ROWS_STEM, 4)]  # the stem's kernel-5 convolution history
+    history = cfg.chunk_frames - 1  # the most frames an unfinished chunk holds before a push
+    for i in range(cfg.n_blocks):
+        layout += [(f"{i}.wide", cfg.conv_kernel - 1), (f"{i}.narrow", 2), (f"{i}.mix_inputs", history),
+                   (f"{i}.mix_hidden", history), (f"{i}.total", 1), (f"{i}.half_prev", 1), (f"{i}.half_last", 1)]
+    return layout
+
+
+def state_rows(cfg: ModelConfig) -> int:
+    """Rows of the (rows, width) stream state tensor; zeros at the start of an utterance."""
+    return sum(rows for _, rows in _state_layout(cfg))
+
+
+def _depthwise(x: torch.Tensor, history: torch.Tensor, conv: nn.Conv1d, taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal depthwise convolution of (frames, channels) with its (kernel-1, channels) history.
+    ``taps`` (frames, kernel) indexes each output's inputs in [history; x]: a gather, a product
+    and a sum, where ONNX Runtime's Conv costs several times more at a push's size."""
+    padded = torch.cat([history, x], dim=0)
+    y = (padded[taps] * conv.weight[:, 0].t()).sum(dim=1) + conv.bias
+    return y, padded[-history.shape[0]:]
+
+
+def _grouped(parts: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A GroupLinear's parts as (groups, in/g, out/g) weights and (groups, 1, out/g) biases."""
+    return torch.stack([p.weight.t() for p in parts]), torch.stack([p.bias[None] for p in parts])
+
+
+class ExportStep(nn.Module):
+    """One streaming push of a SpeakerEncoder, with explicit fixed-size state.
+
+    forward(mel (2n, n_mels), position (), state (rows, width)) -> features (n, width),
+    attention logits (n, width), new state. ``position`` counts the 20 ms frames encoded before
+    the push (int64); the caller keeps it and any odd 10 ms mel frame. The grouped linears run
+    as batched matmuls over their groups; the multi-scale branch's two group-linears on the
+    same input are one matmul (pair-averaging commutes with an affine map)."""
+
+    def __init__(self, encoder: SpeakerEncoder):
+        super().__init__()
+        cfg = encoder.cfg
+        if cfg.arch != "mixer":
+            raise ValueError(f"the streaming export runs the SV-Mixer only, not {cfg.arch!r}")
+        self.encoder, self.cfg = encoder, cfg
+        self.layout = _state_layout(cfg)
+
+    def _split_state(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
+        pieces, row = {}, 0
+        for name, rows in self.layout:
+            pieces[name] = state[row:row + rows]
+            row += rows
+        return pieces
+
+    def _step_index(self, position: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+        """What every block of a push of ``n`` frames after ``position`` shares: where each new
+        frame's token-mixing row lives in the (chunk, chunk) weights over the columns [history;
+        new], and which of those it may see (its own chunk, not the future); the running mean's
+        divisors; each frame's latest complete pair; the convolutions' taps."""
+        c = self.cfg.chunk_frames
+        steps = torch.arange(n)
+        new = position + c + steps  # shifted by one chunk: every index stays non-negative
+        seen = position + 1 + torch.arange(c - 1 + n)  # = new's first - (chunk - 1) + j
+        rows, cols = new % c, seen % c
+        visible = ((seen[None] // c) == (new[:, None] // c)) & (seen[None] <= new[:, None])
+        taps = {k: steps[:, None] + torch.arange(k)[None] for k in {self.cfg.conv_kernel, 3}}
+        return {"rows": rows, "flat": rows[:, None] * c + cols[None], "visible": visible.float(),
+                "inverse_counts": 1.0 / (position + 1 + steps).float()[:, None],
+                "latest": steps + (position + steps) % 2,  # odd frames complete a pair
+                "taps": taps}
+
+    def block(self, i: int, x: torch.Tensor, position: torch.Tensor, s: dict[str, torch.Tensor],
+              index: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Block ``i`` on a push's frames (n, width); returns its output and its new state pieces
+        in layout order."""
+        blk: MixerBlock = self.encoder.blocks[i]
+        g, n = self.cfg.groups, x.shape[0]
+        rows, flat, visible, taps = index["rows"], index["flat"], index["visible"], index["taps"]
+        # Local-Global Mixing
+        u = blk.norm_lgm(x)
+        local, wide = _depthwise(u, s[f"{i}.wide"], blk.local_wide.conv, taps[self.cfg.conv_kernel])
+        local, narrow = _depthwise(F.gelu(local), s[f"{i}.narrow"], blk.local_narrow.conv, taps[3])
+        mix = blk.chunk_mix
+        inputs = torch.cat([s[f"{i}.mix_inputs"], u], dim=0)
+        hidden = F.gelu((mix.w1.reshape(-1)[flat] * visible) @ inputs + mix.b1[rows][:, None])
+        hiddens = torch.cat([s[f"{i}.mix_hidden"], hidden], dim=0)
+        chunk = (mix.w2.reshape(-1)[flat] * visible) @ hiddens + mix.b2[rows][:, None]
+        history = self.cfg.chunk_frames - 1
+        sums = s[f"{i}.total"] + u.cumsum(dim=0)
+        utterance = blk.utterance_mix.proj(sums * index["inverse_counts"])
+        x = x + local + chunk + utterance
+        # Multi-Scale Mixing, on grouped activations (groups, n, width/g)
+        u = blk.norm_msm(x).reshape(n, g, -1).transpose(0, 1)
+        w_full, b_full = _grouped(list(blk.full_rate.parts))
+        w_half, b_half = _grouped(list(blk.half_rate.fn.parts))
+        both = u @ torch.cat([w_full, w_half], dim=2) + torch.cat([b_full, b_half], dim=2)
+        full, half = both.split(w_full.shape[2], dim=2)
+        prev = s[f"{i}.half_prev"].reshape(g, 1, -1)
+        with_prev = torch.cat([prev, half], dim=1)
+        pairs = (with_prev[:, :-1] + with_prev[:, 1:]) * 0.5  # the pair ending at each new frame
+        outputs = torch.cat([s[f"{i}.half_last"].reshape(g, 1, -1), pairs], dim=1)
+        low = outputs.index_select(1, index["latest"])
+        w_out, b_out = _grouped(list(blk.scale_out.parts))
+        x = x + (F.gelu(full + low) @ w_out + b_out).transpose(0, 1).reshape(n, -1)
+        # Group Channel Mixing
+        u = blk.norm_gcm(x).reshape(n, g, -1).transpose(0, 1)
+        w_in, b_in = _grouped(list(blk.channel_in.parts))
+        w_co, b_co = _grouped(list(blk.channel_out.parts))
+        x = x + blk.group_mix((F.gelu(u @ w_in + b_in) @ w_co + b_co).transpose(0, 1).reshape(n, -1))
+        new_state = [wide, narrow, inputs[-history:], hiddens[-history:], sums[-1:],
+                     half[:, -1:].transpose(0, 1).reshape(1, -1),
+                     low[:, -1:].transpose(0, 1).reshape(1, -1)]
+        return x, new_state
+
+    def forward(self, mel: torch.Tensor, position: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        enc, s = self.encoder, self._split_state(state)
+        stem = enc.stem
+        stacked = ((mel - stem.mel_mean) / stem.mel_std).reshape(-1, 2 * self.cfg.n_mels)
+        n = stacked.shape[0]
+        stem_taps = torch.arange(n)[:, None] + torch.arange(stem.conv.context + 1)[None]
+        y, stem_conv = _depthwise(stem.stack(stacked), s[STATE_ROWS_STEM], stem.conv.conv, stem_taps)
+        x = stem.out(F.gelu(y))
+        index = self._step_index(position, n)
+        layers, pieces = [], [stem_conv]
+        for i in range(len(enc.blocks)):
+            x, block_state = self.block(i, x, position, s, index)
+            layers.append(x)
+            pieces += block_state
+        features, logits = enc.head.frame_features(layers)
+        return features, logits, torch.cat(pieces, dim=0)
+
+
+class ExportPool(nn.Module):
+    """The head's attentive-statistics pooling over a window of frames, then the embedding that
+    is scored: unit length, and the scoring backend (centre + whitening) when there is one."""
+
+    def __init__(self, encoder: SpeakerEncoder, backend: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        self.head = encoder.head
+        self.has_backend = backend is not None
+        if backend is not None:
+            self.register_buffer("center", backend["center"].float())
+            self.register_buffer("whiten", backend["whiten"].float())
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        raw = self.head.pool(features[None], logits[None])[0]
+        vector = raw / raw.norm().clamp(min=1e-12)
+        if self.has_backend:
+            vector = (vector - self.center) @ self.whiten
+            vector = vector / vector.norm().clamp(min=1e-12)
+        return vector
+
+
+# ---------------------------------------------------------------- counting and export
+
+MODEL_FORMAT = 2  # streamsv.embedder.MODEL_FORMAT: the ONNX step + pool graphs
+OPSET = 17
+
+
+def count_macs_per_second(model: SpeakerEncoder, seconds: float = 10.0) -> float:
+    """Multiply-accumulates per second of audio of an offline pass: the torch model's matmuls,
+    convolutions and einsums counted by torch's FLOP counter (2 FLOPs = 1 MAC), plus the log-mel
+    filterbank projection counted from its shape (the FFT is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .features import FILTERBANK_MACS_PER_FRAME, HOP, SAMPLE_RATE, log_mel
+
+    mel = torch.from_numpy(log_mel(torch.zeros(int(seconds * SAMPLE_RATE) + HOP).numpy()))
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(mel[None])
+    return (counter.get_total_flops() / 2 + len(mel) * FILTERBANK_MACS_PER_FRAME) / seconds
+
+
+def count_stream_macs_per_second(model: SpeakerEncoder, hop_s: float = 0.5, window_s: float = 3.0,
+                                 seconds: float = 6.0) -> float:
+    """MACs per second of audio of the streaming path as the daemon runs it: the exported step
+    on each hop's frames, and the pooling over the window every hop; counted like
+    count_macs_per_second."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .features import FILTERBANK_MACS_PER_FRAME
+
+    step, pool = ExportStep(model).eval(), ExportPool(model).eval()
+    hop = round(hop_s * FRAMES_PER_SECOND)
+    window = round(window_s * FRAMES_PER_SECOND)
+    hops = round(seconds / hop_s)
+    mel = torch.zeros(2 * hop, model.cfg.n_mels)
+    state = torch.zeros(state_rows(model.cfg), model.cfg.width)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        for i in range(hops):
+            features, logits, state = step(mel, torch.tensor(i * hop), state)
+            frames = min(window, (i + 1) * hop)
+            pool(features.new_zeros(frames, features.shape[1]), logits.new_zeros(frames, features.shape[1]))
+    return (counter.get_total_flops() / 2 + hops * 2 * hop * FILTERBANK_MACS_PER_FRAME) / (hops * hop_s)
+
+
+def _to_onnx(module: nn.Module, args: tuple, names: tuple[list[str], list[str]], dynamic: dict) -> bytes:
+    import io
+    import warnings
+
+    buffer = io.BytesIO()
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(module, args, buffer, dynamo=False, opset_version=OPSET, input_names=names[0],
+                          output_names=names[1], dynamic_axes=dynamic, do_constant_folding=True)
+    return buffer.getvalue()
+
+
+def with_metadata(model_bytes: bytes, metadata: dict[str, str]) -> bytes:
+    """The ONNX model with ``metadata`` in its metadata_props (replacing same-named keys)."""
+    import onnx
+
+    proto = onnx.load_from_string(model_bytes)
+    kept = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    return proto.SerializeToString()
+
+
+def export_onnx(model: SpeakerEncoder, fingerprint: str, backend: dict[str, torch.Tensor] | None = None,
+                info: dict | None = None) -> tuple[bytes, bytes]:
+    """The model as (step graph, pooling graph) ONNX bytes, fp32; the step's metadata carries
+    what streamsv.embedder needs: format, fingerprint, config, info."""
+    from dataclasses import asdict
+
+    model = model.eval()
+    cfg = model.cfg
+    step = _to_onnx(ExportStep(model).eval(),
+                    (torch.zeros(2 * 25, cfg.n_mels), torch.tensor(0), torch.zeros(state_rows(cfg), cfg.width)),
+                    (["mel", "position", "state"], ["features", "logits", "new_state"]),
+                    {"mel": {0: "mel_frames"}, "features": {0: "frames"}, "logits": {0: "frames"}})
+    pool = _to_onnx(ExportPool(model, backend).eval(), (torch.zeros(150, cfg.width), torch.zeros(150, cfg.width)),
+                    (["features", "logits"], ["embedding"]), {"features": {0: "frames"}, "logits": {0: "frames"}})
+    info = {"parameters": count_parameters(model), "variant": "fp32", **(info or {})}
+    metadata = {"format": str(MODEL_FORMAT), "fingerprint": fingerprint, "config": json.dumps(asdict(cfg)),
+                "info": json.dumps(info)}
+    return with_metadata(step, metadata), pool
+
+
+def onnx_model_bytes(seed: int = 0, config: ModelConfig | None = None) -> tuple[bytes, bytes]:
+    """An untrained model (seeded), exported: for tests and plumbing; identifies nobody."""
+    from dataclasses import asdict
+
+    return _untrained_onnx(seed, json.dumps(asdict(config or ModelConfig()), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=4)
+def _untrained_onnx(seed: int, config_json: str) -> tuple[bytes, bytes]:
+    torch.manual_seed(seed)
+    return export_onnx(SpeakerEncoder(ModelConfig(**json.loads(config_json))), fingerprint=f"untrained-seed{seed}")

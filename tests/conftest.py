@@ -1,4 +1,8 @@
-"""Shared fixtures: a fast untrained embedder for plumbing, real speech when available."""
+"""Shared fixtures: the shipped model (ONNX Runtime, no torch), real speech when available.
+
+No torch here: the daemon's tests run where torch is not installed. Tests that need torch (the
+parity of the ONNX graphs with the torch definition, training) import it themselves, marked
+``torch`` or behind ``pytest.importorskip("torch")``."""
 from __future__ import annotations
 
 import os
@@ -8,9 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
-torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -36,10 +37,18 @@ def dev_utterances(speaker: str) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def untrained():
-    from streamsv.embedder import Embedder
+def embedder():
+    """The shipped model on ONNX Runtime, one thread: what the daemon runs."""
+    from streamsv.embedder import load_embedder
 
-    return Embedder.untrained(seed=0)
+    return load_embedder()
+
+
+@pytest.fixture(scope="session")
+def untrained(embedder):
+    """Plumbing tests' model (the name is historical): now the shipped model, since a random
+    model would need torch to export, and the daemon's tests run without it."""
+    return embedder
 
 
 def _espeak(text: str, path: Path, voice: str = "en-us+m3") -> np.ndarray | None:

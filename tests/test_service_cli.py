@@ -28,11 +28,13 @@ FILE_S = 30.0
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from streamsv.embedder import Embedder, save_weights
+    # A model file given with --model: a copy of the shipped ONNX graphs (no torch needed).
+    from streamsv.embedder import DEFAULT_WEIGHTS, model_paths
 
-    path = tmp_path_factory.mktemp("model") / "untrained.npz"
-    save_weights(path, Embedder.untrained(seed=0), meta={"note": "untrained, for tests"})
-    return path
+    folder = tmp_path_factory.mktemp("model")
+    for source in model_paths(DEFAULT_WEIGHTS):
+        (folder / source.name).write_bytes(source.read_bytes())
+    return folder / DEFAULT_WEIGHTS.name
 
 
 @pytest.fixture(scope="module")

@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audio", help="audio file to play (profiles are then enrolled from its first seconds)")
     ap.add_argument("--seconds", type=float, default=30.0, help="play at most this many seconds")
     ap.add_argument("--model", help="weights file; 'untrained' for a random model (plumbing only)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (torch models only; the numpy runtime uses one)")
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--variant", default=None, choices=["fp32", "int8"], help="the shipped model's variant (default fp32)")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = ap.parse_args(argv)
 
     import soundfile as sf
-    import torch
 
     import streamsv
     from streamsv.config import Config
@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     from streamsv.profiles import enroll
     from streamsv.sources import FileSource, load_audio
 
-    torch.set_num_threads(args.threads)
     try:
-        emb = Embedder.untrained(0) if args.model == "untrained" else streamsv.load_embedder(args.model)
+        emb = (Embedder.untrained(0) if args.model == "untrained"
+               else streamsv.load_embedder(args.model, variant=args.variant, threads=args.threads))
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             if args.audio:

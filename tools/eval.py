@@ -1,6 +1,6 @@
 """Speaker-verification evaluation on the dev sets: student(s), teacher and an MFCC baseline side by side.
 
-    python tools/eval.py --student streamsv/weights/student.npz             # everything
+    python tools/eval.py --student streamsv/weights/student.onnx            # everything (@int8: the int8 graph)
     python tools/eval.py --systems teacher,mfcc --sets speechocean-dev --conditions clean --durations full
     python tools/eval.py --student a=runs/a.pt --student b=runs/b.pt --json out.json
 
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
 
     systems: list[System] = []
     if "student" in names:
-        specs = a.student or [str(REPO / "streamsv" / "weights" / "student.npz")]
+        specs = a.student or [str(REPO / "streamsv" / "weights" / "student.onnx")]
         try:
             systems += [student_system(s) for s in specs]
         except Exception as e:  # StreamsvError from a missing/bad checkpoint: one line, not a traceback

@@ -1,50 +1,197 @@
-"""Export a training checkpoint (.pt) to the runtime weights file (.npz) that streamsv ships.
+"""Export a trained student to the ONNX model streamsv runs: fp32 and int8 step graphs and the
+pooling graph, checked against the torch definition before anything is written.
 
-    python tools/export_weights.py runs/mixer/student.pt streamsv/weights/student.npz
+    python tools/export_weights.py runs/mixer/student.pt streamsv/weights/ --force
+    python tools/export_weights.py old-student.npz OUT_DIR          # a format-1 .npz works too
 
-The .npz holds the same float32 weights, the model config and the training metadata as JSON,
-and no pickle; the numpy runtime loads it without torch. Both files give the same
-fingerprint, so profiles enrolled with either stay valid. The script checks that the runtime
-reproduces the torch model's embeddings before writing.
+Writes OUT/student.onnx (fp32 step), OUT/student.int8.onnx (the same step with int8 weights:
+onnxruntime's dynamic quantization of every MatMul/Gemm with a weight initializer) and
+OUT/student.pool.onnx (pooling head + unit norm + the scoring backend if the checkpoint has one).
+OUT may also name the fp32 step file (OUT/NAME.onnx). Existing files need --force.
+
+Fingerprints: the fp32 model keeps the checkpoint's (the SHA-256 of the .pt file, first 16 hex
+digits; a .npz's stored one), so profiles enrolled with the checkpoint, the .npz or the numpy
+runtime stay valid. The int8 model's embeddings differ a little, so it gets its own
+(``<fp32 fingerprint>-int8``): profiles are bound to the variant that made them.
+
+Checks before writing: the ONNX step, fed random push sizes, gives the torch model's offline
+embedding to cosine >= MIN_COSINE; the int8 model's embedding stays within MIN_INT8_COSINE of
+the fp32 one on the same audio (a gross quantization failure, not an accuracy figure: tools/eval.py
+measures that).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from streamsv.embedder import TorchEncoder, load_embedder, save_weights  # noqa: E402
+from streamsv.embedder import MODEL_NAME, POOL_SUFFIX, VARIANT_SUFFIXES, Embedder, write_atomic  # noqa: E402
+from streamsv.errors import StreamsvError  # noqa: E402
+from streamsv.features import SAMPLE_RATE, log_mel  # noqa: E402
+from streamsv.model import (ModelConfig, SpeakerEncoder, count_macs_per_second, count_stream_macs_per_second,  # noqa: E402
+                            export_onnx, with_metadata)
 
 MIN_COSINE = 0.9999
+MIN_INT8_COSINE = 0.98
+CHECK_SECONDS = 6.0
+CHECKPOINT_FORMAT = 1  # tools/train.py's .pt, and the numpy runtime's .npz
+NPZ_MODEL_PREFIX = "model."
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("out", type=Path)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
+def read_checkpoint(path: Path) -> tuple[SpeakerEncoder, str, dict | None, dict]:
+    """A .pt checkpoint (torch weights_only) or a format-1 .npz -> (model, fingerprint, backend, meta)."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            if int(data["format"]) != CHECKPOINT_FORMAT:
+                raise ValueError(f"unsupported weights format {int(data['format'])}")
+            config = json.loads(str(data["config"]))
+            state = {k[len(NPZ_MODEL_PREFIX):]: torch.from_numpy(data[k].copy()) for k in data.files if k.startswith(NPZ_MODEL_PREFIX)}
+            backend = {k[len("backend."):]: torch.from_numpy(data[k].copy()) for k in data.files if k.startswith("backend.")} or None
+            fingerprint = str(data["fingerprint"])
+            meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+    else:
+        raw = path.read_bytes()
+        payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        if payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"unsupported checkpoint format {payload.get('format')!r}")
+        config, state = payload["config"], {k: v.float() for k, v in payload["state_dict"].items()}
+        backend = payload.get("backend")
+        fingerprint = hashlib.sha256(raw).hexdigest()[:16]
+        meta = payload.get("meta") or {}
+    model = SpeakerEncoder(ModelConfig(**config))
+    model.load_state_dict(state)
+    return model.eval(), fingerprint, backend, meta
 
-    embedder = load_embedder(args.checkpoint)
-    meta = torch.load(args.checkpoint, map_location="cpu", weights_only=True).get("meta") or {}
-    wave = (0.1 * np.random.default_rng(0).standard_normal(3 * embedder.sample_rate)).astype(np.float32)
-    runtime = embedder.embed(wave)
-    reference = TorchEncoder(embedder.to_torch())
-    from streamsv.features import log_mel
 
-    features, logits = reference.encode(log_mel(wave), reference.new_state())
-    cosine = float(runtime @ embedder.finish(reference.pool(features, logits)))
+def quantize_int8(step: bytes) -> bytes:
+    """Dynamic int8 quantization of the step graph's weight matmuls (activations stay float and
+    are quantized per push at run time; no calibration audio needed)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "step.onnx", Path(tmp) / "step.int8.onnx"
+        src.write_bytes(step)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        return dst.read_bytes()
+
+
+def check_audio(seconds: float = CHECK_SECONDS) -> np.ndarray:
+    """Noise under a slow random envelope: exercises every state without needing any data."""
+    rng = np.random.default_rng(0)
+    n = int(seconds * SAMPLE_RATE)
+    envelope = np.repeat(rng.uniform(0, 1, n // 800 + 1), 800)[:n]
+    return (0.1 * envelope * rng.standard_normal(n)).astype(np.float32)
+
+
+def streamed(embedder: Embedder, wave: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The embedding of ``wave`` pushed in random sizes (partial mel windows, odd frame counts)."""
+    rng = np.random.default_rng(seed)
+    stream = embedder.stream(window_s=len(wave) / SAMPLE_RATE + 1)
+    i = 0
+    while i < len(wave):
+        n = int(rng.integers(1, 12000))
+        stream.push(wave[i:i + n])
+        i += n
+    return stream.embedding()
+
+
+def torch_embedding(model: SpeakerEncoder, wave: np.ndarray, backend: dict | None) -> np.ndarray:
+    from streamsv.model import ExportPool
+
+    with torch.inference_mode():
+        features, logits, _ = model.encode(torch.from_numpy(log_mel(wave))[None])
+        return ExportPool(model, backend)(features[0], logits[0]).numpy()
+
+
+def export(model: SpeakerEncoder, fingerprint: str, backend: dict | None, meta: dict) -> dict[str, bytes]:
+    """{suffix: bytes} for the fp32 step, the int8 step and the pool; raises if a check fails."""
+    info = {"macs_per_second": round(count_macs_per_second(model)),
+            "stream_macs_per_second": round(count_stream_macs_per_second(model)), "meta": meta}
+    step, pool = export_onnx(model, fingerprint, backend, info)
+    int8 = with_metadata(quantize_int8(step), {"fingerprint": f"{fingerprint}-int8",
+                                               "info": json.dumps({**json.loads(_meta(step)["info"]), "variant": "int8"})})
+    wave = check_audio()
+    reference = torch_embedding(model, wave, backend)
+    fp32_vector = streamed(Embedder.from_onnx(step, pool), wave)
+    cosine = float(fp32_vector @ reference)
     if cosine < MIN_COSINE:
-        print(f"runtime and torch disagree (cosine {cosine:.6f}); not written", file=sys.stderr)
-        return 1
-    save_weights(args.out, embedder, meta)
-    print(f"wrote {args.out} (fingerprint {embedder.fingerprint}, runtime vs torch cosine {cosine:.6f})")
+        raise StreamsvError(f"the ONNX step disagrees with the torch model (cosine {cosine:.6f} < {MIN_COSINE}); nothing written")
+    int8_cosine = float(streamed(Embedder.from_onnx(int8, pool), wave) @ fp32_vector)
+    if int8_cosine < MIN_INT8_COSINE:
+        raise StreamsvError(f"the int8 model strays from fp32 (cosine {int8_cosine:.4f} < {MIN_INT8_COSINE}); nothing written")
+    print(f"checks: ONNX fp32 streamed vs torch offline cosine {cosine:.6f}; int8 vs fp32 cosine {int8_cosine:.4f}")
+    return {VARIANT_SUFFIXES["fp32"]: step, VARIANT_SUFFIXES["int8"]: int8, POOL_SUFFIX: pool}
+
+
+def _meta(model_bytes: bytes) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load_from_string(model_bytes).metadata_props}
+
+
+def output_stem(out: Path) -> Path:
+    """OUT (a folder, or OUT/NAME.onnx) -> OUT/NAME, the prefix of the three files."""
+    if out.suffix == ".onnx":
+        return out.with_name(out.name.split(".")[0])
+    if out.suffix in (".npz", ".pt"):
+        raise StreamsvError(f"{out}: the output is a folder or a NAME.onnx path now, not {out.suffix}")
+    return out / MODEL_NAME
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path, help="training checkpoint (.pt) or format-1 weights (.npz)")
+    ap.add_argument("out", type=Path, help="output folder (writes student.onnx, student.int8.onnx, student.pool.onnx) or NAME.onnx")
+    ap.add_argument("--force", action="store_true", help="overwrite existing files")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        if not args.checkpoint.is_file():
+            raise StreamsvError(f"{args.checkpoint}: not found")
+        stem = output_stem(args.out)
+        paths = {suffix: stem.with_name(stem.name + suffix) for suffix in (*VARIANT_SUFFIXES.values(), POOL_SUFFIX)}
+        existing = [str(p) for p in paths.values() if p.exists()]
+        if existing and not args.force:
+            raise StreamsvError(f"{', '.join(existing)} exist (pass --force to overwrite)")
+        try:
+            model, fingerprint, backend, meta = read_checkpoint(args.checkpoint)
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint (pickle refused, truncated) is the user's file
+            raise StreamsvError(f"{args.checkpoint}: cannot read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        files = export(model, fingerprint, backend, meta)
+        for suffix in (POOL_SUFFIX, VARIANT_SUFFIXES["int8"], VARIANT_SUFFIXES["fp32"]):
+            write_atomic(paths[suffix], files[suffix], force=True)
+    except StreamsvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for suffix, path in paths.items():
+        print(f"wrote {path} ({len(files[suffix]) / 1e6:.2f} MB)")
+    print(f"fingerprint {fingerprint} (int8: {fingerprint}-int8)")
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def embedder_from(path: str | Path, variant: str = "fp32") -> Embedder:
+    """An Embedder for any student file, for tools (eval, benchmarks): a step graph (.onnx; the
+    variant picks its .int8.onnx sibling) is loaded as the daemon loads it; a training checkpoint
+    (.pt) or format-1 .npz is exported in memory first, with the same checks as the CLI."""
+    from streamsv.embedder import load_embedder, model_paths
+
+    path = Path(path)
+    if variant not in VARIANT_SUFFIXES:
+        raise StreamsvError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANT_SUFFIXES)}")
+    if path.suffix == ".onnx":
+        stem = path.with_name(path.name.split(".")[0])
+        return load_embedder(stem.with_name(stem.name + VARIANT_SUFFIXES[variant]))
+    files = export(*read_checkpoint(path))
+    return Embedder.from_onnx(files[VARIANT_SUFFIXES[variant]], files[POOL_SUFFIX])

@@ -21,7 +21,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 import datasets  # noqa: E402
-from streamsv.embedder import load_embedder  # noqa: E402
 from streamsv.features import SAMPLE_RATE  # noqa: E402
 from train import load_waves, save_checkpoint  # noqa: E402
 
@@ -79,14 +78,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    embedder = load_embedder(args.checkpoint)
-    embedder.backend = None  # fit on the network's own embeddings
+    from export_weights import export, read_checkpoint
+    from streamsv.embedder import Embedder
+
+    model, fingerprint, _, _ = read_checkpoint(args.checkpoint)
+    files = export(model, fingerprint, None, {})  # no backend: fit on the network's own embeddings
+    embedder = Embedder.from_onnx(files[".onnx"], files[".pool.onnx"])
     vectors, labels = training_embeddings(embedder)
     backend = fit_backend(vectors, labels, args.shrink)
     payload = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     meta = dict(payload["meta"], backend={"kind": "centre + WCCN", "shrink": args.shrink,
                                           "fitted_on": f"{len(vectors)} clips of {len(set(labels))} training speakers"})
-    save_checkpoint(args.out, embedder.to_torch(), meta, backend)
+    save_checkpoint(args.out, model, meta, backend)
     print(f"wrote {args.out}: backend fitted on {len(vectors)} clips, {len(set(labels))} speakers")
 
 

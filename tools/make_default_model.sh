@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the shipped weights (streamsv/weights/student.npz) from ../shared/data, on the CPU.
+# Reproduce the shipped model (streamsv/weights/student.onnx, .int8.onnx, .pool.onnx) from ../shared/data, on the CPU.
 # Needs the training extra: bash tools/install-train-deps.sh
 # 80 minutes of training here (2000 steps, 1 torch thread, beside a second training run), plus
 # ~12 minutes the first time for decoding the audio and caching the teacher's targets under cache/.
@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 run="${RUN:-runs/mixer}"
 python3 tools/train.py --out "$run" --steps 2000 --threads 1 ${RESUME:+--resume}
-python3 tools/export_weights.py "$run/student.pt" streamsv/weights/student.npz
+python3 tools/export_weights.py "$run/student.pt" streamsv/weights/ --force
 # Optional, measured but not shipped (README, Evaluation): a centring + WCCN scoring backend.
 #   python3 tools/fit_backend.py "$run/student.pt" --out "$run/student+backend.pt"
-python3 tools/eval.py --student "shipped=streamsv/weights/student.npz" --systems student,teacher,mfcc \
+python3 tools/eval.py --student "shipped=streamsv/weights/student.onnx" --systems student,teacher,mfcc \
     --sets speechocean-dev,asc-test --conditions clean --durations full

@@ -1,4 +1,10 @@
-"""The runtime encoder: the trained SV-Mixer student in numpy, one streaming step per push.
+"""FROZEN BASELINE, not the daemon: the numpy runtime streamsv ran before ONNX Runtime (issue 11),
+kept only so that `streamsv bench --variant numpy-baseline` measures it beside the ONNX graphs in
+one run. It is not imported by the package at run time, not maintained, and runs only the weights
+beside it (baseline/student.npz, format 1). Delete it with that file once the comparison has
+served. Below, its original description.
+
+The runtime encoder: the trained SV-Mixer student in numpy, one streaming step per push.
 
 The function of ``streamsv.model.SpeakerEncoder`` (tests hold the two to cosine >= 0.9999), with
 the work of a streaming step rearranged for a small CPU:
@@ -348,3 +354,40 @@ class Encoder:
         var = (weights * np.square(features)).sum(axis=0) - np.square(mean)
         stats = np.concatenate([mean, np.sqrt(np.maximum(var, np.float32(STATS_VAR_FLOOR)))])
         return self.proj(layer_norm(stats, *self.stats_norm))
+
+
+# ---------------------------------------------------------------- adapter to streamsv.embedder (bench only)
+
+BASELINE_WEIGHTS = __import__("pathlib").Path(__file__).with_name("student.npz")
+
+
+class BaselineEncoder:
+    """This runtime behind streamsv.embedder's encoder interface (new_state, encode, embed_window)."""
+
+    def __init__(self, path=BASELINE_WEIGHTS):
+        import json
+
+        with np.load(path, allow_pickle=False) as data:
+            self.config = json.loads(str(data["config"]))
+            self.fingerprint = str(data["fingerprint"])
+            arrays = {k[len("model."):]: data[k] for k in data.files if k.startswith("model.")}
+        self.encoder = Encoder(arrays, self.config)
+        self.num_parameters = sum(v.size for k, v in arrays.items() if k not in ("stem.mel_mean", "stem.mel_std"))
+
+    def new_state(self) -> EncoderState:
+        return self.encoder.new_state()
+
+    def encode(self, mel: np.ndarray, state: EncoderState) -> tuple[np.ndarray, np.ndarray]:
+        return self.encoder.encode(mel, state)
+
+    def embed_window(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        raw = self.encoder.pool(features, logits)
+        return (raw / max(float(np.linalg.norm(raw)), 1e-12)).astype(np.float32)
+
+
+def load_baseline():
+    """The frozen numpy runtime as a streamsv Embedder (same public API, same pipeline)."""
+    from streamsv.embedder import Embedder
+
+    enc = BaselineEncoder()
+    return Embedder(enc, enc.fingerprint, enc.config, {"parameters": enc.num_parameters, "variant": "numpy-baseline"})
