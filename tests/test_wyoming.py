@@ -88,7 +88,7 @@ def setup(tmp_path_factory):
     def profiles() -> dict:
         return {n: p.centroid for n, p in store.load_all(emb.fingerprint, emb.dim).items()}
 
-    return {"emb": emb, "cfg": Config(), "profiles": profiles, "commands": commands}
+    return {"emb": emb, "cfg": Config(), "profiles": profiles, "commands": commands, "store_dir": store.dir}
 
 
 def pcm16(wave: np.ndarray) -> bytes:
@@ -221,3 +221,47 @@ def test_unreachable_asr_is_an_error_event(setup):
 def test_bad_arguments_are_one_line_errors(untrained_cli, capsys, args, message):
     code, out, err = run_cli(capsys, "wyoming", *args)
     assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_wyoming_command_serves_and_stops_on_sigterm(setup, tmp_path):
+    """`streamsv wyoming` as a real process: a request through it, then SIGTERM ends it cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    profiles = setup["store_dir"]
+
+    async def scenario():
+        asr_port, proxy_port = free_port(), free_port()
+        asr = AsyncServer.from_uri(f"tcp://127.0.0.1:{asr_port}")
+        await asr.start(FixedAsr)
+        env = dict(os.environ, HOME=str(tmp_path))
+        env.pop("STREAMSV_CONFIG", None)
+        proc = subprocess.Popen([sys.executable, "-m", "streamsv.cli", "wyoming", "--uri",
+                                 f"tcp://127.0.0.1:{proxy_port}", "--asr-uri", f"tcp://127.0.0.1:{asr_port}",
+                                 "--profiles-dir", str(profiles)], stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            deadline = time.monotonic() + TIMEOUT_S
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", proxy_port), timeout=0.2).close()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+            reply, _ = await ask(proxy_port, setup["commands"]["bob"])
+            proc.send_signal(signal.SIGTERM)
+            began = time.monotonic()
+            code = await asyncio.to_thread(proc.wait, 10)
+            return reply, code, time.monotonic() - began, proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stderr.close()
+            await asr.stop()
+
+    reply, code, stop_s, err = asyncio.run(scenario())
+    assert Transcript.from_event(reply).text == f"[bob] {ASR_TEXT}"
+    assert code == 0 and stop_s < 2.0 and "Traceback" not in err
