@@ -258,14 +258,15 @@ class MqttSink:
         client.reconnect_delay_set(BACKOFF_START_S, BACKOFF_MAX_S)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
         self._client = client
+        log.info("mqtt: publishing room %r to %s:%d%s", self.room, self.broker.host, self.broker.port,
+                 " (TLS)" if self.tls else "")
         client.connect_async(self.broker.host, self.broker.port, KEEPALIVE_S)
         client.loop_start()
         self._pump_thread = threading.Thread(target=self._pump, name="streamsv-mqtt", daemon=True)
         self._pump_thread.start()
-        log.info("mqtt: publishing room %r to %s:%d%s", self.room, self.broker.host, self.broker.port,
-                 " (TLS)" if self.tls else "")
         return self
 
     def close(self, timeout: float = CLOSE_FLUSH_S) -> None:
@@ -377,6 +378,12 @@ class MqttSink:
             self.connects += 1
             self._cond.notify_all()
         log.info("mqtt: connected to %s:%d", self.broker.host, self.broker.port)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        if self._refusal != "unreachable":                # once, not at every retry
+            self._refusal = "unreachable"
+            log.warning("mqtt: cannot reach the broker at %s:%d; retrying with backoff (up to %g s apart)",
+                        self.broker.host, self.broker.port, BACKOFF_MAX_S)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
         with self._cond:
