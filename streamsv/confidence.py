@@ -37,7 +37,7 @@ MAX_MODELS = 64
 SHARED_MODE = 0o644                    # the shipped calibration: readable by a service user
 MIN_SECONDS = 0.5                      # shorter windows are treated as this long (ln(0) is undefined)
 N_COEF = 4
-L2 = 1e-3                              # keeps the fit finite on separable data
+L2 = 1e-6                              # keeps the fit finite on separable data (the loss is weight-normalised)
 NEWTON_STEPS = 50
 P_EPS = 1e-6                           # confidences are clipped to [P_EPS, 1 - P_EPS] before inverting
 

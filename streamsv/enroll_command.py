@@ -81,9 +81,13 @@ def collect(chunks: Iterator[tuple[np.ndarray, float]], vad_cfg, seconds: float,
             peak = float(np.abs(chunk).max())
             clip_chunks = clip_chunks + 1 if peak >= enrollment.CLIP_LEVEL else max(0, clip_chunks - 1)
         for ev in seg.process(chunk, captured):
-            if isinstance(ev, SpeechAudio) and ev.voiced:
-                voiced.append(ev.audio)
-                progress.voiced_s += len(ev.audio) / SAMPLE_RATE
+            if not isinstance(ev, SpeechAudio):
+                continue
+            # The VAD's segment audio, padding and short pauses included: what vad.voiced() gives
+            # for a file, so the two sources count speech seconds the same way.
+            voiced.append(ev.audio)
+            progress.voiced_s += len(ev.audio) / SAMPLE_RATE
+            if ev.voiced:
                 last_voice = clock()
                 rms = float(np.sqrt(np.mean(ev.audio ** 2)) + 1e-12)
                 quiet_frames = quiet_frames + 1 if 20 * np.log10(rms) < enrollment.QUIET_DBFS else 0

@@ -17,6 +17,7 @@ The verdict is ``good``, ``usable`` (kept, with the reasons it is not good) or `
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -152,8 +153,9 @@ def judge(q: Quality, consistency_mean: float | None = None, min_speech_s: float
         return Verdict(REFUSED, [f"badly clipped ({q.clipped:.1%} of samples at full scale); lower the input gain"])
     if q.snr_db is not None and q.snr_db < SNR_REFUSE_DB:
         return Verdict(REFUSED, [f"the voice barely rises above the background (SNR {q.snr_db:.0f} dB); find a quieter place"])
-    if total < min_speech_s:
-        return Verdict(REFUSED, [f"too short: {total:.1f} s of speech (need at least {min_speech_s:g} s, "
+    if q.voiced_s < min_speech_s:                       # this recording alone, --append or not
+        shown_s = math.floor(q.voiced_s * 10) / 10      # 2.96 s must not read as "3.0 s, need 3"
+        return Verdict(REFUSED, [f"too short: {shown_s:.1f} s of speech (need at least {min_speech_s:g} s, "
                                  f"{GOOD_SPEECH_S:g} s for a good profile)"])
     reasons = []
     if total < GOOD_SPEECH_S:
