@@ -251,6 +251,19 @@ def test_ratio_summary_worst_case_mean_and_cells_without_a_ratio():
     assert "worst 3.00 (s1 pitch full), mean 1.75 over 2 cells" in line and "s2 clean full at 1.50%" in line
 
 
+def test_run_prepares_each_clip_once_per_cell_for_all_systems(monkeypatch, tmp_path):
+    utts = [datasets.Utterance(f"s/{i % 2}", tmp_path / f"{i % 2}" / f"{i}.opus", "s") for i in range(8)]
+    calls = []
+    monkeypatch.setattr(datasets, "dev_set", lambda name: utts)
+    monkeypatch.setattr(datasets, "data_root", lambda required=True: tmp_path)
+    monkeypatch.setattr(datasets, "read_audio", lambda path: np.full(1600, 0.01 * int(path.stem), np.float32))
+    monkeypatch.setattr(ev, "prepare", lambda wave, key, c, d, noise: calls.append(key) or wave)
+    rng = np.random.default_rng(0)
+    fake = [ev.System(name, None, _embed_many=lambda waves: rng.standard_normal((len(waves), 4))) for name in ("a", "b")]
+    rows = ev.run(fake, ["x"], ["clean", "far"], ["full"], use_cache=False, log=lambda *a: None)
+    assert len(rows) == 4 and len(calls) == 2 * len(utts)  # two cells, each clip prepared once per cell
+
+
 # ------------------------------------------------------------ real data
 
 

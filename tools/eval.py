@@ -319,16 +319,27 @@ def znorm(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- running
 
 
-def embeddings(system: System, set_name: str, condition: str, duration: str, utts, noise, use_cache: bool) -> np.ndarray:
+def _clip_keys(utts) -> list[str]:
+    return [str(u.path.relative_to(datasets.data_root())) for u in utts]
+
+
+def prepared_waves(utts, condition: str, duration: str, noise) -> list[np.ndarray]:
+    return [prepare(datasets.read_audio(u.path), k, condition, duration, noise) for u, k in zip(utts, _clip_keys(utts))]
+
+
+def embeddings(system: System, set_name: str, condition: str, duration: str, utts, noise, use_cache: bool,
+               waves_for=None) -> np.ndarray:
+    """`waves_for()`, when given, returns the prepared audio (shared by the systems of one cell,
+    so a degradation is computed once per cell, and only if some system is not cached)."""
     cond = condition if condition == "clean" else f"{condition}-{DEGRADE_VERSION}"
     path = CACHE_DIR / f"{system.cache_id}__{set_name}__{cond}__{duration}.npz"
-    keys = [str(u.path.relative_to(datasets.data_root())) for u in utts]
+    keys = _clip_keys(utts)
     use_cache = use_cache and system.cache_id is not None
     if use_cache and path.is_file():
         with np.load(path) as z:
             if list(z["keys"]) == keys:
                 return z["emb"]
-    waves = [prepare(datasets.read_audio(u.path), k, condition, duration, noise) for u, k in zip(utts, keys)]
+    waves = waves_for() if waves_for is not None else prepared_waves(utts, condition, duration, noise)
     emb = system.embed_many(waves).astype(np.float32)
     if not use_cache:
         return emb
@@ -361,9 +372,16 @@ def run(systems: list[System], sets, conditions, durations, use_cache: bool = Tr
         utts = datasets.dev_set(set_name)
         for condition in conditions:
             for duration in durations:
+                memo: list[list[np.ndarray]] = []
+
+                def waves_for(condition=condition, duration=duration, memo=memo):
+                    if not memo:
+                        memo.append(prepared_waves(utts, condition, duration, noise))
+                    return memo[0]
+
                 for system in systems:
                     started = time.perf_counter()
-                    emb = embeddings(system, set_name, condition, duration, utts, noise, use_cache)
+                    emb = embeddings(system, set_name, condition, duration, utts, noise, use_cache, waves_for)
                     row = {"system": system.label, "params": system.num_parameters, "macs_per_s": system.macs_per_second,
                            "set": set_name, "condition": condition, "duration": duration, **score_set(system, emb, utts)}
                     rows.append(row)
