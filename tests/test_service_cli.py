@@ -133,6 +133,7 @@ def test_listen_service_flag_without_socket_stops_on_sigint(home, tiny_model, sp
     proc = subprocess.Popen(listen_cmd(home, tiny_model, speechlike, "--service", "--json"), env=home["env"],
                             cwd=home["tmp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with killed_on_failure(proc):
+        assert json.loads(proc.stdout.readline())["event"] == "ready"  # at once, before any audio
         first = proc.stdout.readline()                                # the first 1 s stats event
         assert json.loads(first)["event"] in ("stats", "speech_start", "decision", "speech_end")
         out, err = stop_cleanly(proc, signal.SIGINT)
