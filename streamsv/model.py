@@ -17,7 +17,6 @@ start of an utterance, so offline and streaming share one code path. Shapes are
 """
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
@@ -92,14 +91,6 @@ class GroupLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         chunks = x.chunk(len(self.parts), dim=-1)
         return torch.cat([part(chunk) for part, chunk in zip(self.parts, chunks)], dim=-1)
-
-    def as_dense(self) -> nn.Linear:
-        """The same function as one block-diagonal Linear."""
-        dense = nn.Linear(sum(p.in_features for p in self.parts), sum(p.out_features for p in self.parts))
-        with torch.no_grad():
-            dense.weight.copy_(torch.block_diag(*(p.weight for p in self.parts)))
-            dense.bias.copy_(torch.cat([p.bias for p in self.parts]))
-        return dense
 
 
 class CausalDepthwiseConv(nn.Module):
@@ -316,18 +307,6 @@ class SpeakerEncoder(nn.Module):
         """Offline: (B, T, n_mels) -> un-normalised embeddings (B, embedding_dim)."""
         features, logits, _ = self.encode(mel)
         return self.head.pool(features, logits)
-
-
-def fuse_for_inference(model: SpeakerEncoder) -> SpeakerEncoder:
-    """A copy in eval mode where each GroupLinear is one block-diagonal Linear: the same
-    function, but one matmul instead of ``groups`` small ones, since a streaming step is
-    bound by per-op overhead rather than arithmetic. Count parameters and MACs on the original."""
-    fused = copy.deepcopy(model).eval()
-    for module in list(fused.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, GroupLinear):
-                setattr(module, name, child.as_dense())
-    return fused
 
 
 def count_parameters(model: nn.Module) -> int:
