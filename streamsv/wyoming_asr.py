@@ -400,6 +400,10 @@ def make_handler_class():
                     if Transcript.is_type(event.type):
                         transcript = Transcript.from_event(event)
                         break
+                    if Error.is_type(event.type):        # the ASR's own error goes to the client as it is
+                        await self._close_upstream()
+                        await self.write_event(event)
+                        return True
             except (OSError, asyncio.TimeoutError) as exc:
                 log.warning("wyoming: the ASR did not answer: %s", exc)
             await self._close_upstream()

@@ -213,6 +213,32 @@ def test_unreachable_asr_is_an_error_event(setup):
     assert Error.is_type(reply.type) and reply.data["code"] == "asr-unreachable"
 
 
+class FailingAsr(FixedAsr):
+    async def handle_event(self, event) -> bool:
+        if AudioStop.is_type(event.type):
+            await self.write_event(Error(text="model not loaded", code="asr-broken").event())
+            return True
+        return await super().handle_event(event)
+
+
+def test_an_asr_error_reaches_the_client(setup):
+    async def scenario():
+        asr_port, proxy_port = free_port(), free_port()
+        asr = AsyncServer.from_uri(f"tcp://127.0.0.1:{asr_port}")
+        await asr.start(FailingAsr)
+        proxy = Proxy(ProxySettings(f"tcp://127.0.0.1:{proxy_port}", f"tcp://127.0.0.1:{asr_port}"),
+                      setup["cfg"], setup["emb"], setup["profiles"])
+        server = await start_proxy(proxy)
+        try:
+            return await ask(proxy_port, setup["commands"]["ada"][:SR])
+        finally:
+            await server.stop()
+            await asr.stop()
+
+    reply, _ = asyncio.run(scenario())
+    assert Error.is_type(reply.type) and reply.data == {"text": "model not loaded", "code": "asr-broken"}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--asr-uri", "http://asr:10300"], "--asr-uri: expected tcp://HOST:PORT"),
     (["--asr-uri", "tcp://asr:10300", "--uri", "tcp://0.0.0.0"], "--uri: expected tcp://HOST:PORT"),
