@@ -413,8 +413,10 @@ def make_handler_class():
             self.proxy.requests += 1
             reply = tagged_transcript(transcript.text, transcript.context, transcript.language, verdict,
                                       self.proxy.settings)
-            log.info("wyoming: %s (score %s, %.1f s of speech): %r", verdict.name or UNKNOWN_TAG,
-                     verdict.score, verdict.speech_s, reply.text)
+            # What people say stays out of the log unless asked for (debug): it is theirs.
+            log.info("wyoming: %s (score %s, %.1f s of speech)", verdict.name or UNKNOWN_TAG, verdict.score,
+                     verdict.speech_s)
+            log.debug("wyoming: transcript %r", reply.text)
             await self.write_event(reply.event())
             return True
 
