@@ -47,10 +47,13 @@ class _QuietPipeGroup(typer.core.TyperGroup):
             _silence_stdout()
             raise typer.Exit(0) from None
         except OSError as e:
-            if not _stdout_failed():
-                raise
+            # Never a traceback: an OSError that escaped a command is one line. Without a file
+            # name it came from writing stdout (a full disk, /dev/full, a dead terminal).
+            stdout_failed = e.filename is None or _stdout_failed()
             _silence_stdout()
-            raise StreamsvError(f"cannot write the output: {os_reason(e)}") from None
+            if stdout_failed:
+                raise StreamsvError(f"cannot write the output: {os_reason(e)}") from None
+            raise StreamsvError(f"{shown(e.filename)}: {os_reason(e)}") from None
 
 
 def _stdout_failed() -> bool:
