@@ -352,13 +352,14 @@ def main() -> None:
     model = Distiller(cfg, sampler.n_speakers, recipe)
     model.student.stem.mel_mean, model.student.stem.mel_std = mel_mean, mel_std
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    step, elapsed = 0, 0.0
+    step, elapsed, cpu_before = 0, 0.0, 0.0
     last = args.out / "last.pt"
     if args.resume and last.exists():
         state = torch.load(last, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed"]
+        cpu_before = float(state.get("cpu_seconds", 0.0))  # CPU seconds of the training loop so far
         sampler.rng = np.random.default_rng([recipe.seed, step])  # a fresh, still seeded stream
         torch.manual_seed(recipe.seed + step)
         print(f"resumed at step {step}")
@@ -367,6 +368,7 @@ def main() -> None:
     log = open(args.out / "log.jsonl", "a")
     window: list[tuple[float, float]] = []
     t0 = time.time() - elapsed
+    cpu0, session_t0, session_step0 = time.process_time(), time.time(), step
     model.train()
     while step < recipe.steps:
         for group in optimizer.param_groups:
@@ -384,17 +386,20 @@ def main() -> None:
         if step % 20 == 0 or step == recipe.steps:
             d, a = np.mean(window, axis=0)
             window.clear()
-            spent = time.time() - t0
-            eta = spent / step * (recipe.steps - step)
+            spent, cpu = time.time() - t0, cpu_before + time.process_time() - cpu0
+            eta = (time.time() - session_t0) / (step - session_step0) * (recipe.steps - step)  # this sitting's pace
             print(f"step {step}/{recipe.steps}  distill {d:.3f}  aam {a:.2f}  lr {learning_rate(step, recipe):.2e}  "
-                  f"{spent / 60:.1f} min, eta {eta / 60:.1f} min", flush=True)
-            log.write(json.dumps({"step": step, "distill": d, "aam": a, "minutes": spent / 60}) + "\n")
+                  f"{spent / 60:.1f} min, cpu {cpu / 60:.1f} min, eta {eta / 60:.1f} min", flush=True)
+            log.write(json.dumps({"step": step, "distill": d, "aam": a, "minutes": spent / 60, "cpu_minutes": cpu / 60}) + "\n")
             log.flush()
         if step % args.checkpoint_every == 0 or step == recipe.steps:
+            cpu = cpu_before + time.process_time() - cpu0
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                        "elapsed": time.time() - t0}, last)
+                        "elapsed": time.time() - t0, "cpu_seconds": cpu}, last.with_suffix(".tmp"))
+            last.with_suffix(".tmp").replace(last)
             save_checkpoint(args.out / "student.pt", model.student, {
                 "recipe": asdict(recipe), "arch": args.arch, "step": step, "train_minutes": (time.time() - t0) / 60,
+                "train_cpu_minutes": cpu / 60,
                 "teacher": "resemblyzer 0.1.4 VoiceEncoder", "speakers": sampler.n_speakers})
     print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min -> {args.out / 'student.pt'}")
 
