@@ -663,3 +663,77 @@ def test_real_pipeline_ready_reload_and_sigterm(notify_socket, tmp_path):
     assert events[-1]["event"] == "stats" and events[-1]["final"] is True
     assert 0 < events[-1]["audio_s"] < 30  # stopped mid-file, not at its end
     assert notify_socket.recv_all()[-1] == b"STOPPING=1\nSTATUS=stopped"
+
+
+# --------------------------------------------------------------------------- issue 14: status, reload, watchdog
+
+
+class QuietPipeline(PacedPipeline):
+    """Audio flows but no event comes for a long time (no stats yet, as in the first 10 s)."""
+
+    def run(self, stop):
+        self.runs += 1
+        while not stop.is_set():
+            stop.wait(self.chunk_s)
+            self.chunks_in += 1
+            self.on_audio(CHUNK)
+            if self.reload_wanted:
+                self.reload_wanted = False
+                stop.wait(self.apply_delay_s)       # the pipeline is busy: the reload lands late
+                self.applied_at = time.monotonic()
+                yield {"event": "profiles_reloaded", "profiles": ["alice"], "count": 1}
+        yield self.stats_event(final=True)
+
+    apply_delay_s = 0.0
+    applied_at: float | None = None
+
+
+def test_status_stays_listening_after_ready(notify_socket):
+    runner = ServiceRunner(QuietPipeline(), lambda e: None, notifier=Notifier(notify_socket.env), watchdog_s=None)
+    t, _ = run_in_thread(runner)
+    notify_socket.wait_for(b"READY=1")
+    notify_socket.collect_for(service.STATUS_MIN_INTERVAL_S + 1.0)   # once fell back to "starting" after 2 s
+    runner.request_stop()
+    t.join(5)
+    got = notify_socket.recv_all()
+    after_ready = got[got.index(b"READY=1\nSTATUS=listening") + 1:]
+    assert not any(d.startswith(b"STATUS=starting") for d in after_ready), got
+
+
+def test_ready_after_a_reload_only_once_it_is_applied(notify_socket):
+    pipe = QuietPipeline()
+    pipe.apply_delay_s = 0.6
+    runner = ServiceRunner(pipe, lambda e: None, notifier=Notifier(notify_socket.env), watchdog_s=None)
+    t, _ = run_in_thread(runner)
+    notify_socket.wait_for(b"READY=1")
+    runner.request_reload()
+    notify_socket.wait_for(b"READY=1\nSTATUS=listening (reloaded)", timeout=5)
+    runner.request_stop()
+    t.join(5)
+    stamped = notify_socket.received
+    reloading_at = next(ts for ts, d in stamped if d.startswith(b"RELOADING=1"))
+    ready_at = next(ts for ts, d in stamped if d.startswith(b"READY=1\nSTATUS=listening (reloaded)"))
+    assert pipe.applied_at is not None and reloading_at < pipe.applied_at <= ready_at
+
+
+def test_a_one_microsecond_watchdog_does_not_busy_loop(notify_socket):
+    ticks = []
+
+    def counting_clock() -> float:            # the monitor loop reads the clock once per turn
+        ticks.append(1)
+        return time.monotonic()
+
+    pipe = QuietPipeline()
+    runner = ServiceRunner(pipe, lambda e: None, notifier=Notifier(notify_socket.env), watchdog_s=1e-6,
+                           clock=counting_clock)
+    t, _ = run_in_thread(runner)
+    notify_socket.wait_for(b"READY=1")
+    ticks.clear()
+    chunks0 = pipe.chunks_in
+    notify_socket.collect_for(1.0)
+    turns = len(ticks) - (pipe.chunks_in - chunks0)          # minus the heartbeats' clock reads
+    runner.request_stop()
+    t.join(5)
+    pings = sum(1 for d in notify_socket.recv_all() if d == b"WATCHDOG=1")
+    assert turns <= 1.5 / service.MIN_TICK_S, turns           # was thousands of turns a second
+    assert pings <= 1.5 / service.MIN_TICK_S
