@@ -32,6 +32,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -722,6 +723,15 @@ def install_unit(path: str | os.PathLike = UNIT_PATH, print_only: bool = False, 
     target = Path(path)
     if not target.parent.is_dir():
         raise StreamsvError(f"service: {target.parent}: no such folder (is systemd installed?)")
+    try:
+        existing = os.lstat(target)
+    except FileNotFoundError:
+        existing = None
+    except OSError as exc:
+        raise StreamsvError(f"service: {target}: {exc.strerror or exc}") from None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        # The temp-and-rename write would replace a device node, FIFO or symlink with a file.
+        raise StreamsvError(f"service: {target}: exists and is not a regular file; refusing to replace it")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=str(target.parent))
         try:

@@ -41,8 +41,9 @@ def _to_mono_float32(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
-def _check_file(p: Path) -> None:
-    """Problems worth naming before libsndfile reports them less clearly."""
+def _check_file(p: Path, regular_only: bool = False) -> None:
+    """Problems worth naming before libsndfile reports them less clearly. ``regular_only``: whole-file
+    commands refuse a FIFO or device (opening a FIFO with no writer would wait forever)."""
     try:
         st = os.stat(p)
     except FileNotFoundError:
@@ -53,6 +54,9 @@ def _check_file(p: Path) -> None:
         raise StreamsvError(f"{shown(p)}: invalid path (contains a NUL byte)") from None
     if stat.S_ISDIR(st.st_mode):
         raise StreamsvError(f"{shown(p)}: is a directory, expected an audio file")
+    if regular_only and not stat.S_ISREG(st.st_mode):
+        raise StreamsvError(f"{shown(p)}: not a regular file (a FIFO or device); "
+                            f"stream it with listen --source instead")
     if not os.access(p, os.R_OK):
         raise StreamsvError(f"{shown(p)}: permission denied")
     if stat.S_ISREG(st.st_mode) and st.st_size == 0:
@@ -66,11 +70,11 @@ def _read_error(p: Path, e: BaseException) -> StreamsvError:
     return StreamsvError(f"{p}: cannot read audio ({msg[:1].lower() + msg[1:]})")
 
 
-def _open_audio(p: Path):
+def _open_audio(p: Path, regular_only: bool = False):
     """An open soundfile.SoundFile with at least one sample, or a one-line StreamsvError."""
     import soundfile as sf
 
-    _check_file(p)
+    _check_file(p, regular_only)
     try:
         f = sf.SoundFile(str(p))
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
@@ -116,7 +120,7 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
     non-finite samples) becomes a one-line StreamsvError naming the file.
     """
     p = Path(path)
-    with _open_audio(p) as f:
+    with _open_audio(p, regular_only=True) as f:
         rate = int(f.samplerate)
         if f.frames > MAX_FILE_S * rate:
             raise StreamsvError(f"{p}: too long ({f.frames / rate / 60:.0f} min; whole-file commands take up to "

@@ -124,6 +124,15 @@ def test_export_never_replaces_what_is_not_a_regular_file(capsys, tmp_path, enro
         assert target.read_text() == "keep me"
 
 
+def test_service_install_never_replaces_a_device_or_symlink(capsys, tmp_path):
+    link = tmp_path / "streamsv.service"
+    link.symlink_to(tmp_path / "elsewhere")
+    for dest in ("/dev/full", str(link)):
+        refused(run(capsys, "service", "install", "--path", dest, "--executable", "/usr/bin/streamsv"),
+                "not a regular file")
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode) and link.is_symlink()
+
+
 # --------------------------------------------------------------------------- 2. one bad profile
 
 
@@ -283,6 +292,20 @@ def test_config_and_import_from_devices_and_fifos_are_refused_without_blocking(c
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
         assert "not a regular file" in proc.stderr
+
+
+def test_whole_file_commands_refuse_a_fifo_instead_of_waiting_forever(tmp_path):
+    pipe = str(fifo(tmp_path / "voice.wav"))
+    cal = tmp_path / "cal"
+    for spk in ("s1", "s2"):
+        (cal / spk).mkdir(parents=True)
+        for i in range(4):
+            fifo(cal / spk / f"{i}.wav")
+    for args in (["verify", "alice", pipe], ["embed", pipe], ["enroll", "eve", "--from", pipe], ["calibrate", str(cal)]):
+        proc = _cli_subprocess([*args, "--profiles-dir", str(tmp_path / "p")] if args[0] in ("verify", "enroll")
+                               else args, timeout=120, env_extra={"HOME": str(tmp_path)})
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.splitlines()[-1].startswith("error: ") and "not a regular file" in proc.stderr, proc.stderr
 
 
 # --------------------------------------------------------------------------- 5. tracebacks
@@ -549,6 +572,11 @@ def test_no_stream_is_ever_left_with_raw_control_characters_from_a_path(capsys, 
 def test_readme_says_it_is_not_an_anti_spoofing_system():
     text = (REPO / "README.md").read_text()
     assert "not an anti-spoofing system" in text
+
+
+def test_bench_help_is_the_benchmark_s_own(capsys):
+    code, out, err = run(capsys, "bench", "--help")
+    assert code == 0 and "--audio" in out and "--no-teacher" in out, out + err
 
 
 def test_readme_setup_works_as_root_without_sudo_and_lists_the_test_packages():
