@@ -189,8 +189,10 @@ def test_listen_on_mic_stops_cleanly_with_final_stats(tmp_path, speech_clips):
     """
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    lines = [proc.stdout.readline()]           # blocks until the loop runs: a periodic stats line at least
-    assert lines[0], proc.stderr.read()
+    lines = [proc.stdout.readline()]           # the ready event, before any audio
+    assert lines[0] and json.loads(lines[0])["event"] == "ready", proc.stderr.read()
+    lines.append(proc.stdout.readline())       # blocks until the loop runs: a periodic stats line at least
+    assert lines[1], proc.stderr.read()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
