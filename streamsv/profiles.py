@@ -41,7 +41,6 @@ NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 MAX_PROFILE_BYTES = 16 << 20   # ~thousands of embeddings; anything bigger is not ours
-MAX_JSON_DEPTH = 16            # a profile nests 3 deep (object > embeddings > row)
 MAX_NUMBER_CHARS = 40          # a float32 written by json is ~20 characters
 MAX_DIM = 4096                 # embedding size; ours is 256
 MAX_MODEL_CHARS = 256
@@ -195,20 +194,6 @@ def new_profile(name: str, embeddings: list[np.ndarray] | np.ndarray, speech_s: 
 # --------------------------------------------------------------------------- parsing
 
 
-# A JSON string: quote, then runs of ordinary characters or escapes (unrolled: linear time).
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
-
-
-def json_depth(text: str) -> int:
-    """The deepest bracket nesting of JSON ``text``, counted without parsing (no recursion)."""
-    bare = np.frombuffer(_JSON_STRING.sub('""', text).encode("utf-8", "surrogatepass"), np.uint8)
-    if not bare.size:
-        return 0
-    step = np.isin(bare, _OPEN).astype(np.int64) - np.isin(bare, _CLOSE)
-    return int(np.cumsum(step).max(initial=0))
-
-
 def _bounded_int(text: str) -> int:
     if len(text) > MAX_NUMBER_CHARS:
         raise _Malformed(f"a number of {len(text)} digits")
@@ -226,18 +211,25 @@ def _no_constant(text: str) -> float:
 
 
 def parse_profile_json(raw: bytes, where: str) -> object:
-    """Parse the bytes of a profile file with every bound checked before the parser sees them."""
+    """Parse the (size-capped) bytes of a profile file with every other bound checked as it parses.
+
+    Numbers longer than MAX_NUMBER_CHARS and NaN/Infinity are refused by the parser's hooks. Deep
+    nesting is caught as RecursionError: CPython's C parser checks the recursion limit at every
+    level (measured: 200,000 '[' raise it cleanly, in the main thread and in others), which is
+    cheaper than scanning the bytes first (+94% load time for a 200-embedding profile, against
+    +29% for the number hooks).
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise StreamsvError(f"{where}: corrupt profile file (not UTF-8 JSON text)") from None
-    if json_depth(text) > MAX_JSON_DEPTH:
-        raise StreamsvError(f"{where}: malformed profile (JSON nested deeper than {MAX_JSON_DEPTH} levels)")
     try:
         return json.loads(text, parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_no_constant)
     except _Malformed as e:
         raise StreamsvError(f"{where}: malformed profile ({e})") from None
-    except (json.JSONDecodeError, RecursionError, ValueError) as e:
+    except RecursionError:
+        raise StreamsvError(f"{where}: malformed profile (JSON nested too deeply)") from None
+    except (json.JSONDecodeError, ValueError):
         raise StreamsvError(f"{where}: corrupt profile file (not valid JSON)") from None
 
 
