@@ -35,6 +35,7 @@ USER_FILE = ".confidence.json"          # in the profiles folder; the leading do
 MAX_FILE_BYTES = 1 << 20               # a calibration is ~300 bytes per model
 MAX_MODELS = 64
 SHARED_MODE = 0o644                    # the shipped calibration: readable by a service user
+UNSAFE_MODE_BITS = 0o022               # a user calibration writable by group or others is not used
 MIN_SECONDS = 0.5                      # shorter windows are treated as this long (ln(0) is undefined)
 N_COEF = 4
 L2 = 1e-6                              # keeps the fit finite on separable data (the loss is weight-normalised)
@@ -139,7 +140,16 @@ def format_reliability(rows: list[dict]) -> str:
 
 # --------------------------------------------------------------------------- storage
 
-def _read(path: Path) -> dict:
+def _check_trusted(st: os.stat_result, path: Path) -> None:
+    """A calibration moves accept decisions (``min_confidence``): like a profile, one that others
+    could have written is not used."""
+    if st.st_mode & UNSAFE_MODE_BITS:
+        raise StreamsvError(f"{path}: writable by group or others; refusing it (chmod go-w {path})")
+    if st.st_uid not in (os.getuid(), 0):
+        raise StreamsvError(f"{path}: owned by another user (uid {st.st_uid}); refusing it")
+
+
+def _read(path: Path, trusted_only: bool = False) -> dict:
     """The calibration file's models (empty when absent); bounded and strictly typed."""
     try:
         if not path.is_file():
@@ -147,6 +157,8 @@ def _read(path: Path) -> dict:
                 raise StreamsvError(f"{path}: not a regular file")
             return {}
         with open(path, "rb") as f:
+            if trusted_only:
+                _check_trusted(os.fstat(f.fileno()), path)
             raw = f.read(MAX_FILE_BYTES + 1)       # a bound even if the file grows after a stat
         if len(raw) > MAX_FILE_BYTES:
             raise StreamsvError(f"{path}: too large for a confidence calibration")
@@ -185,7 +197,7 @@ def load(fingerprint: str, profiles_dir: str | os.PathLike | None = None) -> Con
     candidates = ([Path(profiles_dir) / USER_FILE] if profiles_dir is not None else []) + [SHIPPED_PATH]
     for path in candidates:
         try:
-            models = _read(path)
+            models = _read(path, trusted_only=path != SHIPPED_PATH)
             if fingerprint in models:
                 return _parse(models[fingerprint], f"{path}: {fingerprint}")
         except StreamsvError as e:

@@ -86,6 +86,13 @@ def test_user_calibration_wins_and_a_damaged_one_falls_back(tmp_path, caplog):
         confidence.save(user, "fp-a", mine)
     confidence.save(user, "fp-b", mine)                        # other models' entries are kept
     assert set(json.loads(user.read_text())["models"]) == {"fp-a", "fp-b"}
+    user.write_text(json.dumps({"format": confidence.FORMAT, "version": 1, "models": {"fp-a": mine.to_json()}}))
+    user.chmod(0o666)                                          # anyone could have written it
+    with caplog.at_level(logging.WARNING):
+        assert confidence.load("fp-a", tmp_path) is None
+    assert "writable by group or others" in caplog.text
+    user.chmod(0o600)
+    assert confidence.load("fp-a", tmp_path) == mine
     for damage in ("{not json", json.dumps({"format": "other"}), "x" * (confidence.MAX_FILE_BYTES + 1),
                    json.dumps({"format": confidence.FORMAT, "version": 1, "models": {"fp-a": {"coef": [1, "x"]}}})):
         user.write_text(damage)
