@@ -220,10 +220,12 @@ def run_enroll(name: str, paths: list[Path], seconds: float, *, force: bool, app
     others = {n: p.centroid for n, p in store.load_all(emb.fingerprint, emb.dim).items() if n != name}
     similar = enrollment.collisions(new.centroid, others)
     if old is not None:
+        # The live accept threshold, not the collision bar: a few seconds of new speech against a
+        # long profile scores lower than two full enrollments of one voice do.
         own = float(np.dot(new.centroid, old.centroid))
-        if own < enrollment.COLLISION_THRESHOLD and not force:
+        if own < cfg.scoring.threshold and not force:
             _emit({**base, "verdict": "refused", "reasons": [f"does not sound like {name} ({own:.2f})"]}, json_out, say)
-            raise StreamsvError(f"this voice does not sound like {name} ({own:.2f} < {enrollment.COLLISION_THRESHOLD:.2f}); "
+            raise StreamsvError(f"this voice does not sound like {name} ({own:.2f} < threshold {cfg.scoring.threshold:.2f}); "
                                 f"nothing appended (use --force to append anyway)")
         profile = append_to_profile(old, new.embeddings, new.speech_s)
     else:
