@@ -48,9 +48,10 @@ CONSISTENCY_GOOD = 0.75
 CONSISTENCY_USABLE = 0.60
 
 # --- collisions: the new profile's centroid against each existing one. On the dev speakers
-# (two profiles of 5 utterances each per speaker, shipped model) the same speaker scored
-# 0.78-0.98 (speechocean762) and 0.75-0.93 (LibriSpeech); different speakers exceeded 0.70 in
-# 1.7% / 0% of pairs and the live threshold 0.56 in 6% / 2%, hence a bar of its own.
+# (two profiles per speaker from disjoint utterances, shipped model; `python
+# tools/enrollment_verdicts.py --collisions`) the same speaker scored at least 0.78
+# (speechocean762) and 0.75 (LibriSpeech); different speakers exceeded 0.70 in 1.3% / 0% of
+# pairs but the live threshold 0.56 in 6.0% / 1.1%, hence a bar of its own.
 COLLISION_THRESHOLD = 0.70
 
 # --- analysis frames

@@ -9,6 +9,8 @@ judges them: clean, with held-out ESC-10 noise at 10, 5 and 0 dB SNR, and with w
 10 and 5 dB. Noise clips alone
 (ESC-10 held-out and Speech Commands backgrounds) and synthetic tones are judged too. Prints
 the count of each verdict and the first reasons given.
+
+    python tools/enrollment_verdicts.py --collisions    # the collision bar's figures (loads the model)
 """
 from __future__ import annotations
 
@@ -82,7 +84,40 @@ def report(label: str, judged: list[tuple[enrollment.Verdict, enrollment.Quality
           f"{flat} | {mod} | {top} |")
 
 
+COLLISION_SETS = {"speechocean-dev": 5, "librispeech-test-other": 3}    # utterances per profile
+
+
+def collisions() -> None:
+    """``--collisions``: centroid-to-centroid cosines of two profiles per dev speaker, enrolled as
+    ``enroll --from`` does from disjoint utterances (the shipped model): where the bar goes."""
+    from streamsv import load_embedder
+    from streamsv.profiles import enroll
+
+    emb = load_embedder()
+    bar = enrollment.COLLISION_THRESHOLD
+    print(f"model {emb.fingerprint}; collision bar {bar:.2f}")
+    print("| set | speakers | same: min / median | different: max / p99 / median | "
+          f"different >= {bar:.2f} | different >= 0.56 |")
+    print("|---|---:|---|---|---:|---:|")
+    for name, n in COLLISION_SETS.items():
+        by_spk = collections.defaultdict(list)
+        for u in dev_set(name):
+            by_spk[u.speaker].append(u.path)
+        first, second = {}, {}
+        for spk, files in by_spk.items():
+            first[spk] = enroll(emb, "a", [read_audio(p) for p in files[:n]])[0].centroid
+            second[spk] = enroll(emb, "b", [read_audio(p) for p in files[n:2 * n]])[0].centroid
+        same = np.array([float(first[s] @ second[s]) for s in by_spk])
+        diff = np.array([float(first[s] @ second[t]) for s in by_spk for t in by_spk if s != t])
+        print(f"| {name} ({n} utterances per profile) | {len(by_spk)} | {same.min():.2f} / {np.median(same):.2f} | "
+              f"{diff.max():.2f} / {np.percentile(diff, 99):.2f} / {np.median(diff):.2f} | "
+              f"{np.mean(diff >= bar):.1%} | {np.mean(diff >= 0.56):.1%} |")
+
+
 def main() -> int:
+    if "--collisions" in sys.argv[1:]:
+        collisions()
+        return 0
     rng = np.random.default_rng(SEED)
     noises = [read_audio(p) for p in noise_files("heldout")[::4]]
     print("| enrollment | n | good | usable | refused | flatness | modulation dB | most common first reasons |")
