@@ -527,7 +527,20 @@ def run_bench(args) -> dict:
         figures = summarise(runs[name])
         figures.update(counted(name, system))
         result["systems"][name] = {"desc": desc, "figures": figures, "runs": runs[name]}
+    result["notes"].append(vad_cost_note(wave, result))
     return result
+
+
+def vad_cost_note(wave: np.ndarray, result: dict) -> str:
+    """Each VAD engine's process CPU per second of audio, beside the whole pipeline's (issue 10)."""
+    from .config import VadConfig
+    from .vad import ENGINES, cost_ms_per_s
+
+    costs = {engine: cost_ms_per_s(wave, VadConfig(engine=engine)) for engine in ENGINES}
+    result["vad_ms_per_s"] = costs
+    rtf = result["systems"].get(result["target_system"], {}).get("figures", {}).get("rtf")
+    whole = f"; the whole {result['target_system']} pipeline {1000 * rtf:.2f} ms" if rtf else ""
+    return "VAD CPU per s of audio: " + ", ".join(f"{e} {ms:.2f} ms" for e, ms in costs.items()) + whole
 
 
 def main(args: list[str] | None = None) -> int:

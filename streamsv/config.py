@@ -50,10 +50,24 @@ class AudioConfig:
 
 @dataclass(frozen=True)
 class VadConfig:
+    engine: str = "webrtc"  # "webrtc" (webrtcvad + noise-floor gate) or "silero" (silero-vad ONNX)
     aggressiveness: int = 2
     start_ms: int = 90
     hangover_ms: int = 300
     padding_ms: int = 150
+    snr_db: float = 6.0  # webrtc: a frame must stand this far above the running noise floor (0 = no gate)
+    silero_threshold: float = 0.5  # silero: speech probability that opens a frame
+
+
+@dataclass(frozen=True)
+class ChangeConfig:
+    """Speaker changes inside a segment (streamsv/change.py)."""
+
+    enabled: bool = True
+    threshold: float = 0.4  # a cosine of the recent audio to the segment so far below this is a change
+    recent_s: float = 1.0  # the recent audio compared with the segment before it
+    confirm_hops: int = 1  # hops in a row below the threshold before a change is called
+    min_reference_s: float = 1.0  # segment audio before the recent window needed to test at all
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,7 @@ class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     vad: VadConfig = field(default_factory=VadConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    change: ChangeConfig = field(default_factory=ChangeConfig)
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -292,6 +307,14 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "vad.start_ms": _int(0, 5000),
     "vad.hangover_ms": _int(0, 10000),
     "vad.padding_ms": _int(0, 5000),
+    "vad.engine": _choice(("webrtc", "silero")),
+    "vad.snr_db": _num(0.0, 60.0),
+    "vad.silero_threshold": _num(0.0, 1.0, lo_open=True),
+    "change.enabled": _bool,
+    "change.threshold": _num(-1.0, 1.0),
+    "change.recent_s": _num(0.2, 10.0),
+    "change.confirm_hops": _int(1, 20),
+    "change.min_reference_s": _num(0.0, 60.0),
     "scoring.threshold": _num(-1.0, 1.0),
     "scoring.min_margin": _num(0.0, 2.0),
     "scoring.min_speech_s": _num(0.0, 60.0),

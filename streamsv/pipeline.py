@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import confidence as confidence_mod
+from .change import ChangeDetector
 from .config import Config
 from .errors import StreamsvError
 from .scoring import Smoother, cosine_scores, decide, threshold_for, unit
@@ -36,6 +37,7 @@ log = logging.getLogger("streamsv.pipeline")
 ProfileLoader = Callable[[], dict[str, np.ndarray]]
 # Events a script reading ``listen --turns`` gets: the turn boundaries and who spoke, not every hop.
 TURN_EVENTS = ("ready", "speech_start", "speech_end", "profiles_reloaded")
+CHANGE_EVENT = "speaker_change"  # a change of voice found inside a segment (streamsv/change.py)
 
 
 def percentile(values, q: float) -> float | None:
@@ -58,6 +60,8 @@ class Pipeline:
         self.segmenter = Segmenter(cfg.vad)
         self.stream = embedder.stream(window_s=self.sc.window_s)
         self.smoother = Smoother(self.sc.smoothing_hops)
+        self.change = ChangeDetector(cfg.change)
+        self.changes = 0
         # Counters (read by the live view and a service layer).
         self.chunks_in = 0
         self.audio_s = 0.0
@@ -218,6 +222,9 @@ class Pipeline:
         self._seg_hops = 0
         self._seg_start = 0.0
         self._compute_mark = self.stream.compute_seconds
+        self.change.reset()
+        self._recent: deque[np.ndarray] = deque()  # the segment's last change.recent_s of audio
+        self._recent_n = 0
 
     def _process(self, vad_events) -> list[dict]:
         out: list[dict] = []
@@ -233,9 +240,13 @@ class Pipeline:
                 # overhead makes many 30 ms pushes several times dearer than one.
                 self._buf.append(ev.audio)
                 self._seg_audio_s += len(ev.audio) / SAMPLE_RATE
+                self._remember_recent(ev.audio)
                 if self._seg_audio_s + 1e-9 >= self._next_hop:
                     while self._next_hop <= self._seg_audio_s + 1e-9:
                         self._next_hop += self.sc.hop_s
+                    changed = self._change_test(ev)
+                    if changed is not None:
+                        out.append(changed)
                     d = self._hop(ev)
                     if d is not None:
                         out.append(d)
@@ -249,6 +260,43 @@ class Pipeline:
                 out.append(self._summary(ev))
         return out
 
+    def _remember_recent(self, audio: np.ndarray) -> None:
+        if not self.cfg.change.enabled:
+            return
+        self._recent.append(audio)
+        self._recent_n += len(audio)
+        keep = int(self.cfg.change.recent_s * SAMPLE_RATE)
+        while self._recent_n - len(self._recent[0]) >= keep:
+            self._recent_n -= len(self._recent.popleft())
+
+    def _change_test(self, ev: SpeechAudio) -> dict | None:
+        """At a hop: has the voice changed since the segment's window of ``recent_s`` ago? On a
+        change, restart the window and smoother on the audio since the change."""
+        if not self.change.ready(self._seg_audio_s):
+            return None
+        recent = np.concatenate(self._recent)[-int(self.cfg.change.recent_s * SAMPLE_RATE):]
+        began = time.perf_counter()
+        verdict = self.change.test(self._seg_audio_s, self.embedder.embed(recent))
+        self.stream.compute_seconds += time.perf_counter() - began  # the hop's model time includes the test
+        if verdict is None or not verdict.changed:
+            return None
+        self.changes += 1
+        since_change = recent[-int(verdict.lag_s * SAMPLE_RATE):]
+        at = ev.t_end - verdict.lag_s
+        # The new voice's turn: its own window, smoother and summary, from the change on.
+        self.stream.reset()
+        self.smoother.reset()
+        self._seg_embeddings = []
+        self._seg_hops = 0
+        self._seg_start = at
+        self._buf = [since_change]
+        self._seg_audio_s = len(since_change) / SAMPLE_RATE
+        self._next_hop = self._seg_audio_s + self.sc.hop_s
+        self.change.reset(0.0)
+        self._recent, self._recent_n = deque([since_change]), len(since_change)
+        return {"event": CHANGE_EVENT, "t": round(ev.t_end, 3), "at": round(at, 3),
+                "similarity": verdict.similarity}
+
     def _flush_buf(self) -> None:
         if self._buf:
             self.stream.push(np.concatenate(self._buf))
@@ -261,6 +309,7 @@ class Pipeline:
             return None
         self._seg_embeddings.append(emb)
         self._seg_hops += 1
+        self.change.remember(self._seg_audio_s, emb)
         raw = cosine_scores(emb, self.centroids)
         smoothed = self.smoother.push(raw)
         d = decide(smoothed, self.threshold_at(self.stream.seconds), self.sc.min_margin)
@@ -314,6 +363,7 @@ class Pipeline:
             "uptime_s": round(time.monotonic() - self._started, 3),
             "audio_s": round(self.audio_s, 3),
             "segments": self.segments,
+            "speaker_changes": self.changes,
             "decisions": self.decisions,
             "profiles": len(self.centroids),
             "latency_p50_ms": percentile(lat, 50),
@@ -339,8 +389,10 @@ class TurnFilter:
 
     def keep(self, ev: dict) -> dict | None:
         kind = ev.get("event")
-        if kind == "speech_start":
-            self._label = ()
+        if kind in ("speech_start", CHANGE_EVENT):
+            self._label = ()   # the next decision names the new voice
+        if kind == CHANGE_EVENT and "at" in ev:
+            return ev
         if kind in TURN_EVENTS or (kind == "stats" and ev.get("final")):
             return ev
         if kind == "decision" and ev.get("speaker") != self._label:

@@ -86,3 +86,93 @@ def test_voiced_helper_trims_silence(speech_clips):
 def test_bad_aggressiveness():
     with pytest.raises(ValueError):
         Segmenter(VadSettings(aggressiveness=4))
+
+
+# ------------------------------------------------------------ noise floor (issue 10)
+
+from streamsv.vad import NoiseFloor, Silero, WebrtcGated, frame_dbfs  # noqa: E402
+
+
+def noise_at(dbfs: float, seconds: float, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal(int(seconds * SR))
+    return (x * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+def voiced_share(classifier, audio: np.ndarray) -> float:
+    frames = [audio[i:i + FRAME] for i in range(0, len(audio) - FRAME + 1, FRAME)]
+    return float(np.mean([classifier.is_speech(f) for f in frames]))
+
+
+@pytest.mark.parametrize("snr_db", [VadSettings().snr_db, 10.0])
+def test_a_noise_floor_that_comes_on_is_speech_to_webrtcvad_alone_but_not_through_the_gate(snr_db):
+    # A fan switched on in a quiet room: 3 s of -70 dBFS hiss, then white noise at -50 dBFS.
+    # webrtcvad alone calls most of the next 5 s speech (measured 0.66), so a segment never closes.
+    room = np.concatenate([noise_at(-70, 3), noise_at(-50, 12, seed=1)])
+    onset = slice(3 * SR, 8 * SR)
+    alone, gated = WebrtcGated(2, snr_db=0.0), WebrtcGated(2, snr_db=snr_db)
+    voiced_share(alone, room[:3 * SR])
+    voiced_share(gated, room[:3 * SR])
+    assert voiced_share(alone, room[onset]) > 0.3
+    assert voiced_share(gated, room[onset]) < 0.05
+
+
+@pytest.mark.parametrize("dbfs", [-60, -50, -40])
+def test_noise_floor_gate_keeps_steady_noise_out_of_segments(dbfs):
+    noise = noise_at(dbfs, 8)
+    assert voiced_share(WebrtcGated(2, snr_db=VadSettings().snr_db), noise) < 0.02
+    assert segments(run(Segmenter(), noise, 480)) == []
+
+
+def test_speech_over_a_noise_floor_is_still_found(speech_clips):
+    audio, spans = with_pauses(speech_clips[:2], pause_s=1.5)
+    audio = (audio / (np.sqrt(np.mean(audio ** 2)) + 1e-9) * 10 ** (-26 / 20)).astype(np.float32)
+    audio = audio + noise_at(-50, len(audio) / SR, seed=1)
+    gated = segments(run(Segmenter(), audio, 480))
+    for a, b in spans:
+        covered = sum(max(0.0, min(e, b) - max(s, a)) for s, e, _ in gated)
+        assert covered > 0.6 * (b - a)
+    assert len(gated) >= 2   # the pause between the turns closes the segment
+
+
+def test_noise_floor_follows_the_room():
+    floor = NoiseFloor(window_s=1.0)
+    for f in np.split(noise_at(-40, 2.4)[: 80 * FRAME], 80):
+        floor.push(frame_dbfs(f))
+    assert -43 < floor.level < -39
+    for f in np.split(noise_at(-60, 2.4, seed=2)[: 80 * FRAME], 80):
+        floor.push(frame_dbfs(f))
+    assert -63 < floor.level < -59   # the fan went off: the floor came down within the window
+
+
+def test_digital_silence_is_never_speech():
+    assert voiced_share(WebrtcGated(3, snr_db=10.0), np.zeros(SR, np.float32)) == 0.0
+
+
+def test_silero_engine_finds_speech_and_not_noise(speech_clips):
+    from pathlib import Path
+
+    import streamsv.vad as vad
+
+    assert vad.SILERO_MODEL.is_file()
+    assert "MIT License" in (Path(vad.SILERO_MODEL).parent / "LICENSE").read_text()
+    audio, spans = with_pauses(speech_clips[:2], pause_s=1.5)
+    segs = segments(run(Segmenter(VadSettings(engine="silero")), audio, 480))
+    assert len(segs) >= 2
+    for a, b in spans:
+        assert sum(max(0.0, min(e, b) - max(s, a)) for s, e, _ in segs) > 0.6 * (b - a)
+    assert voiced_share(Silero(0.5), noise_at(-40, 5)) < 0.05
+
+
+def test_unknown_engine_is_refused():
+    with pytest.raises(ValueError, match="engine"):
+        Segmenter(VadSettings(engine="nope"))
+
+
+def test_vad_settings_are_validated_in_the_config():
+    from streamsv.config import Config
+    from streamsv.errors import StreamsvError
+
+    assert Config().with_overrides(**{"vad.engine": "silero"}).vad.engine == "silero"
+    for key, bad in (("vad.engine", "rnn"), ("vad.snr_db", -3), ("vad.silero_threshold", 0), ("vad.snr_db", "x")):
+        with pytest.raises(StreamsvError, match=key):
+            Config().with_overrides(**{key: bad})

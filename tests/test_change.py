@@ -1,0 +1,133 @@
+"""Speaker changes inside a segment (streamsv/change.py) and the pipeline's split of the turn."""
+import numpy as np
+import pytest
+
+from conftest import SR, data_dir, dev_speakers, dev_utterances
+from streamsv.change import ChangeDetector
+from streamsv.config import ChangeConfig, Config
+
+DIM = 8
+
+
+def vec(i: int, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    v = np.zeros(DIM)
+    v[i] = 1.0
+    return v + noise * np.random.default_rng(seed).standard_normal(DIM)
+
+
+def feed(det: ChangeDetector, voices: list[int], hop: float = 0.5, noise: float = 0.1):
+    """Hop by hop: the window is voice ``voices[k]``; return the verdicts of each hop."""
+    out = []
+    for k, who in enumerate(voices):
+        t = 1.0 + k * hop
+        out.append(det.test(t, vec(who, noise, seed=k)))
+        det.remember(t, vec(who, noise, seed=100 + k))
+    return out
+
+
+def test_same_voice_throughout_is_never_a_change():
+    verdicts = feed(ChangeDetector(ChangeConfig(threshold=0.5)), [0] * 12)
+    assert all(v is None or not v.changed for v in verdicts)
+    assert any(v is not None for v in verdicts)
+
+
+def test_a_new_voice_is_a_change_once_the_reference_is_long_enough():
+    det = ChangeDetector(ChangeConfig(threshold=0.5, recent_s=1.0, min_reference_s=1.0))
+    verdicts = feed(det, [0] * 5 + [1] * 3)
+    # Untestable until 1 s of reference precedes the 1 s recent window (segment time 2 s).
+    assert verdicts[0] is None and verdicts[1] is None
+    assert [bool(v and v.changed) for v in verdicts].index(True) == 5
+    assert verdicts[5].similarity < 0.5 and verdicts[5].lag_s == pytest.approx(0.75)
+
+
+def test_confirm_hops_wants_that_many_in_a_row():
+    odd_hop = feed(ChangeDetector(ChangeConfig(threshold=0.5, confirm_hops=2)), [0] * 5 + [1] + [0] * 4)
+    assert not any(v and v.changed for v in odd_hop)      # a single odd hop is not enough
+    changed = [bool(v and v.changed) for v in feed(ChangeDetector(ChangeConfig(threshold=0.5, confirm_hops=2)),
+                                                   [0] * 5 + [1] * 4)]
+    assert changed.index(True) == 6
+
+
+def test_disabled_never_tests():
+    det = ChangeDetector(ChangeConfig(enabled=False))
+    assert all(v is None for v in feed(det, [0] * 4 + [1] * 4))
+
+
+def test_reset_forgets_the_reference():
+    det = ChangeDetector(ChangeConfig())
+    feed(det, [0] * 6)
+    det.reset(0.0)
+    assert det.test(1.5, vec(1)) is None
+
+
+def test_change_settings_are_validated():
+    from streamsv.errors import StreamsvError
+
+    assert Config().with_overrides(**{"change.threshold": 0.3}).change.threshold == 0.3
+    for key, bad in (("change.recent_s", 0), ("change.confirm_hops", 0), ("change.threshold", 2), ("change.enabled", "yes")):
+        with pytest.raises(StreamsvError, match=key):
+            Config().with_overrides(**{key: bad})
+
+
+# ------------------------------------------------------------ the pipeline on two real voices
+
+
+def _voice(speaker: str, seconds: float) -> np.ndarray:
+    from streamsv.sources import load_audio
+
+    out, n = [], 0
+    for p in dev_utterances(speaker)[3:]:
+        wave = load_audio(p)
+        loud = np.flatnonzero(np.abs(wave) > 0.05 * np.abs(wave).max())
+        wave = wave[loud[0]:loud[-1]]   # no leading or trailing silence: the voices abut
+        out.append(wave / np.sqrt(np.mean(wave ** 2)) * 0.05)
+        n += len(wave)
+        if n >= seconds * SR:
+            break
+    return np.concatenate(out)[: int(seconds * SR)].astype(np.float32)
+
+
+def _run(embedder, audio: np.ndarray, **overrides) -> list[dict]:
+    from streamsv.bench import TimedSource
+    from streamsv.pipeline import Pipeline
+
+    cfg = Config().with_overrides(**{"output.stats_interval_s": 86400, **overrides})
+    return list(Pipeline(embedder, TimedSource(audio), cfg, {}).run())
+
+
+@pytest.mark.skipif(len(dev_speakers()) < 2 or data_dir() is None, reason="needs ../shared/data")
+def test_pipeline_splits_a_turn_where_the_voice_changes(embedder):
+    a, b = dev_speakers()[:2]
+    first, second = _voice(a, 5.0), _voice(b, 5.0)
+    audio = np.concatenate([np.zeros(SR // 2, np.float32), first, second, np.zeros(SR, np.float32)])
+    events = _run(embedder, audio)
+    changes = [e for e in events if e["event"] == "speaker_change"]
+    boundary = 0.5 + len(first) / SR
+    assert changes, "no speaker_change where one voice follows another without a pause"
+    assert any(abs(e["at"] - boundary) < 1.0 for e in changes)
+    # The window restarted: the decision after the change holds only audio since the change.
+    after = [e for e in events if e["event"] == "decision" and e["t"] >= changes[0]["t"]]
+    assert after and after[0]["speech_s"] <= 1.0 + 1e-6
+    stats = [e for e in events if e["event"] == "stats" and e["final"]][0]
+    assert stats["speaker_changes"] == len(changes)
+    # The same audio with the test off: no event, one window across both voices.
+    assert not [e for e in _run(embedder, audio, **{"change.enabled": False}) if e["event"] == "speaker_change"]
+
+
+@pytest.mark.skipif(not dev_speakers() or data_dir() is None, reason="needs ../shared/data")
+def test_pipeline_keeps_one_voice_in_one_turn(embedder):
+    audio = np.concatenate([np.zeros(SR // 2, np.float32), _voice(dev_speakers()[0], 9.0), np.zeros(SR, np.float32)])
+    assert not [e for e in _run(embedder, audio) if e["event"] == "speaker_change"]
+
+
+def test_turns_filter_passes_the_change_and_names_the_new_voice():
+    from streamsv.pipeline import TurnFilter
+
+    f = TurnFilter()
+    stream = [{"event": "speech_start", "t": 0.0},
+              {"event": "decision", "t": 1.0, "speaker": "alice", "accepted": True},
+              {"event": "speaker_change", "t": 3.0, "at": 2.3, "similarity": 0.2},
+              {"event": "decision", "t": 3.0, "speaker": "alice", "accepted": True}]
+    kept = [f.keep(e) for e in stream]
+    assert kept[2]["at"] == 2.3
+    assert kept[3] is not None and kept[3]["speaker"] == "alice"   # the new turn's first label, even if the same
