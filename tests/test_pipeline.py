@@ -40,6 +40,9 @@ def test_event_stream_shape(untrained, speech_clips, conversation):
         if e["event"] == "speech_start":
             assert not open_seg
             open_seg, seg_start, hops = True, e["t"], []
+        elif e["event"] == "speaker_change":
+            assert open_seg
+            hops = []   # a new voice: its own window, hops and summary from here (streamsv/change.py)
         elif e["event"] == "decision":
             assert open_seg, "decision outside a speech segment"
             assert set(e) == DECISION_KEYS
