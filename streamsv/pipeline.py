@@ -217,6 +217,7 @@ class Pipeline:
         self.smoother.reset()
         self._seg_audio_s = 0.0
         self._next_hop = self.sc.min_speech_s
+        self._next_change = self.sc.min_speech_s + self.sc.hop_s / 2
         self._seg_embeddings: list[np.ndarray] = []
         self._buf: list[np.ndarray] = []
         self._seg_hops = 0
@@ -241,12 +242,17 @@ class Pipeline:
                 self._buf.append(ev.audio)
                 self._seg_audio_s += len(ev.audio) / SAMPLE_RATE
                 self._remember_recent(ev.audio)
-                if self._seg_audio_s + 1e-9 >= self._next_hop:
-                    while self._next_hop <= self._seg_audio_s + 1e-9:
-                        self._next_hop += self.sc.hop_s
+                # The change test runs half-way between decisions, so its extra embedding never
+                # lands on the block that completes a hop (capture-to-decision stays as it was).
+                if self.cfg.change.enabled and self._seg_audio_s + 1e-9 >= self._next_change:
+                    while self._next_change <= self._seg_audio_s + 1e-9:
+                        self._next_change += self.sc.hop_s
                     changed = self._change_test(ev)
                     if changed is not None:
                         out.append(changed)
+                if self._seg_audio_s + 1e-9 >= self._next_hop:
+                    while self._next_hop <= self._seg_audio_s + 1e-9:
+                        self._next_hop += self.sc.hop_s
                     d = self._hop(ev)
                     if d is not None:
                         out.append(d)
@@ -291,7 +297,10 @@ class Pipeline:
         self._seg_start = at
         self._buf = [since_change]
         self._seg_audio_s = len(since_change) / SAMPLE_RATE
-        self._next_hop = self._seg_audio_s + self.sc.hop_s
+        # The new voice's first decision comes once it has min_speech_s of audio (at least a
+        # block away); the change test resumes half a hop after that.
+        self._next_hop = max(self.sc.min_speech_s, self._seg_audio_s + 1e-3)
+        self._next_change = self._next_hop + self.sc.hop_s / 2
         self.change.reset(0.0)
         self._recent, self._recent_n = deque([since_change]), len(since_change)
         return {"event": CHANGE_EVENT, "t": round(ev.t_end, 3), "at": round(at, 3),

@@ -1,30 +1,35 @@
-"""Streaming detection benchmark in the style of Picovoice's speaker-recognition benchmark.
+"""Live-room conversation benchmark: pipelines side by side on tools/make_conversations.py's talk.
 
-For each conversation (tools/make_conversations.py: dev speakers only) the target is enrolled
-from 3 utterances with streamsv.profiles.enroll, then the conversation is streamed through the
-real listen pipeline (streamsv.pipeline.Pipeline: VAD, rolling 3 s window, a decision every
-0.5 s hop, score smoothing) as fast as it can go on one thread. The pipeline's output is held
-between events: after a decision the target is "detected" if the decision accepted the target,
-until the next decision or the end of the speech segment; before a segment's first decision
-nothing is detected (that wait is part of the figure).
+Each conversation (three dev voices, two enrolled from 3 utterances each with
+streamsv.profiles.enroll, turns of 1-8 s, gaps of 0-800 ms, ~10% overlapping, in one room
+condition) is streamed through the real listen pipeline (streamsv.pipeline.Pipeline: VAD,
+speaker-change test, rolling window, a decision every hop, smoothing) as fast as it goes on
+one thread. Every system and variant hears the same audio. Figures:
 
-On a 10 ms frame grid, against who is really speaking:
-  detection accuracy     DA  = (true-positive + true-negative time) / total time
-  detection error rate   DER = (false-alarm + missed time) / target speech time
-  core-seconds per audio-second: process CPU time / audio time (1 thread)
-  time to detect: from the start of each target turn to the first accept in it (median)
+  in-turn accuracy       decisions inside a turn (and inside no other) that are right: the
+                         enrolled speaker accepted by name, the stranger left unknown
+  DA / DER (96 ms)       Picovoice's speaker-recognition benchmark, per enrolled voice as target:
+                         the pipeline's latest output is held until the next decision or the
+                         segment's end; DA = (TP + TN) / frames, DER = (FA + miss) / target frames
+  boundary P / R / F1    predicted turn starts (speech_start, speaker_change's ``at``) matched
+                         one-to-one to true turn starts within +-0.3 s; false splits are
+                         speaker_change events matching none, missed are true starts with no match
+  first correct, median  from a turn's start to its first right decision (turns with none counted)
+  core-s per audio-s     process CPU time / audio time (1 thread)
 
-Each system's threshold is its EER threshold on calibration speakers that never appear in the
-conversations (the odd-numbered dev speakers): enroll on their first 3 utterances, score 3 s
-crops of the rest. Teacher and student run side by side on the same conversations.
+Student variants run on the shipped model with the daemon's default scoring; ``before`` is the
+pipeline as it was before issue 10 (webrtcvad without a noise gate, no change test). The teacher
+(Resemblyzer) uses its EER threshold on the tuning speakers of speechocean762 dev. Thresholds
+are tuned with ``--split tuning`` and reported on ``--split reporting`` (other speakers).
 
-    python tools/bench_detection.py                       # shipped student (or untrained) + teacher
-    python tools/bench_detection.py --student runs/x.pt --limit 4 --json out.json
+    taskset -c 0 python tools/bench_detection.py                          # every condition, reporting split
+    taskset -c 0 python tools/bench_detection.py --condition floor-50 --variant x:change.threshold=0.4 --split tuning
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,14 +41,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import datasets  # noqa: E402
 import make_conversations as mc  # noqa: E402
 
-FRAME_S = 0.01
-CALIBRATION_CROP_S = 3.0  # the streaming window: calibrate on what the pipeline scores
+FRAME_S = 0.01  # detection_trace's default grid (summarise's figures)
+PICOVOICE_FRAME_S = 0.096
+BOUNDARY_TOLERANCE_S = 0.3
+SHORT_CLIP_S = 2.0  # enrollment clips shorter than this are joined (enroll needs 1 s of voice in each)
+CALIBRATION_CROP_S = 3.0  # the streaming window: calibrate the teacher on what the pipeline scores
+# Variants of the student pipeline: label -> config overrides.
+VARIANTS = {
+    "before": {"vad.snr_db": 0.0, "change.enabled": False},
+    "student": {},
+    "student-silero": {"vad.engine": "silero"},
+}
+DEFAULT_CONDITIONS = mc.CONDITIONS
 
 
-def calibrate_threshold(system, set_name: str) -> float:
+def calibrate_threshold(system, set_name: str = mc.DEFAULT_SET) -> float:
+    """EER threshold of ``system`` on the tuning speakers of ``set_name`` (3 s crops)."""
     from streamsv.scoring import calibrate
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import eval as ev
 
     utts = datasets.dev_set(set_name)
@@ -62,50 +77,131 @@ def calibrate_threshold(system, set_name: str) -> float:
     return calibrate(np.array(genuine), np.array(impostor)).threshold
 
 
-def detection_trace(events: list[dict], n_frames: int) -> np.ndarray:
-    """Per 10 ms frame: did the pipeline's latest output say 'target'?"""
+def detection_trace(events: list[dict], n_frames: int, speaker: str = "target", frame_s: float = FRAME_S) -> np.ndarray:
+    """Per frame: did the pipeline's latest output say ``speaker``? A decision holds until the
+    next decision, the segment's end or a speaker change."""
     out = np.zeros(n_frames, bool)
     state, since = False, 0.0
     for e in events:
-        if e["event"] not in ("decision", "speech_end"):
+        if e["event"] not in ("decision", "speech_end", "speaker_change"):
             continue
         t = e["t"]
         if state:
-            out[int(since / FRAME_S) : int(t / FRAME_S)] = True
-        state = e["event"] == "decision" and bool(e["accepted"]) and e["speaker"] == "target"
+            out[int(since / frame_s) : int(t / frame_s)] = True
+        state = e["event"] == "decision" and bool(e["accepted"]) and e["speaker"] == speaker
         since = t
     if state:
-        out[int(since / FRAME_S) :] = True
+        out[int(since / frame_s) :] = True
     return out
 
 
-def run_conversation(system, audio: np.ndarray, conv: mc.Conversation, threshold: float) -> dict:
+def match_boundaries(predicted: list[float], truth: list[float], tolerance: float = BOUNDARY_TOLERANCE_S) -> int:
+    """How many predicted boundaries pair one-to-one with a true one within ``tolerance``
+    (greedy by distance: the closest pairs first)."""
+    pairs = sorted((abs(p - t), i, j) for i, p in enumerate(predicted) for j, t in enumerate(truth) if abs(p - t) <= tolerance)
+    used_p, used_t, hits = set(), set(), 0
+    for _, i, j in pairs:
+        if i not in used_p and j not in used_t:
+            used_p.add(i)
+            used_t.add(j)
+            hits += 1
+    return hits
+
+
+def owner(conv: mc.Conversation, t: float) -> mc.Turn | None:
+    """The one turn running at ``t`` (None in a gap or where two overlap)."""
+    mine = [turn for turn in conv.turns if turn.start <= t <= turn.end]
+    return mine[0] if len(mine) == 1 else None
+
+
+def right(decision: dict, turn: mc.Turn, enrolled: set[str]) -> bool:
+    if turn.speaker in enrolled:
+        return bool(decision["accepted"]) and decision["speaker"] == turn.speaker
+    return not decision["accepted"]
+
+
+def score_conversation(events: list[dict], conv: mc.Conversation) -> dict:
+    """Counts for one conversation's events against its truth (summed over conversations later)."""
+    enrolled = set(conv.enrolled) or {conv.target}
+    decisions = [e for e in events if e["event"] == "decision"]
+    judged = [(e, owner(conv, e["t"])) for e in decisions]
+    judged = [(e, turn) for e, turn in judged if turn is not None]
+    first: dict[int, float] = {}
+    for e, turn in judged:
+        if right(e, turn, enrolled):
+            first.setdefault(id(turn), e["t"] - turn.start)
+    frames = {"tp": 0, "tn": 0, "fa": 0, "miss": 0}
+    for who in sorted(enrolled):
+        truth = mc.truth_frames(conv, PICOVOICE_FRAME_S, who)
+        pred = detection_trace(events, len(truth), who, PICOVOICE_FRAME_S)
+        frames["tp"] += int((pred & truth).sum())
+        frames["tn"] += int((~pred & ~truth).sum())
+        frames["fa"] += int((pred & ~truth).sum())
+        frames["miss"] += int((~pred & truth).sum())
+    starts = [e["t"] for e in events if e["event"] == "speech_start"]
+    changes = [e["at"] for e in events if e["event"] == "speaker_change"]
+    truth_b = [turn.start for turn in conv.turns]
+    change_hits = match_boundaries(changes, truth_b)
+    return {
+        "decisions": len(judged), "right": sum(right(e, turn, enrolled) for e, turn in judged),
+        **frames,
+        "boundaries_true": len(truth_b), "boundaries_pred": len(starts) + len(changes),
+        "boundaries_hit": match_boundaries(starts + changes, truth_b),
+        "changes": len(changes), "false_splits": len(changes) - change_hits,
+        "turns": len(conv.turns), "first_correct": [first.get(id(turn)) for turn in conv.turns],
+    }
+
+
+def run_conversation(system, audio: np.ndarray, conv: mc.Conversation, overrides: dict) -> dict:
     from streamsv.bench import TimedSource
     from streamsv.config import Config
     from streamsv.pipeline import Pipeline
     from streamsv.profiles import enroll
 
-    profile, _ = enroll(system, "target", [datasets.read_audio(p) for p in conv.enroll_paths])
-    cfg = Config().with_overrides(**{"scoring.threshold": float(threshold), "output.stats_interval_s": 86400})
+    profiles = {}
+    for who, paths in (conv.enrolled or {conv.target: conv.enroll_paths}).items():
+        waves = [datasets.read_audio(p) for p in paths]
+        if min(len(w) for w in waves) < SHORT_CLIP_S * mc.SAMPLE_RATE:
+            waves = [np.concatenate(waves)]  # ASC's 1 s keywords: one recording of the three
+        profile, _ = enroll(system, "voice", waves)
+        profiles[who] = profile.centroid
+    cfg = Config().with_overrides(**{"output.stats_interval_s": 86400, **overrides})
     started = time.process_time()
-    events = list(Pipeline(system, TimedSource(audio), cfg, {"target": profile.centroid}).run())
-    cpu = time.process_time() - started
-    truth = mc.truth_frames(conv, FRAME_S)
-    pred = detection_trace(events, len(truth))
-    delays = []
-    accepts = [e["t"] for e in events if e["event"] == "decision" and e["accepted"] and e["speaker"] == "target"]
-    for turn in conv.turns:
-        if turn.speaker == conv.target:
-            hit = [t for t in accepts if turn.start <= t <= turn.end + 0.5]
-            delays.append(hit[0] - turn.start if hit else None)
+    events = list(Pipeline(system, TimedSource(audio), cfg, profiles).run())
+    part = score_conversation(events, conv)
+    part.update(cpu_s=time.process_time() - started, audio_s=conv.seconds)
+    return part
+
+
+def totals(parts: list[dict]) -> dict:
+    """The figures of a list of scored conversations."""
+    s = {k: sum(p[k] for p in parts) for k in ("decisions", "right", "tp", "tn", "fa", "miss", "boundaries_true",
+                                                "boundaries_pred", "boundaries_hit", "changes", "false_splits",
+                                                "turns", "cpu_s", "audio_s")}
+    frames = s["tp"] + s["tn"] + s["fa"] + s["miss"]
+    target = s["tp"] + s["miss"]
+    precision = s["boundaries_hit"] / s["boundaries_pred"] if s["boundaries_pred"] else 0.0
+    recall = s["boundaries_hit"] / s["boundaries_true"] if s["boundaries_true"] else 0.0
+    firsts = [d for p in parts for d in p["first_correct"]]
+    found = [d for d in firsts if d is not None]
     return {
-        "tp": int((pred & truth).sum()), "tn": int((~pred & ~truth).sum()),
-        "fa": int((pred & ~truth).sum()), "miss": int((~pred & truth).sum()),
-        "cpu_s": cpu, "audio_s": conv.seconds, "delays": delays,
+        "conversations": len(parts), "audio_s": round(s["audio_s"], 1), "turns": s["turns"],
+        "in_turn_accuracy": round(s["right"] / s["decisions"], 4) if s["decisions"] else None,
+        "decisions": s["decisions"],
+        "detection_accuracy": round(100 * (s["tp"] + s["tn"]) / frames, 2) if frames else None,
+        "detection_error_rate": round(100 * (s["fa"] + s["miss"]) / target, 2) if target else None,
+        "boundary_precision": round(precision, 4), "boundary_recall": round(recall, 4),
+        "boundary_f1": round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0,
+        "speaker_changes": s["changes"], "false_splits": s["false_splits"],
+        "missed_boundaries": s["boundaries_true"] - s["boundaries_hit"],
+        "first_correct_median_s": round(float(np.median(found)), 2) if found else None,
+        "turns_never_right": len(firsts) - len(found),
+        "core_s_per_audio_s": round(s["cpu_s"] / s["audio_s"], 4) if s["audio_s"] else None,
     }
 
 
 def summarise(parts: list[dict], threshold: float) -> dict:
+    """Single-target figures on the 10 ms grid (detection accuracy, DER, time to detect)."""
     tot = {k: sum(p[k] for p in parts) for k in ("tp", "tn", "fa", "miss", "cpu_s", "audio_s")}
     frames = tot["tp"] + tot["tn"] + tot["fa"] + tot["miss"]
     target = tot["tp"] + tot["miss"]
@@ -126,67 +222,100 @@ def summarise(parts: list[dict], threshold: float) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--student", action="append", default=[], metavar="[LABEL=]PATH",
-                   help="student weights (repeatable; default: shipped weights, else 'untrained')")
-    p.add_argument("--no-teacher", action="store_true")
-    p.add_argument("--set", default=mc.DEFAULT_SET, choices=["speechocean-dev", "librispeech-test-other"])
-    p.add_argument("--limit", type=int, default=0, help="only the first N conversations (quick runs)")
-    p.add_argument("--threshold", action="append", default=[], metavar="LABEL=VALUE",
-                   help="fixed threshold for a system instead of calibrating it")
-    p.add_argument("--json", metavar="PATH")
-    a = p.parse_args(argv)
+ROWS = (("in-turn decision accuracy", "in_turn_accuracy", "{:.3f}"),
+        ("detection accuracy % (96 ms)", "detection_accuracy", "{:.2f}"),
+        ("detection error rate %", "detection_error_rate", "{:.2f}"),
+        ("boundary precision (+-0.3 s)", "boundary_precision", "{:.3f}"),
+        ("boundary recall", "boundary_recall", "{:.3f}"),
+        ("boundary F1", "boundary_f1", "{:.3f}"),
+        ("speaker_change events", "speaker_changes", "{}"),
+        ("  false splits", "false_splits", "{}"),
+        ("missed boundaries", "missed_boundaries", "{}"),
+        ("first correct decision, median s", "first_correct_median_s", "{:.2f}"),
+        ("turns never decided right", "turns_never_right", "{}"),
+        ("core-s per audio-s (1 thread)", "core_s_per_audio_s", "{:.4f}"))
 
-    import torch
 
-    torch.set_num_threads(1)
-    if datasets.data_root(required=False) is None:
-        raise SystemExit("error: shared data not found (set STREAMSV_DATA)")
-    import eval as ev
-    import teacher as teacher_mod
-    from streamsv.embedder import DEFAULT_WEIGHTS
-
-    systems = []
-    specs = a.student or ([str(DEFAULT_WEIGHTS)] if DEFAULT_WEIGHTS.is_file() else ["untrained"])
-    for spec in specs:
-        s = ev.student_system(spec)  # same labelling rules as tools/eval.py
-        systems.append((s.label, s.embedder))
-    if not a.no_teacher:
-        if teacher_mod.available():
-            systems.append(("teacher", teacher_mod.Teacher()))
-        else:
-            print("teacher: not installed (bash tools/install-train-deps.sh); student only", file=sys.stderr)
-    fixed = {k: float(v) for k, _, v in (t.partition("=") for t in a.threshold)}
-
-    convs = mc.conversations(a.set)
-    if a.limit:
-        convs = convs[: a.limit]
-    results = {}
-    for label, system in systems:
-        thr = fixed[label] if label in fixed else calibrate_threshold(system, a.set)
-        parts = [run_conversation(system, audio, conv, thr) for audio, conv in convs]
-        results[label] = summarise(parts, thr)
-        print(f"  {label}: {results[label]}", file=sys.stderr)
-
-    rows = [("threshold (EER on calibration speakers)", "threshold", "{:.3f}"),
-            ("detection accuracy %", "detection_accuracy", "{:.2f}"),
-            ("detection error rate %", "detection_error_rate", "{:.2f}"),
-            ("  missed target time %", "miss_rate", "{:.2f}"),
-            ("  false-alarm time % (of non-target time)", "false_alarm_rate", "{:.2f}"),
-            ("target turns detected", "turns_detected", "{}"),
-            ("time to detect, median s", "time_to_detect_median_s", "{:.2f}"),
-            ("core-seconds per audio-second (1 thread)", "core_s_per_audio_s", "{:.4f}")]
+def table(results: dict[str, dict], condition: str) -> str:
     labels = list(results)
     first = results[labels[0]]
-    print(f"{first['conversations']} conversations, {first['audio_s']:.0f} s of {a.set} dev speakers, "
-          f"{first['target_turns']} target turns")
-    print("| figure | " + " | ".join(labels) + " |")
-    print("|---|" + "---:|" * len(labels))
-    for name, key, fmt in rows:
-        print(f"| {name} | " + " | ".join("-" if results[l][key] is None else fmt.format(results[l][key]) for l in labels) + " |")
+    lines = [f"{condition}: {first['conversations']} conversations, {first['audio_s']:.0f} s, {first['turns']} turns",
+             "| figure | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    for name, key, fmt in ROWS:
+        lines.append(f"| {name} | " + " | ".join("-" if results[l][key] is None else fmt.format(results[l][key]) for l in labels) + " |")
+    return "\n".join(lines)
+
+
+def _parse_variant(spec: str) -> tuple[str, dict]:
+    """LABEL:key=value,key=value -> (LABEL, overrides); values parsed as YAML scalars."""
+    import yaml
+
+    label, _, rest = spec.partition(":")
+    overrides = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"error: --variant {spec!r}: expected LABEL:key=value,...")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return label, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--condition", action="append", choices=mc.CONDITIONS, help="room (repeatable; default: all)")
+    p.add_argument("--split", default="reporting", choices=mc.SPLITS)
+    p.add_argument("--per-set", type=int, default=1, help="households per dev set and condition (4 sets)")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL:key=value,...",
+                   help="a student pipeline with config overrides (repeatable; default: before, student, student-silero)")
+    p.add_argument("--no-teacher", action="store_true")
+    p.add_argument("--teacher-threshold", type=float, help="instead of calibrating it")
+    p.add_argument("--teacher-overrides", default="", metavar="key=value,...",
+                   help="config overrides for the teacher's pipeline (e.g. its own change.threshold)")
+    p.add_argument("--json", metavar="PATH")
+    a = p.parse_args(argv)
+    if datasets.data_root(required=False) is None:
+        print("error: shared data not found (set STREAMSV_DATA)", file=sys.stderr)
+        return 2
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from streamsv.embedder import load_embedder
+
+    student = load_embedder()
+    variants = dict(_parse_variant(v) for v in a.variant) if a.variant else dict(VARIANTS)
+    systems = [(label, student, overrides) for label, overrides in variants.items()]
+    if not a.no_teacher:
+        import teacher as teacher_mod
+
+        if teacher_mod.available():
+            import torch
+
+            torch.set_num_threads(1)
+            teacher = teacher_mod.Teacher()
+            thr = a.teacher_threshold if a.teacher_threshold is not None else calibrate_threshold(teacher)
+            print(f"teacher threshold {thr:.4f} (EER on tuning speakers of {mc.DEFAULT_SET})", file=sys.stderr)
+            systems.append(("teacher", teacher, {"scoring.threshold": float(thr),
+                                                 **_parse_variant("teacher:" + a.teacher_overrides)[1]}))
+        else:
+            print("teacher: not installed (bash tools/install-train-deps.sh); student only", file=sys.stderr)
+
+    print(f"model {student.fingerprint}, split {a.split}, {a.per_set} household(s) per dev set ({', '.join(mc.SETS)})")
+    everything: dict[str, dict] = {}
+    per_system: dict[str, list[dict]] = {label: [] for label, _, _ in systems}
+    for condition in a.condition or DEFAULT_CONDITIONS:
+        convs = mc.conversations(condition, a.split, a.per_set)
+        results = {}
+        for label, system, overrides in systems:
+            parts = [run_conversation(system, audio, conv, overrides) for audio, conv in convs]
+            per_system[label] += parts
+            results[label] = totals(parts)
+        everything[condition] = results
+        print(table(results, condition), flush=True)
+        print()
+    if len(everything) > 1:
+        overall = {label: totals(parts) for label, parts in per_system.items()}
+        everything["all"] = overall
+        print(table(overall, "all conditions"))
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1))
+        Path(a.json).write_text(json.dumps(everything, indent=1))
     return 0
 
 
