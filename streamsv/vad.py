@@ -36,7 +36,7 @@ FRAME = SAMPLE_RATE * FRAME_MS // 1000   # 480 samples
 
 ENGINES = ("webrtc", "silero")
 # Noise-floor gate (webrtc engine).
-FLOOR_WINDOW_S = 5.0        # the floor is the quietest frame of this long: longer than any run of speech without a pause
+FLOOR_WINDOW_S = 2.0        # the floor is the quietest frame of this long: speech has a pause (a stop, a breath) within it
 FLOOR_BLOCK_FRAMES = 10     # minima are kept per block of frames, so the window costs O(blocks), not O(frames)
 ABSOLUTE_FLOOR_DBFS = -70.0  # never speech below this, whatever the floor (digital silence has no floor)
 ENERGY_EPS = 1e-12
@@ -136,9 +136,11 @@ class WebrtcGated:
     def is_speech(self, frame: np.ndarray) -> bool:
         level = frame_dbfs(frame)
         self.floor.push(level)
+        # webrtcvad hears every frame, gated or not: its own noise model adapts to what it hears.
+        voiced = bool(self._vad.is_speech(_to_pcm16(frame), SAMPLE_RATE))
         if self._snr_db > 0 and (level < ABSOLUTE_FLOOR_DBFS or level < self.floor.level + self._snr_db):
             return False
-        return bool(self._vad.is_speech(_to_pcm16(frame), SAMPLE_RATE))
+        return voiced
 
 
 class Silero:
