@@ -37,6 +37,7 @@ FRAMES_PER_SECOND = 50  # encoder frames (20 ms) per second of audio
 MEL_FRAMES_PER_FRAME = 2  # the stem stacks pairs of 10 ms log-mel frames
 MAX_STEP_FRAMES = 64  # longer pushes run as several steps: token mixing grows with a step squared
 MIN_AUDIO_S = 0.1  # below this an embedding is mostly noise
+ORT_LOG_ERRORS_ONLY = 3  # onnxruntime severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 
 
 @dataclass
@@ -55,13 +56,16 @@ def session_options(threads: int = DEFAULT_THREADS) -> Any:
     and no spinning worker threads burning a core between pushes."""
     import onnxruntime as ort
 
+    # The process-wide logger too, not only the session's: its warnings (a HOME it cannot write
+    # telemetry to, the host's CPU) come on stderr in colour and spoil the one-line error contract.
+    ort.set_default_logger_severity(ORT_LOG_ERRORS_ONLY)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3  # warnings about the host's CPU are not the user's problem
+    opts.log_severity_level = ORT_LOG_ERRORS_ONLY
     return opts
 
 

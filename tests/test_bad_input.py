@@ -384,6 +384,20 @@ def test_unknown_devices_are_refused_with_a_listing(tmp_path):
     assert not (tmp_path / "profiles").exists()
 
 
+def test_an_unwritable_home_leaves_the_error_one_line(tmp_path):
+    # The model loads (onnxruntime starts its environment and logger) before the clip is refused:
+    # nothing onnxruntime says about a HOME it cannot write to may come before the error line.
+    short = tmp_path / "short.wav"
+    sf.write(short, np.zeros(SR // 20, dtype=np.float32), SR)
+    env = {k: v for k, v in os.environ.items() if k != "STREAMSV_CONFIG"}
+    env.update(HOME="/nonexistent", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-m", "streamsv.cli", "embed", str(short)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "audio too short" in r.stderr
+
+
 # --------------------------------------------------------------------------- permissions
 
 def test_profile_files_0600_in_a_0700_folder(capsys, tmp_path, enrolled, speech_clips):
