@@ -168,22 +168,16 @@ def test_unknown_device_lists_available(tmp_path):
     assert r.returncode == 0 and DEVICE in r.stdout
 
 
-def test_listen_on_mic_stops_cleanly_with_final_stats(tmp_path, speech_clips):
-    from streamsv.embedder import Embedder
+def test_listen_on_mic_stops_cleanly_with_final_stats(tmp_path, speech_clips, embedder):
     from streamsv.profiles import ProfileStore, enroll
 
-    emb = Embedder.untrained(seed=0)
-    profile, _ = enroll(emb, "someone", speech_clips)
+    profile, _ = enroll(embedder, "someone", speech_clips)
     ProfileStore(tmp_path / "profiles").save(profile)
     env = make_home(tmp_path, np.concatenate(speech_clips))
     cfg = tmp_path / "config.yaml"
     cfg.write_text("output:\n  stats_interval_s: 0.5\n")
     code = f"""
-        import torch
-        torch.set_num_threads(1)
         from streamsv import cli
-        from streamsv.embedder import Embedder
-        cli.load_model = lambda path: Embedder.untrained(seed=0)
         cli.main(["listen", "--device", {DEVICE!r}, "--json", "--config", {str(cfg)!r},
                   "--profiles-dir", {str(tmp_path / 'profiles')!r}])
     """
@@ -210,11 +204,7 @@ def test_enroll_from_mic(tmp_path, speech_clips):
     # the "room" must be long enough to still be talking while the consumer collects its seconds.
     env = make_home(tmp_path, np.concatenate(list(speech_clips) * 40))
     code = f"""
-        import torch
-        torch.set_num_threads(1)
         from streamsv import cli
-        from streamsv.embedder import Embedder
-        cli.load_model = lambda path: Embedder.untrained(seed=0)
         cli.main(["enroll", "micuser", "--device", {DEVICE!r}, "--seconds", "4",
                   "--profiles-dir", {str(tmp_path / 'profiles')!r}])
     """

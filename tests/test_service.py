@@ -617,20 +617,18 @@ PIPELINE_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    import torch
-    torch.set_num_threads(1)
     from streamsv.config import Config
-    from streamsv.embedder import Embedder
+    from streamsv.embedder import load_embedder
     from streamsv.pipeline import Pipeline
     from streamsv.service import ServiceRunner, setup_logging
     from streamsv.sources import FileSource
 
     setup_logging("info", tty=False)
-    emb = Embedder.untrained(seed=0)
+    emb = load_embedder()   # the shipped model on onnxruntime, one thread: no torch
     profiles = {"alice": np.ones(emb.dim, dtype=np.float32)}
     pipe = Pipeline(emb, FileSource(sys.argv[1], realtime=True), Config(), profiles)
     runner = ServiceRunner(pipe, lambda e: print(json.dumps(e), flush=True))
-    # As `streamsv listen --service` does: skip torch's slow interpreter teardown once stopped.
+    # As `streamsv listen --service` does: skip the interpreter's teardown once stopped.
     from streamsv.cli import _exit_now
     _exit_now(runner.run())
     """
