@@ -13,13 +13,19 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from .errors import StreamsvError
 
+if TYPE_CHECKING:
+    from .embedder import Embedder
+    from .profiles import Profile, ProfileStore
+
 SAMPLE_RATE = 16000
 PAUSE_S = 1.2
+STRANGER = "stranger"   # the voice that is never enrolled
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,7 @@ class Voice:
 VOICES = (
     Voice("ada", ("-v", "en-us+f4", "-p", "65", "-s", "150")),
     Voice("bob", ("-v", "en-gb+m3", "-p", "30", "-s", "135")),
-    Voice("stranger", ("-v", "en-gb-scotland+m7", "-p", "45", "-s", "165")),   # never enrolled
+    Voice(STRANGER, ("-v", "en-gb-scotland+m7", "-p", "45", "-s", "165")),   # never enrolled
 )
 
 ENROLL_LINES = (
@@ -89,6 +95,18 @@ def enrollment_audio(folder: Path, voice: Voice) -> list[np.ndarray]:
     return [synthesize(voice, line, folder / f"enroll_{voice.name}_{i}.wav") for i, line in enumerate(ENROLL_LINES)]
 
 
+def enroll_household(embedder: "Embedder", store: "ProfileStore", folder: Path) -> Iterator[tuple[Voice, "Profile"]]:
+    """Enroll every voice but the stranger from its synthesised lines (written into ``folder``)
+    into ``store``, replacing a profile of the same name; yields (voice, profile) as each is saved."""
+    from .profiles import enroll
+
+    for voice in VOICES:
+        if voice.name != STRANGER:
+            profile, _ = enroll(embedder, voice.name, enrollment_audio(folder, voice))
+            store.save(profile, force=True)
+            yield voice, profile
+
+
 def turn_of(t: float, turns: list[tuple[str, float, float]]) -> str | None:
     for who, a, b in turns:
         if a <= t <= b + 0.35:   # the VAD's kept tail runs a little past the last word
@@ -120,20 +138,17 @@ def run_demo(cfg, embedder, realtime: bool = True, keep: Path | None = None) -> 
     from rich.console import Console
 
     from .cli import run_listen
-    from .profiles import ProfileStore, enroll
+    from .profiles import ProfileStore
 
     espeak_available()
     if keep is not None:
         make_keep_folder(keep)
     console = Console(stderr=True)
-    enrolled = [v for v in VOICES if v.name != "stranger"]
     with tempfile.TemporaryDirectory(prefix="streamsv-demo-") as tmp:
         folder = Path(tmp)
         store = ProfileStore(folder / "profiles")
         console.print(f"[bold]streamsv demo[/]: synthesising voices with espeak-ng in {folder}")
-        for v in enrolled:
-            prof, warnings = enroll(embedder, v.name, enrollment_audio(folder, v))
-            store.save(prof, force=True)
+        for v, prof in enroll_household(embedder, store, folder):
             mean, low = prof.consistency()
             console.print(f"  enrolled [green]{v.name}[/] ({' '.join(v.espeak)}): {prof.speech_s:.1f} s speech, "
                           f"consistency {mean:.2f}")
@@ -157,7 +172,7 @@ def run_demo(cfg, embedder, realtime: bool = True, keep: Path | None = None) -> 
         if who is None:
             continue
         total += 1
-        expect = who if who != "stranger" else None
+        expect = who if who != STRANGER else None
         right += d["speaker"] == expect
     acc = right / total if total else 0.0
     console.print(f"[bold]demo result[/]: {right}/{total} in-turn decisions correct ({acc:.0%}); model {embedder.fingerprint}")

@@ -113,3 +113,52 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     return code, out, err
+
+
+def refused(result, *needles: str) -> str:
+    """A ``run_cli`` result that is a usage refusal: exit 2 and exactly one ``error:`` line on
+    stderr, holding every needle; returns that line."""
+    code, out, err = result
+    assert code == 2, (code, out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+@pytest.fixture
+def clips(tmp_path, speech_clips) -> list[Path]:
+    """``speech_clips`` written as WAV files in tmp_path."""
+    import soundfile as sf
+
+    paths = []
+    for i, c in enumerate(speech_clips):
+        p = tmp_path / f"clip{i}.wav"
+        sf.write(p, c, SR)
+        paths.append(p)
+    return paths
+
+
+def speaker_folders(root: Path, speakers: list[str], per_speaker: int) -> Path:
+    """``calibrate``'s layout: one sub-folder per dev speaker under root, holding links to the
+    first ``per_speaker`` of their utterances (the data is never copied)."""
+    for s in speakers:
+        (root / s).mkdir(parents=True)
+        for u in dev_utterances(s)[:per_speaker]:
+            (root / s / u.name).symlink_to(u)
+    return root
+
+
+def demo_household(folder: Path):
+    """The demo's ada and bob enrolled on the shipped model into folder/profiles, their audio
+    synthesised in folder: (embedder, store). Skips without espeak-ng."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng for the voices")
+    from streamsv.demo import enroll_household
+    from streamsv.embedder import load_embedder
+    from streamsv.profiles import ProfileStore
+
+    emb = load_embedder()
+    store = ProfileStore(folder / "profiles")
+    list(enroll_household(emb, store, folder))
+    return emb, store

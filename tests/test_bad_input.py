@@ -22,7 +22,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from conftest import REPO, with_pauses, run_cli
+from conftest import REPO, refused, with_pauses, run_cli
 from streamsv import cli
 
 SR = 16000
@@ -32,15 +32,6 @@ pytestmark = pytest.mark.usefixtures("untrained_cli")
 
 
 run = run_cli
-
-
-def refused(result, *needles: str) -> str:
-    code, out, err = result
-    assert code == 2, (code, out, err)
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

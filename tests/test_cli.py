@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, dev_speakers, dev_utterances, with_pauses, run_cli
+from conftest import REPO, dev_speakers, run_cli, speaker_folders, with_pauses
 from streamsv import cli
 
 SR = 16000
@@ -21,16 +21,6 @@ pytestmark = pytest.mark.usefixtures("untrained_cli")
 
 
 run = run_cli
-
-
-@pytest.fixture
-def clips(tmp_path, speech_clips):
-    paths = []
-    for i, c in enumerate(speech_clips):
-        p = tmp_path / f"clip{i}.wav"
-        sf.write(p, c, SR)
-        paths.append(p)
-    return paths
 
 
 def test_enroll_from_files_then_force(capsys, clips, tmp_path):
@@ -147,11 +137,7 @@ def test_calibrate_from_folders(capsys, tmp_path):
     spk = dev_speakers()[:3]
     if len(spk) < 3:
         pytest.skip("needs ../shared/data (speechocean762 dev speakers)")
-    root = tmp_path / "cal"
-    for s in spk:
-        (root / s).mkdir(parents=True)
-        for u in dev_utterances(s)[:5]:
-            (root / s / u.name).symlink_to(u)
+    root = speaker_folders(tmp_path / "cal", spk, 5)
     code, out, err = run(capsys, "calibrate", str(root))
     assert code == 0, err
     thr = float(out.split("threshold ")[1].split()[0])

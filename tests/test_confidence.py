@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import dev_speakers, dev_utterances, run_cli, with_pauses
+from conftest import dev_speakers, run_cli, speaker_folders, with_pauses
 from streamsv import cli, confidence
 from streamsv.config import Config
 from streamsv.errors import StreamsvError
@@ -179,11 +179,7 @@ def test_calibrate_save_refits_on_your_recordings(capsys, shipped, tmp_path):
     spk = dev_speakers()[:2]
     if len(spk) < 2:
         pytest.skip("needs ../shared/data (speechocean762 dev speakers)")
-    root = tmp_path / "mine"
-    for s in spk:
-        (root / s).mkdir(parents=True)
-        for p in dev_utterances(s)[:5]:
-            (root / s / p.name).symlink_to(p)
+    root = speaker_folders(tmp_path / "mine", spk, 5)
     code, out, err = run_cli(capsys, "calibrate", str(root), "--save")
     assert code == 0, err
     assert "| confidence bin |" in out and "saved the confidence calibration" in out

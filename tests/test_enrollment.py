@@ -133,16 +133,6 @@ def test_append_to_profile_recomputes_the_centroid_and_stays_bounded():
 # --------------------------------------------------------------------------- through the CLI
 
 @pytest.fixture
-def clips(tmp_path, speech_clips):
-    paths = []
-    for i, c in enumerate(speech_clips):
-        p = tmp_path / f"clip{i}.wav"
-        sf.write(p, c, SR)
-        paths.append(p)
-    return paths
-
-
-@pytest.fixture
 def shipped_cli(monkeypatch, untrained_cli):
     """The CLI on the shipped model (collisions need real embeddings)."""
     from streamsv import load_embedder

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, SR, run_cli
+from conftest import REPO, SR, refused, run_cli
 from streamsv import profiles as profiles_mod
 from streamsv.config import Config, load_config, parse_config
 from streamsv.errors import StreamsvError
@@ -35,25 +35,6 @@ IS_ROOT = os.geteuid() == 0
 pytestmark = pytest.mark.usefixtures("untrained_cli")
 
 run = run_cli
-
-
-def refused(result, *needles: str) -> str:
-    code, out, err = result
-    assert code == 2, (code, out, err)
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    for n in needles:
-        assert n in err, err
-    return err
-
-
-@pytest.fixture
-def clips(tmp_path, speech_clips) -> list[Path]:
-    paths = []
-    for i, c in enumerate(speech_clips[:3]):
-        p = tmp_path / f"clip{i}.wav"
-        sf.write(p, c, SR)
-        paths.append(p)
-    return paths
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import demo_household, run_cli
 
 SR = 16000
 STREAMSV = [sys.executable, "-m", "streamsv.cli"]
@@ -123,18 +123,10 @@ def voices(tmp_path_factory):
     """Profiles of the demo's ada and bob (shipped model), the demo conversation and its turns."""
     import soundfile as sf
 
-    from streamsv import load_embedder
-    from streamsv.demo import VOICES, build_conversation, enrollment_audio
-    from streamsv.profiles import ProfileStore, enroll
+    from streamsv.demo import build_conversation
 
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("needs espeak-ng for the voices")
     folder = tmp_path_factory.mktemp("ha-voices")
-    emb = load_embedder()
-    store = ProfileStore(folder / "profiles")
-    for v in VOICES:
-        if v.name != "stranger":
-            store.save(enroll(emb, v.name, enrollment_audio(folder, v))[0], force=True)
+    emb, store = demo_household(folder)
     wave, turns = build_conversation(folder)
     sf.write(folder / "conversation.wav", wave, SR)
     return {"folder": folder, "profiles": folder / "profiles", "wav": folder / "conversation.wav",

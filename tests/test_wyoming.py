@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import demo_household, run_cli
 
 pytest.importorskip("wyoming")
 
@@ -70,19 +69,11 @@ class FixedAsr(AsyncEventHandler):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Shipped model, ada + bob profiles, and one spoken command per voice (16 kHz float)."""
-    from streamsv import load_embedder
     from streamsv.config import Config
-    from streamsv.demo import VOICES, enrollment_audio, synthesize
-    from streamsv.profiles import ProfileStore, enroll
+    from streamsv.demo import VOICES, synthesize
 
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("needs espeak-ng for the voices")
     folder = tmp_path_factory.mktemp("wyoming-voices")
-    emb = load_embedder()
-    store = ProfileStore(folder / "profiles")
-    for v in VOICES:
-        if v.name != "stranger":
-            store.save(enroll(emb, v.name, enrollment_audio(folder, v))[0], force=True)
+    emb, store = demo_household(folder)
     commands = {v.name: synthesize(v, COMMAND, folder / f"command_{v.name}.wav") for v in VOICES}
 
     def profiles() -> dict:
@@ -115,11 +106,14 @@ async def ask(port: int, wave: np.ndarray, rate: int = SR, channels: int = 1) ->
     return reply, len(data)
 
 
-async def with_servers(setup, scenario, **settings):
-    """Start the stand-in ASR and the proxy on free loopback ports, run ``scenario(port)``, stop both."""
+async def with_servers(setup, scenario, asr_handler=FixedAsr, **settings):
+    """Start a stand-in ASR (``asr_handler``; None: nothing listens on the ASR's port) and the
+    proxy on free loopback ports, run ``scenario(port)``, stop both."""
     asr_port, proxy_port = free_port(), free_port()
-    asr = AsyncServer.from_uri(f"tcp://127.0.0.1:{asr_port}")
-    await asr.start(FixedAsr)
+    asr = None
+    if asr_handler is not None:
+        asr = AsyncServer.from_uri(f"tcp://127.0.0.1:{asr_port}")
+        await asr.start(asr_handler)
     proxy = Proxy(ProxySettings(f"tcp://127.0.0.1:{proxy_port}", f"tcp://127.0.0.1:{asr_port}", **settings),
                   setup["cfg"], setup["emb"], setup["profiles"])
     server = await start_proxy(proxy)
@@ -127,7 +121,8 @@ async def with_servers(setup, scenario, **settings):
         return await asyncio.wait_for(scenario(proxy_port), timeout=TIMEOUT_S * 2)
     finally:
         await server.stop()
-        await asr.stop()
+        if asr is not None:
+            await asr.stop()
 
 
 def test_transcript_carries_the_speaker(setup):
@@ -199,17 +194,8 @@ def test_oversized_event_is_refused_and_the_proxy_keeps_serving(setup):
 
 
 def test_unreachable_asr_is_an_error_event(setup):
-    async def scenario():
-        proxy_port = free_port()
-        proxy = Proxy(ProxySettings(f"tcp://127.0.0.1:{proxy_port}", f"tcp://127.0.0.1:{free_port()}"),
-                      setup["cfg"], setup["emb"], setup["profiles"])
-        server = await start_proxy(proxy)
-        try:
-            return await ask(proxy_port, setup["commands"]["ada"][:SR])
-        finally:
-            await server.stop()
-
-    reply, _ = asyncio.run(scenario())
+    reply, _ = asyncio.run(with_servers(setup, lambda port: ask(port, setup["commands"]["ada"][:SR]),
+                                        asr_handler=None))
     assert Error.is_type(reply.type) and reply.data["code"] == "asr-unreachable"
 
 
@@ -222,20 +208,8 @@ class FailingAsr(FixedAsr):
 
 
 def test_an_asr_error_reaches_the_client(setup):
-    async def scenario():
-        asr_port, proxy_port = free_port(), free_port()
-        asr = AsyncServer.from_uri(f"tcp://127.0.0.1:{asr_port}")
-        await asr.start(FailingAsr)
-        proxy = Proxy(ProxySettings(f"tcp://127.0.0.1:{proxy_port}", f"tcp://127.0.0.1:{asr_port}"),
-                      setup["cfg"], setup["emb"], setup["profiles"])
-        server = await start_proxy(proxy)
-        try:
-            return await ask(proxy_port, setup["commands"]["ada"][:SR])
-        finally:
-            await server.stop()
-            await asr.stop()
-
-    reply, _ = asyncio.run(scenario())
+    reply, _ = asyncio.run(with_servers(setup, lambda port: ask(port, setup["commands"]["ada"][:SR]),
+                                        asr_handler=FailingAsr))
     assert Error.is_type(reply.type) and reply.data == {"text": "model not loaded", "code": "asr-broken"}
 
 

@@ -68,14 +68,10 @@ def material(folder: Path, repeat: int) -> tuple[Path, Path]:
     import soundfile as sf
 
     from streamsv import load_embedder
-    from streamsv.demo import VOICES, build_conversation, enrollment_audio
-    from streamsv.profiles import ProfileStore, enroll
+    from streamsv.demo import build_conversation, enroll_household
+    from streamsv.profiles import ProfileStore
 
-    emb = load_embedder()
-    store = ProfileStore(folder / "profiles")
-    for v in VOICES:
-        if v.name != "stranger":
-            store.save(enroll(emb, v.name, enrollment_audio(folder, v))[0], force=True)
+    list(enroll_household(load_embedder(), ProfileStore(folder / "profiles"), folder))
     wave, _ = build_conversation(folder)
     sf.write(folder / "conversation.wav", np.tile(wave, repeat), SR)
     return folder / "profiles", folder / "conversation.wav"
