@@ -24,6 +24,7 @@ are tuned with ``--split tuning`` and reported on ``--split reporting`` (other s
 
     taskset -c 0 python tools/bench_detection.py                          # every condition, reporting split
     taskset -c 0 python tools/bench_detection.py --condition floor-50 --variant x:change.threshold=0.4 --split tuning
+    taskset -c 0 python tools/bench_detection.py --latency     # capture-to-decision of the variants side by side
 """
 from __future__ import annotations
 
@@ -246,6 +247,34 @@ def table(results: dict[str, dict], condition: str) -> str:
     return "\n".join(lines)
 
 
+def latency_table(variants: dict[str, dict], rounds: int = 3, seconds: float = 20.0, realtime_s: float = 10.0) -> str:
+    """Capture-to-decision and hop cost of each student variant, side by side: ``rounds`` rounds
+    round-robin over the variants (a busy machine slows them alike), medians. Continuous dev
+    speech through streamsv.bench's real pipeline; the variant's overrides on its config."""
+    import streamsv.bench as sb
+    from streamsv.config import Config
+    from streamsv.embedder import load_embedder
+
+    emb = load_embedder()
+    wave, desc = sb.bench_audio(seconds, None)
+    keys = ("rtf", "hop_p95_ms", "latency_p50_ms", "latency_p95_ms")
+    runs: dict[str, list[dict]] = {label: [] for label in variants}
+    original = Config.with_overrides
+    try:
+        for _ in range(rounds):
+            for label, overrides in variants.items():
+                Config.with_overrides = lambda self, _o=overrides, **kw: original(self, **{**kw, **_o})
+                runs[label].append(sb.measure(emb, wave, realtime_s, time.process_time, 2.0))
+    finally:
+        Config.with_overrides = original
+    lines = [f"{desc}: {seconds:g} s as fast as it goes (CPU time), {realtime_s:g} s at real-time pace; "
+             f"median of {rounds} rounds", "| figure | " + " | ".join(variants) + " |", "|---|" + "---:|" * len(variants)]
+    for key in keys:
+        cells = [f"{np.median([r[key] for r in runs[label]]):.4g}" for label in variants]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _parse_variant(spec: str) -> tuple[str, dict]:
     """LABEL:key=value,key=value -> (LABEL, overrides); values parsed as YAML scalars."""
     import yaml
@@ -272,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-overrides", default="", metavar="key=value,...",
                    help="config overrides for the teacher's pipeline (e.g. its own change.threshold)")
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--latency", action="store_true",
+                   help="instead: capture-to-decision and CPU of the student variants on continuous speech (streamsv.bench)")
     a = p.parse_args(argv)
     if datasets.data_root(required=False) is None:
         print("error: shared data not found (set STREAMSV_DATA)", file=sys.stderr)
@@ -281,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
 
     student = load_embedder()
     variants = dict(_parse_variant(v) for v in a.variant) if a.variant else dict(VARIANTS)
+    if a.latency:
+        print(latency_table(variants))
+        return 0
     systems = [(label, student, overrides) for label, overrides in variants.items()]
     if not a.no_teacher:
         import teacher as teacher_mod
