@@ -354,4 +354,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from streamsv.errors import StreamsvError
+
+    try:
+        sys.exit(main())
+    except StreamsvError as exc:  # a bad --variant key or value: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -4,12 +4,14 @@ This tool only *builds* audio and its ground truth; tools/bench_detection.py run
 it and scores them (the two do not overlap).
 
 A conversation is a household of three voices from one dev set (speechocean762 dev speakers,
-ASC val/test, LibriSpeech test-other or urdu, in turn): two are enrolled,
-the third is a stranger. The enrolled two give their first clips (by file name) up to 20 s of
-audio, at least 3 (what `streamsv enroll` asks for a good profile); those never appear in the talk. Turns of 1-8 s (one speaker's utterances, their leading and trailing silence trimmed, joined, at -26 dBFS) follow
-each other with gaps drawn from 0-800 ms; about 10% of turns start up to 0.5 s before the
-previous one ends (people talk over each other). Consecutive turns are by different voices, so
-every turn start is a speaker change. The conversation is then put in a room (``CONDITIONS``):
+ASC val/test, LibriSpeech test-other or urdu, in turn): two are enrolled, the third is a
+stranger. The enrolled two give their first clips (by file name) up to 20 s of audio, at least
+3 (what `streamsv enroll` asks for a good profile); those never appear in the talk. Turns of
+1-8 s (one speaker's utterances, their leading and trailing silence trimmed, joined, at -26
+dBFS) follow each other with gaps drawn from 0-800 ms; about 10% of turns start up to 0.5 s
+before the previous one ends (people talk over each other). Consecutive turns are by different
+voices, so every turn start is a speaker change. The conversation is then put in a room
+(``CONDITIONS``):
 
 - ``quiet``: a faint white hiss at -60 dBFS throughout (the room of the earlier benchmark);
 - ``floor-60`` / ``floor-50`` / ``floor-40``: a continuous noise floor at that level (RMS dBFS),
