@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("torch")    # tools/eval.py runs the torch teacher and student: training-side tooling
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import datasets  # noqa: E402
 import eval as ev  # noqa: E402
