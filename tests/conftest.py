@@ -92,7 +92,8 @@ def with_pauses(clips: list[np.ndarray], pause_s: float = 1.0) -> tuple[np.ndarr
 
 @pytest.fixture
 def untrained_cli(monkeypatch, untrained, tmp_path):
-    """The CLI on the untrained model, with profiles and HOME in tmp_path (no user config leaks in)."""
+    """The CLI on the session's shipped model (loaded once), with profiles and HOME in tmp_path
+    (no user config leaks in)."""
     from streamsv import cli
 
     monkeypatch.setattr(cli, "load_model", lambda path: untrained)

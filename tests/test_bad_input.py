@@ -398,7 +398,7 @@ def test_profile_files_0600_in_a_0700_folder(capsys, tmp_path, enrolled, speech_
     os.chmod(profiles, 0o755)                                 # loosened by hand: left as the user set it
     old = os.umask(0)                                         # even with a careless umask
     try:
-        # --force: the untrained test model hears every voice as alice's (duplicate-voice check)
+        # --force: the clips are one speaker's, so bob sounds like alice (duplicate-voice check)
         code, out, err = run(capsys, "enroll", "bob", "--force", "--from", str(bob), str(bob))
         assert code == 0, err
         assert run(capsys, "profiles", "rename", "bob", "carol")[0] == 0

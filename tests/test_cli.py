@@ -1,4 +1,4 @@
-"""The CLI in-process (untrained model for plumbing) and a couple of real subprocess runs."""
+"""The CLI in-process (the shipped model, loaded once) and a couple of real subprocess runs."""
 from __future__ import annotations
 
 import json

@@ -42,7 +42,7 @@ def enrolled(capsys, tmp_path, clips):
     """alice and bob enrolled; returns the profiles folder."""
     code, _, err = run(capsys, "enroll", "alice", "--from", str(clips[0]), str(clips[1]))
     assert code == 0, err
-    # --force: the untrained test model may hear bob as alice (duplicate-voice check)
+    # --force: the clips are one speaker's, so bob sounds like alice (duplicate-voice check)
     code, _, err = run(capsys, "enroll", "bob", "--force", "--from", str(clips[2]), str(clips[2]))
     assert code == 0, err
     return tmp_path / "profiles"

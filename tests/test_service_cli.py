@@ -1,7 +1,7 @@
 """`streamsv listen` as a service, for real: a subprocess, a bound notify socket, real signals.
 
-The model is an untrained SpeakerEncoder saved as a checkpoint and passed with --model, so the
-CLI loads it through the same code path as shipped weights (no test hook in the child).
+The model is a copy of the shipped ONNX graphs passed with --model, so the CLI loads it through
+the same code path as any weights path (no test hook in the child, no torch).
 """
 from __future__ import annotations
 
