@@ -203,8 +203,8 @@ def listen(
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Accept when the calibrated confidence "
                                                    "(0-1) is at least this, instead of a cosine --threshold."),
     min_margin: Optional[float] = typer.Option(None, "--min-margin", help="...and leads the runner-up by at least this."),
-    turns: bool = typer.Option(False, "--turns", help="JSON: only turn-level events (ready, speech_start, speaker_change, "
-                               "speech_end with the turn's decision, final stats), for scripts."),
+    turns: bool = typer.Option(False, "--turns", help="JSON: only turn-level events (ready, speech_start, speaker_change, a decision "
+                               "when the label changes, speech_end with the turn's decision, final stats), for scripts."),
     service: bool = typer.Option(False, "--service", help="Run as a systemd service (implied when $NOTIFY_SOCKET is set): "
                                  "sd_notify READY/WATCHDOG/STATUS, SIGHUP reloads profiles and thresholds, "
                                  "SIGTERM stops cleanly, a failed microphone is reopened with backoff."),

@@ -309,6 +309,8 @@ class MqttSink:
         if kind == "speech_start":
             self._turn_first_sent = False
             self._set_state(self.topics.speech, SPEECH_ON)
+        elif kind == "speaker_change":  # a new voice inside the segment: its first confident decision fires too
+            self._turn_first_sent = False
         elif kind == "decision":
             label = _label(event)
             if label != UNKNOWN and not self._turn_first_sent:

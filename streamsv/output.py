@@ -18,8 +18,8 @@ JSON lines (``--json`` or whenever stdout is not a TTY), one object per line:
    "min_margin":..,"duration_slope":..}
 
 ``confidence`` is null when the model has no confidence calibration. With ``listen --turns`` only
-ready, speech_start, ``speaker_change`` (a decision whose label differs from the turn's previous
-one, the first included), speech_end, profiles_reloaded and the final stats are written. The
+ready, speech_start, speaker_change, a ``decision`` only when its label differs from the turn's
+previous one (the first included), speech_end, profiles_reloaded and the final stats are written. The
 live view also receives ``{"event":"level","t":..,"dbfs":..,"peak":..}`` a few times a second.
 """
 from __future__ import annotations

@@ -389,9 +389,10 @@ class Pipeline:
 
 class TurnFilter:
     """``listen --turns``: only what a script acting on turns needs. The ready and reload events,
-    each turn's start, a ``speaker_change`` when the live label (a name or unknown) changes within
-    the turn, its first label included, and the turn's end with its summary decision; the final
-    stats close the stream. Hop-by-hop decisions, level and periodic stats are left out."""
+    each turn's start, the pipeline's ``speaker_change``, a ``decision`` only when the live label (a
+    name or unknown) differs from the turn's previous one (its first label included), and the turn's
+    end with its summary decision; the final stats close the stream. Repeated decisions, level and
+    periodic stats are left out. Every event keeps its own name and schema."""
 
     def __init__(self) -> None:
         self._label: object = ()          # no label yet in this turn (None means "unknown")
@@ -400,13 +401,13 @@ class TurnFilter:
         kind = ev.get("event")
         if kind in ("speech_start", CHANGE_EVENT):
             self._label = ()   # the next decision names the new voice
-        if kind == CHANGE_EVENT and "at" in ev:
+        if kind == CHANGE_EVENT:
             return ev
         if kind in TURN_EVENTS or (kind == "stats" and ev.get("final")):
             return ev
         if kind == "decision" and ev.get("speaker") != self._label:
             self._label = ev.get("speaker")
-            return {**ev, "event": "speaker_change"}
+            return ev
         return None
 
 

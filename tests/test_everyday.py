@@ -83,16 +83,23 @@ def test_turns_keeps_turn_boundaries_and_speaker_changes():
           {"event": "decision", "speaker": "bob"}, {"event": "speech_end", "speaker": "bob"},
           {"event": "stats", "final": True}]
     kept = list(turn_events(iter(ev)))
-    assert [e["event"] for e in kept] == ["ready", "speech_start", "speaker_change", "speaker_change", "speech_end",
-                                          "speech_start", "speaker_change", "speech_end", "stats"]
-    assert [e["speaker"] for e in kept if e["event"] == "speaker_change"] == [None, "bob", "bob"]
+    assert [e["event"] for e in kept] == ["ready", "speech_start", "decision", "decision", "speech_end",
+                                          "speech_start", "decision", "speech_end", "stats"]
+    assert [e["speaker"] for e in kept if e["event"] == "decision"] == [None, "bob", "bob"]
 
 
 def test_listen_turns_through_the_cli(capsys, untrained_cli, talk):
     code, out, err = run_cli(capsys, "listen", "--source", str(talk), "--json", "--turns")
     assert code == 0, err
     kinds = [json.loads(x)["event"] for x in out.splitlines()]
-    assert kinds[0] == "ready" and kinds[-1] == "stats" and "decision" not in kinds and "speech_end" in kinds
+    assert kinds[0] == "ready" and kinds[-1] == "stats" and "speech_end" in kinds and "decision" in kinds
+    label = ()  # within a turn, a decision is kept only when its label changes
+    for ev in map(json.loads, out.splitlines()):
+        if ev["event"] in ("speech_start", "speaker_change"):
+            label = ()
+        elif ev["event"] == "decision":
+            assert ev["speaker"] != label
+            label = ev["speaker"]
 
 
 def test_profiles_list_has_a_header_and_json(capsys, untrained_cli, speech_clips, tmp_path):

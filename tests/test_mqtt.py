@@ -489,3 +489,27 @@ def test_tls_with_a_private_ca(tmp_path):
         b.stop()
     with pytest.raises(StreamsvError, match="mqtt.ca_file"):
         MqttSink(MqttConfig(url="mqtts://127.0.0.1:1", ca_file=str(tmp_path / "missing.pem"))).start()
+
+
+def test_a_speaker_change_inside_a_turn_fires_the_new_voices_first_event(broker):
+    from streamsv.config import MqttConfig
+    from streamsv.mqtt import MqttSink
+
+    sub = Subscriber(broker.port)
+    sink = MqttSink(MqttConfig(url=broker.url, room="hall"), names=["ada", "bob"]).start()
+    try:
+        decision = {"event": "decision", "accepted": True, "score": 0.9}
+        sink.update({"event": "speech_start", "t": 0.0})
+        sink.update({**decision, "t": 1.0, "speaker": "ada", "scores": {"ada": 0.9}})
+        sink.update({**decision, "t": 1.5, "speaker": "ada", "scores": {"ada": 0.9}})
+        sink.update({"event": "speaker_change", "t": 2.5, "at": 2.0, "similarity": 0.1})
+        sink.update({**decision, "t": 3.0, "speaker": "bob", "scores": {"bob": 0.9}})
+        sink.update({"event": "speech_end", "t": 3.5, "decisions": 3, "speaker": "bob", "accepted": True,
+                     "score": 0.9, "scores": {"bob": 0.9}})
+        sub.wait_for(lambda m: m[1] == "streamsv/hall/event" and json.loads(m[2])["phase"] == "end")
+        firsts = [json.loads(p)["event_type"] for _, _, p, _ in sub.all("streamsv/hall/event")
+                  if json.loads(p)["phase"] == "first"]
+        assert firsts == ["ada", "bob"]
+    finally:
+        sink.close()
+        sub.close()
