@@ -35,7 +35,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import __version__
-from .errors import StreamsvError
+from .errors import StreamsvError, shown
+from .safeio import read_bounded
 from .service import BACKOFF_MAX_S, BACKOFF_START_S
 
 log = logging.getLogger("streamsv.mqtt")
@@ -97,16 +98,13 @@ def read_password(settings: Any) -> str | None:
     """The broker password from ``password_file`` or ``password_env`` (never from the command line)."""
     if settings.password_file:
         path = Path(settings.password_file).expanduser()
+        label = f"mqtt.password_file: {shown(path)}"
+        # Bounded and regular files only: a FIFO would block start-up, /dev/zero would fill memory.
+        raw, _ = read_bounded(path, MAX_PASSWORD_BYTES, label)
         try:
-            if path.stat().st_size > MAX_PASSWORD_BYTES:
-                raise StreamsvError(f"mqtt.password_file: {path}: too large for a password file")
-            return path.read_text(encoding="utf-8").rstrip("\r\n")
-        except FileNotFoundError:
-            raise StreamsvError(f"mqtt.password_file: {path}: no such file") from None
-        except PermissionError:
-            raise StreamsvError(f"mqtt.password_file: {path}: permission denied") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StreamsvError(f"mqtt.password_file: {path}: cannot read ({exc})") from None
+            return raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise StreamsvError(f"{label}: not UTF-8 text") from None
     if settings.password_env:
         value = os.environ.get(settings.password_env)
         if value is None:

@@ -377,6 +377,33 @@ def test_password_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
         read_password(MqttConfig(url="mqtt://h", password_env="MQTT_PW"))
 
 
+def test_password_file_that_is_a_fifo_or_device_is_refused_at_once(tmp_path):
+    # A FIFO with no writer used to block start-up forever (and /dev/zero to fill memory: its
+    # st_size is 0); the password file is read like every other untrusted file, bounded.
+    from streamsv.config import MqttConfig
+    from streamsv.errors import StreamsvError
+    from streamsv.mqtt import read_password
+
+    fifo = tmp_path / "pw.fifo"
+    os.mkfifo(fifo)
+    outcome: list = []
+
+    def attempt(path: str) -> None:
+        try:
+            read_password(MqttConfig(url="mqtt://h", password_file=path))
+            outcome.append("read")
+        except StreamsvError as e:
+            outcome.append(str(e))
+
+    for path in (str(fifo), "/dev/zero"):
+        outcome.clear()
+        worker = threading.Thread(target=attempt, args=(path,), daemon=True)
+        worker.start()
+        worker.join(5.0)
+        assert not worker.is_alive(), f"read_password({path}) is still reading"
+        assert outcome and outcome[0].startswith("mqtt.password_file: ") and "not a regular file" in outcome[0]
+
+
 # --------------------------------------------------------------------------- rooms and credentials
 
 def _turn(sink, t: float, speaker: str) -> None:
