@@ -241,7 +241,9 @@ def run_enroll(name: str, paths: list[Path], seconds: float, *, force: bool, app
             profile = Profile(name=name, embeddings=bounded_embeddings(profile.embeddings), speech_s=profile.speech_s,
                               model=profile.model, created=profile.created)
     for who, score in similar:
-        warn(f"warning: sounds like {who} ({score:.2f}); kept because of --force")
+        # --append never refuses on another profile's likeness (it checks the profile's own voice).
+        why = f"appended to {name!r} anyway" if old is not None else "kept because of --force"
+        warn(f"warning: sounds like {who} ({score:.2f}); {why}")
     mean, low = profile.consistency()
     verdict = enrollment.judge(quality, mean, min_speech_s=MIN_ENROLL_S, total_speech_s=profile.speech_s)
     path = store.save(profile, force=True) if (old is not None or force) else store.save(profile)

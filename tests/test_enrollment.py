@@ -259,6 +259,17 @@ def test_append_adds_speech_and_embeddings(capsys, shipped_cli, clips, tmp_path)
     assert code == 2 and "--append" in err
 
 
+def test_append_warning_on_a_lookalike_does_not_claim_force(capsys, shipped_cli, clips, tmp_path):
+    # bob kept with --force though he sounds like alice; a later --append to bob (no --force)
+    # still sounds like alice: the warning must not say it was kept "because of --force".
+    assert run_cli(capsys, "enroll", "alice", "--from", str(clips[0]), str(clips[1]))[0] == 0
+    assert run_cli(capsys, "enroll", "bob", "--force", "--from", str(clips[2]), str(clips[1]))[0] == 0
+    code, out, err = run_cli(capsys, "enroll", "bob", "--append", "--from", str(clips[0]), str(clips[2]))
+    assert code == 0 and out.startswith("appended to 'bob': "), err
+    assert "warning: sounds like alice (0." in err and "appended to 'bob' anyway" in err
+    assert "--force" not in err
+
+
 def test_append_refuses_another_voice_without_force(capsys, shipped_cli, clips, tmp_path):
     spk = dev_speakers()
     if len(spk) < 2:
