@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StreamsvError
+from .errors import StreamsvError, shown
+from .safeio import read_bounded
 
 FORMAT = "streamsv-confidence"
 VERSION = 1
@@ -151,24 +152,16 @@ def _check_trusted(st: os.stat_result, path: Path) -> None:
 
 def _read(path: Path, trusted_only: bool = False) -> dict:
     """The calibration file's models (empty when absent); bounded and strictly typed."""
-    try:
-        if not path.is_file():
-            if path.exists():
-                raise StreamsvError(f"{path}: not a regular file")
-            return {}
-        with open(path, "rb") as f:
-            if trusted_only:
-                _check_trusted(os.fstat(f.fileno()), path)
-            raw = f.read(MAX_FILE_BYTES + 1)       # a bound even if the file grows after a stat
-        if len(raw) > MAX_FILE_BYTES:
-            raise StreamsvError(f"{path}: too large for a confidence calibration")
-        data = json.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    # Regular files only, read without blocking and at most MAX_FILE_BYTES (a FIFO or /dev/zero is refused).
+    raw, st = read_bounded(path, MAX_FILE_BYTES, f"{shown(path)}: confidence calibration")
+    if trusted_only:
+        _check_trusted(st, path)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:   # not UTF-8 or JSON, an integer of >4300 digits, nested too deep
         raise StreamsvError(f"{path}: corrupt confidence calibration ({type(e).__name__})") from None
-    except OSError as e:
-        raise StreamsvError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
         raise StreamsvError(f"{path}: not a streamsv confidence calibration (version {VERSION})")
     models = data.get("models")
@@ -187,7 +180,7 @@ def _parse(entry: object, where: str) -> ConfidenceModel:
         if not all(math.isfinite(v) for v in values + (window_s,)) or window_s <= 0:
             raise ValueError("non-finite")
         return ConfidenceModel(values, window_s, str(entry.get("fitted_on", ""))[:200], int(entry.get("trials", 0)))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:   # OverflowError: 1e999 trials, a 400-digit coef
         raise StreamsvError(f"{where}: malformed confidence calibration ({e})") from None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import stat
 
 import numpy as np
@@ -100,6 +101,28 @@ def test_user_calibration_wins_and_a_damaged_one_falls_back(tmp_path, caplog):
         with caplog.at_level(logging.WARNING):
             assert confidence.load("fp-a", tmp_path) is None           # no shipped entry for fp-a either
         assert "ignoring it" in caplog.text and "confidence omitted" in caplog.text
+
+
+def test_a_damaged_user_calibration_is_one_warning_not_a_crash(tmp_path, caplog):
+    # Each of these escaped load() as RecursionError, OverflowError or ValueError (a traceback
+    # at listen/verify start) instead of being ignored with a warning like other damage.
+    user = tmp_path / confidence.USER_FILE
+    entry = '{"format": "%s", "version": 1, "models": {"fp-a": %s}}'
+    for damage in ("[" * 100_000,
+                   entry % (confidence.FORMAT, '{"coef": [0, 5, 0, 0], "window_s": 3, "trials": 1e999}'),
+                   entry % (confidence.FORMAT, '{"coef": [0, 5, 0, %s], "window_s": 3}' % ("9" * 400)),
+                   entry % (confidence.FORMAT, '{"coef": [0, 5, 0, 0], "window_s": %s}' % ("9" * 5000))):
+        user.write_text(damage)
+        user.chmod(0o600)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert confidence.load("fp-a", tmp_path) is None
+        assert "ignoring it" in caplog.text and "confidence omitted" in caplog.text
+    user.unlink()
+    os.mkfifo(user)                                            # never opened for a blocking read
+    with caplog.at_level(logging.WARNING):
+        assert confidence.load("fp-a", tmp_path) is None
+    assert "not a regular file" in caplog.text
 
 
 class Retrained:
