@@ -96,7 +96,7 @@ async def read_event_bounded(reader: asyncio.StreamReader):
         return None
     try:
         header = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):     # RecursionError: "[[[[..." nested past the parser's limit
         raise BadEvent("header is not JSON") from None
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
         raise BadEvent("header has no event type")
@@ -108,7 +108,7 @@ async def read_event_bounded(reader: asyncio.StreamReader):
     if data_length:
         try:
             extra = json.loads(await reader.readexactly(data_length))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BadEvent("event data is not JSON") from None
         if not isinstance(extra, dict):
             raise BadEvent("event data is not an object")

@@ -193,6 +193,23 @@ def test_oversized_event_is_refused_and_the_proxy_keeps_serving(setup):
     assert Transcript.from_event(reply).context["speaker"]["name"] == "ada"
 
 
+def test_deeply_nested_json_is_a_bad_event_not_a_crash():
+    # 60,000 '[' fit the 64 KB header line; the JSON parser raised RecursionError, which escaped the
+    # bounded reader (a traceback in the log and no error event for the client).
+    from streamsv.wyoming_asr import BadEvent, read_event_bounded
+
+    async def read(data: bytes):
+        reader = asyncio.StreamReader(limit=64 * 1024)
+        reader.feed_data(data)
+        reader.feed_eof()
+        return await read_event_bounded(reader)
+
+    nested = b"[" * 60_000
+    for data in (nested + b"\n", b'{"type": "transcribe", "data_length": 60000}\n' + nested):
+        with pytest.raises(BadEvent, match="not JSON"):
+            asyncio.run(read(data))
+
+
 def test_unreachable_asr_is_an_error_event(setup):
     reply, _ = asyncio.run(with_servers(setup, lambda port: ask(port, setup["commands"]["ada"][:SR]),
                                         asr_handler=None))
