@@ -86,8 +86,6 @@ class Pipeline:
 
     def _check_min_confidence(self) -> None:
         if self.sc.min_confidence is not None and self.calibration is None:
-            from .errors import StreamsvError
-
             raise StreamsvError(f"scoring.min_confidence needs a confidence calibration for model "
                                 f"{self.embedder.fingerprint}; give a cosine --threshold instead, or fit one")
 
