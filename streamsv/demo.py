@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from .errors import StreamsvError
+from .features import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from .embedder import Embedder
     from .profiles import Profile, ProfileStore
 
-SAMPLE_RATE = 16000
 PAUSE_S = 1.2
 STRANGER = "stranger"   # the voice that is never enrolled
 

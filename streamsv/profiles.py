@@ -533,10 +533,11 @@ def enroll(embedder, name: str, recordings: list[np.ndarray], vad_settings=None,
     Silence is cut with the VAD first (unless ``trim`` is False: already voiced
     audio) so it neither dilutes the embedding nor counts as enrolled speech. Returns the profile and warnings for skipped inputs.
     """
-    from .vad import VadSettings, voiced
+    from .config import VadConfig
+    from .vad import voiced
 
     check_name(name)
-    settings = vad_settings or VadSettings()
+    settings = vad_settings or VadConfig()
     embeddings, warnings, total = [], [], 0.0
     for i, wave in enumerate(recordings):
         label = sources[i] if sources else f"recording {i + 1}"

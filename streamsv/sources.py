@@ -21,8 +21,8 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from .errors import StreamsvError, os_reason, shown
+from .features import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 BLOCK_MS = 30               # one webrtcvad frame: a natural unit for every source
 QUEUE_S = 2.0               # mic backlog we tolerate before dropping the oldest audio
 FILE_READ_S = 0.5           # file read granularity before re-chunking

@@ -28,9 +28,6 @@ import numpy as np
 from .config import VadConfig
 from .features import SAMPLE_RATE
 
-# The settings are the [vad] section of the config: one definition of the fields.
-VadSettings = VadConfig
-
 FRAME_MS = 30
 FRAME = SAMPLE_RATE * FRAME_MS // 1000   # 480 samples
 
@@ -176,7 +173,7 @@ class Silero:
         return self._voiced
 
 
-def frame_classifier(settings: VadSettings) -> FrameClassifier:
+def frame_classifier(settings: VadConfig) -> FrameClassifier:
     """The engine ``settings.engine`` names, set up from the rest of ``settings``."""
     if settings.engine == "silero":
         return Silero(settings.silero_threshold)
@@ -188,7 +185,7 @@ def frame_classifier(settings: VadSettings) -> FrameClassifier:
 class Segmenter:
     """Stateful VAD segmenter; feed ``process(chunk, capture_time)``, then ``flush()`` at EOF."""
 
-    def __init__(self, settings: VadSettings = VadSettings()) -> None:
+    def __init__(self, settings: VadConfig = VadConfig()) -> None:
         if not 0 <= settings.aggressiveness <= 3:
             raise ValueError("vad aggressiveness must be 0..3")
         self.settings = settings
@@ -272,7 +269,7 @@ class Segmenter:
         return out
 
 
-def voiced(wave: np.ndarray, settings: VadSettings = VadSettings()) -> list[np.ndarray]:
+def voiced(wave: np.ndarray, settings: VadConfig = VadConfig()) -> list[np.ndarray]:
     """The speech segments of a whole recording (with padding), in order."""
     seg = Segmenter(settings)
     out: list[np.ndarray] = []
@@ -286,7 +283,7 @@ def voiced(wave: np.ndarray, settings: VadSettings = VadSettings()) -> list[np.n
     return out
 
 
-def cost_ms_per_s(wave: np.ndarray, settings: VadSettings = VadSettings(), repeats: int = 3) -> float:
+def cost_ms_per_s(wave: np.ndarray, settings: VadConfig = VadConfig(), repeats: int = 3) -> float:
     """Process CPU milliseconds the segmenter spends per second of ``wave`` fed in 30 ms blocks
     (median of ``repeats`` passes, each on a fresh segmenter): what `streamsv bench` prints."""
     import time

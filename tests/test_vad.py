@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from conftest import with_pauses
-from streamsv.vad import FRAME, Segmenter, SpeechAudio, SpeechEnd, SpeechStart, VadSettings, voiced
+from streamsv.config import VadConfig
+from streamsv.vad import FRAME, Segmenter, SpeechAudio, SpeechEnd, SpeechStart, voiced
 
 SR = 16000
 
@@ -56,7 +57,7 @@ def test_turns_separated_by_pauses_are_separate_segments(speech_clips, chunk):
 
 def test_segment_times_are_consistent_with_audio(speech_clips):
     audio, spans = with_pauses(speech_clips[:1], pause_s=1.0)
-    events = run(Segmenter(VadSettings(padding_ms=150)), audio, 480)
+    events = run(Segmenter(VadConfig(padding_ms=150)), audio, 480)
     for start, end, n in segments(events):
         assert n % FRAME == 0
         # Kept audio never exceeds the segment span (pauses inside are kept, so equality is common).
@@ -85,7 +86,7 @@ def test_voiced_helper_trims_silence(speech_clips):
 
 def test_bad_aggressiveness():
     with pytest.raises(ValueError):
-        Segmenter(VadSettings(aggressiveness=4))
+        Segmenter(VadConfig(aggressiveness=4))
 
 
 # ------------------------------------------------------------ noise floor (issue 10)
@@ -103,7 +104,7 @@ def voiced_share(classifier, audio: np.ndarray) -> float:
     return float(np.mean([classifier.is_speech(f) for f in frames]))
 
 
-@pytest.mark.parametrize("snr_db", [VadSettings().snr_db, 10.0])
+@pytest.mark.parametrize("snr_db", [VadConfig().snr_db, 10.0])
 def test_a_noise_floor_that_comes_on_is_speech_to_webrtcvad_alone_but_not_through_the_gate(snr_db):
     # A fan switched on in a quiet room: 3 s of -70 dBFS hiss, then white noise at -50 dBFS.
     # webrtcvad alone calls all of the next 2 s speech and 43% of the 3 s after (measured), so a
@@ -122,7 +123,7 @@ def test_a_noise_floor_that_comes_on_is_speech_to_webrtcvad_alone_but_not_throug
 @pytest.mark.parametrize("dbfs", [-60, -50, -40])
 def test_noise_floor_gate_keeps_steady_noise_out_of_segments(dbfs):
     noise = noise_at(dbfs, 8)
-    assert voiced_share(WebrtcGated(2, snr_db=VadSettings().snr_db), noise) < 0.02
+    assert voiced_share(WebrtcGated(2, snr_db=VadConfig().snr_db), noise) < 0.02
     assert segments(run(Segmenter(), noise, 480)) == []
 
 
@@ -159,7 +160,7 @@ def test_silero_engine_finds_speech_and_not_noise(speech_clips):
     assert vad.SILERO_MODEL.is_file()
     assert "MIT License" in (Path(vad.SILERO_MODEL).parent / "LICENSE").read_text()
     audio, spans = with_pauses(speech_clips[:2], pause_s=1.5)
-    segs = segments(run(Segmenter(VadSettings(engine="silero")), audio, 480))
+    segs = segments(run(Segmenter(VadConfig(engine="silero")), audio, 480))
     assert len(segs) >= 2
     for a, b in spans:
         assert sum(max(0.0, min(e, b) - max(s, a)) for s, e, _ in segs) > 0.6 * (b - a)
@@ -168,7 +169,7 @@ def test_silero_engine_finds_speech_and_not_noise(speech_clips):
 
 def test_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="engine"):
-        Segmenter(VadSettings(engine="nope"))
+        Segmenter(VadConfig(engine="nope"))
 
 
 def test_vad_settings_are_validated_in_the_config():

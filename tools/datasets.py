@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from streamsv.features import SAMPLE_RATE
+
 DEV_SETS = ("speechocean-dev", "asc-test", "asc-val", "librispeech-test-other", "urdu")
 # Dev-only, out of domain (research-use licence): evaluated, never trained on, nothing derived shipped.
 OUT_OF_DOMAIN_SETS = ("urdu",)

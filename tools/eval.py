@@ -33,10 +33,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets  # noqa: E402
+from streamsv.features import SAMPLE_RATE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE_DIR = REPO / "cache" / "eval"
-SAMPLE_RATE = 16000
 
 EVAL_SETS = ("speechocean-dev", "asc-test", "librispeech-test-other", "urdu")
 NOISY_CONDITIONS = {"noisy10": 10.0, "noisy5": 5.0}  # value: SNR in dB

@@ -39,8 +39,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets  # noqa: E402
+from streamsv.features import SAMPLE_RATE  # noqa: E402
 
-SAMPLE_RATE = 16000
 ENROLL_UTTERANCES = 3  # the fewest clips enrolled
 ENROLL_TARGET_S = 20.0  # ... and more, in file-name order, until this much audio: a "good" profile, as `enroll` asks
 MIN_TALK_UTTERANCES = 3  # clips left for the speaker's turns

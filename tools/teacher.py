@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import torch
 
-SAMPLE_RATE = 16000
+from streamsv.features import SAMPLE_RATE  # Resemblyzer's rate too
 PARTIAL_RATE = 1.3  # partial windows per second: embed_utterance's default
 MIN_COVERAGE = 0.75  # embed_utterance's default
 MAX_BATCH_PARTIALS = 512  # bounds peak memory of one LSTM forward (512 x 160 x 40 floats in)
