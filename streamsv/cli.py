@@ -638,12 +638,14 @@ def service_install(
     print_only: bool = typer.Option(False, "--print", help="Print the unit file instead of writing it."),
     path: Optional[Path] = typer.Option(None, "--path", help="Where to write it (default /etc/systemd/system/streamsv.service)."),
     executable: Optional[str] = typer.Option(None, "--executable", help="Absolute path of streamsv for ExecStart (default: this one)."),
+    network: bool = typer.Option(False, "--network", help="Let the service reach an MQTT broker over IP "
+                                 "(the default unit has no network at all)."),
 ) -> None:
     """Install the systemd unit that runs `streamsv listen --service` at boot."""
     from .service import UNIT_PATH, install_hints, install_unit
 
     target = path or UNIT_PATH
-    text = install_unit(target, print_only=print_only, executable=executable)
+    text = install_unit(target, print_only=print_only, executable=executable, network=network)
     if print_only:
         typer.echo(text, nl=False)
     else:

@@ -600,6 +600,19 @@ def _describe(exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- unit file
 
+_NETWORK_NONE = """\
+# AF_UNIX carries sd_notify and ALSA plugins; no IP, no netlink (ALSA enumerates cards through
+# /dev/snd control devices, not udev netlink); the service has no network at all.
+RestrictAddressFamilies=AF_UNIX
+PrivateNetwork=yes
+IPAddressDeny=any
+"""
+_NETWORK_IP = """\
+# AF_UNIX carries sd_notify and ALSA plugins; IP reaches the MQTT broker (service install
+# --network); still no netlink and no raw sockets.
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+PrivateNetwork=no
+"""
 _UNIT_TEMPLATE = """\
 # streamsv: live speaker verification as a systemd service.
 # Installed by `streamsv service install`; `streamsv service install --print` shows it.
@@ -652,12 +665,7 @@ PrivateTmp=yes
 PrivateDevices=no
 DevicePolicy=closed
 DeviceAllow=char-alsa rw
-# AF_UNIX carries sd_notify and ALSA plugins; no IP, no netlink (ALSA enumerates cards through
-# /dev/snd control devices, not udev netlink); the service has no network at all.
-RestrictAddressFamilies=AF_UNIX
-PrivateNetwork=yes
-IPAddressDeny=any
-PrivateMounts=yes
+{network}PrivateMounts=yes
 CapabilityBoundingSet=
 AmbientCapabilities=
 RestrictNamespaces=yes
@@ -698,8 +706,9 @@ def _default_executable() -> str:
     return f"{Path(sys.executable).resolve()} -m streamsv.cli"  # cli.py runs main() as a module
 
 
-def unit_text(executable: str | None = None, watchdog_s: int = WATCHDOG_SEC) -> str:
-    """The unit file. ``executable`` defaults to the running streamsv (as installed)."""
+def unit_text(executable: str | None = None, watchdog_s: int = WATCHDOG_SEC, network: bool = False) -> str:
+    """The unit file. ``executable`` defaults to the running streamsv (as installed); ``network``
+    lets the service reach an MQTT broker over IP (the default unit has no network at all)."""
     exec_start = executable or _default_executable()
     if not exec_start.startswith("/"):
         raise StreamsvError(f"service: executable must be an absolute path, got {exec_start!r}")
@@ -712,12 +721,14 @@ def unit_text(executable: str | None = None, watchdog_s: int = WATCHDOG_SEC) -> 
         user=SERVICE_USER,
         profiles=PROFILES_DIR,
         protect_home="read-only" if in_home else "yes",
+        network=_NETWORK_IP if network else _NETWORK_NONE,
     )
 
 
-def install_unit(path: str | os.PathLike = UNIT_PATH, print_only: bool = False, executable: str | None = None) -> str:
+def install_unit(path: str | os.PathLike = UNIT_PATH, print_only: bool = False, executable: str | None = None,
+                 network: bool = False) -> str:
     """Write the unit file atomically (0644) unless ``print_only``; returns its text."""
-    text = unit_text(executable)
+    text = unit_text(executable, network=network)
     if print_only:
         return text
     target = Path(path)

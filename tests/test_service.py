@@ -298,10 +298,20 @@ def test_unit_file_directives():
     assert not any(k in d for k in ("ProcSubset", "PrivateUsers", "MemoryDenyWriteExecute"))
 
 
+def test_network_unit_reaches_ip_and_nothing_else_changes():
+    closed, networked = (unit_directives(unit_text("/usr/local/bin/streamsv", network=n)) for n in (False, True))
+    assert closed["PrivateNetwork"] == ["yes"] and closed["IPAddressDeny"] == ["any"]
+    assert networked["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
+    assert networked["PrivateNetwork"] == ["no"] and "IPAddressDeny" not in networked  # any IP deny would block the broker
+    changed = {k for k in closed.keys() | networked.keys() if closed.get(k) != networked.get(k)}
+    assert changed == {"RestrictAddressFamilies", "PrivateNetwork", "IPAddressDeny"}
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_systemd_accepts_the_unit(tmp_path):
+@pytest.mark.parametrize("network", [False, True])
+def test_systemd_accepts_the_unit(tmp_path, network):
     unit = tmp_path / "streamsv.service"
-    unit.write_text(unit_text("/bin/true"))  # verify checks that ExecStart exists
+    unit.write_text(unit_text("/bin/true", network=network))  # verify checks that ExecStart exists
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "Unknown" not in res.stderr and "unknown" not in res.stderr, res.stderr
