@@ -141,7 +141,10 @@ def test_calibrate_from_folders(capsys, tmp_path):
     code, out, err = run(capsys, "calibrate", str(root))
     assert code == 0, err
     thr = float(out.split("threshold ")[1].split()[0])
-    assert -1 <= thr <= 1 and "EER" in out
+    eer_3s = float(out.split("EER ")[1].split("%")[0])
+    # Three dev speakers are easy to tell apart: a threshold between impostor (~0.1-0.4) and genuine
+    # (~0.6-0.9) cosines with a low EER; a sign error or a threshold from the wrong trials fails here.
+    assert 0.2 < thr < 0.9 and eer_3s < 10.0, out
     code, out, err = run(capsys, "calibrate", str(root), "--target-far", "0.0")
     assert code == 0 and "FAR 0.00%" in out
     code, _, err = run(capsys, "calibrate", str(root / spk[0]))
