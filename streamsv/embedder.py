@@ -13,7 +13,6 @@ the training metadata, the counted parameters and MACs, and the fingerprint that
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -253,18 +252,3 @@ def load_embedder(path: str | Path | None = None, variant: str | None = None, th
     except Exception as exc:  # any unreadable model file is the user's file problem
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StreamsvError(f"cannot load model {step}: {message}") from None
-
-
-def write_atomic(path: Path, data: bytes, force: bool = False) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename; refuse to overwrite
-    without ``force``."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise StreamsvError(f"{path} exists (pass --force to overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from streamsv.embedder import MODEL_NAME, POOL_SUFFIX, VARIANT_SUFFIXES, Embedder, write_atomic  # noqa: E402
+from streamsv.embedder import MODEL_NAME, POOL_SUFFIX, VARIANT_SUFFIXES, Embedder  # noqa: E402
 from streamsv.errors import StreamsvError  # noqa: E402
 from streamsv.features import SAMPLE_RATE, log_mel  # noqa: E402
 from streamsv.model import (ModelConfig, SpeakerEncoder, count_macs_per_second, count_stream_macs_per_second,  # noqa: E402
@@ -162,6 +163,21 @@ def output_stem(out: Path) -> Path:
     if out.suffix in (".npz", ".pt"):
         raise StreamsvError(f"{out}: the output is a folder or a NAME.onnx path now, not {out.suffix}")
     return out / MODEL_NAME
+
+
+def write_atomic(path: Path, data: bytes, force: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename; refuse to overwrite
+    without ``force``."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise StreamsvError(f"{path} exists (pass --force to overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
