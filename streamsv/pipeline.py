@@ -57,7 +57,7 @@ class Pipeline:
         self._reload_requested = threading.Event()
         self._pending_cfg: Config | None = None
         self.on_audio = on_audio
-        self.segmenter = Segmenter(cfg.vad)
+        self.segmenter: Segmenter | None = None   # built by run(): silero's session costs ~16 ms
         self.stream = embedder.stream(window_s=self.sc.window_s)
         self.smoother = Smoother(self.sc.smoothing_hops)
         self.change = ChangeDetector(cfg.change)
@@ -159,7 +159,7 @@ class Pipeline:
         interval = self.cfg.output.stats_interval_s
         next_stats = time.monotonic() + interval
         # A service may call run() again with a fresh source after a device failure: start clean.
-        self.segmenter = Segmenter(self.segmenter.settings)
+        self.segmenter = Segmenter(self.cfg.vad)
         self.in_speech = False
         self._seg_reset()
         if not self._ready_sent:
