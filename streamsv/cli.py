@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -18,6 +17,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
+from . import app as application
 from .enrollment import GOOD_SPEECH_S
 from .errors import StreamsvError, os_reason, shown
 
@@ -100,17 +100,6 @@ ModelOpt = typer.Option(None, "--model", help="Model weights file (default: the 
 
 # --------------------------------------------------------------------------- plumbing
 
-def load_model(model_cfg):
-    """The embedder the CLI uses, from the config's ``model`` section, or a weights path (None:
-    the shipped model); tests replace this."""
-    from . import load_embedder
-    from .config import ModelConfig
-
-    if not isinstance(model_cfg, ModelConfig):
-        model_cfg = ModelConfig(path=model_cfg)
-    return load_embedder(model_cfg.path, variant=None if model_cfg.path else model_cfg.variant, threads=model_cfg.threads)
-
-
 def _load_config(config: Optional[Path], overrides: dict):
     """The settings file (search order in config.py) with the flags the user gave on top."""
     from .config import load_config
@@ -125,12 +114,6 @@ def _config(config: Optional[Path], **overrides):
     logging.basicConfig(level=getattr(logging, cfg.output.log_level.upper(), logging.INFO),
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     return cfg
-
-
-def _store(cfg):
-    from .profiles import ProfileStore
-
-    return ProfileStore(cfg.profiles.resolved())
 
 
 def _err(msg: str) -> None:
@@ -187,7 +170,7 @@ def enroll(
     cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model, "audio.device": device})
     paths = list(from_ or []) + list(files or [])
     run_enroll(name, paths, seconds, force=force, append=append, json_out=json_out, cfg=cfg,
-               load_model=lambda: load_model(cfg.model), say=_say, warn=_err)
+               load_model=lambda: application.load_model(cfg.model), say=_say, warn=_err)
 
 
 # --------------------------------------------------------------------------- listen
@@ -236,15 +219,15 @@ def listen(
         from .service import setup_logging
 
         setup_logging(cfg.output.log_level)      # one line per record; journald adds the time
-        emb = load_model(cfg.model)
+        emb = application.load_model(cfg.model)
         # SIGHUP re-reads the same file with the same flags on top: flags keep winning.
-        code = run_service(cfg, emb, realtime=realtime, reload_config=lambda: _load_config(config, overrides),
+        code = application.run_service(cfg, emb, realtime=realtime, reload_config=lambda: _load_config(config, overrides),
                            turns=turns)
         if FAST_SERVICE_EXIT:
             _exit_now(code)
         raise typer.Exit(code)
-    emb = load_model(cfg.model)
-    run_listen(cfg, emb, realtime=realtime, turns=turns)
+    emb = application.load_model(cfg.model)
+    application.run_listen(cfg, emb, realtime=realtime, turns=turns)
 
 
 def _exit_now(code: int) -> None:
@@ -256,95 +239,6 @@ def _exit_now(code: int) -> None:
             pass               # a closed pipe: nothing left to deliver
     logging.shutdown()
     os._exit(code)
-
-
-def _profile_loader(store, emb):
-    def profiles() -> dict:
-        return {n: p.centroid for n, p in store.load_all(emb.fingerprint, emb.dim).items()}
-
-    return profiles
-
-
-def run_service(cfg, emb, realtime: bool = False, reload_config=None, turns: bool = False) -> int:
-    """``listen`` under streamsv.service.ServiceRunner; returns the exit status (0 after SIGTERM).
-
-    READY=1 goes out once the model is loaded and the first audio chunk was consumed; the
-    watchdog is fed from the pipeline's consumer loop (``on_audio``), so a stalled capture or a
-    hung loop both stop the pings. A microphone that fails mid-run is reopened with backoff; a
-    file or stdin that ends stops the service with status 0.
-    """
-    from .mqtt import with_mqtt
-    from .output import make_output
-    from .pipeline import Pipeline
-    from .service import ServiceRunner
-    from .sources import open_source
-
-    store = _store(cfg)
-    mic = cfg.audio.source in (None, "mic")
-
-    def open_audio():
-        return open_source(cfg.audio.source, cfg.audio.device, realtime, cfg.audio.block_ms, cfg.audio.queue_s)
-
-    pipe = Pipeline(emb, open_audio(), cfg, _profile_loader(store, emb))
-    if not pipe.centroids:
-        log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
-    out = with_mqtt(make_output(cfg.output.json, title="streamsv listen (service)"), cfg, sorted(pipe.centroids))
-    write = _writer(out, pipe, cfg, turns)
-    with out:
-        runner = ServiceRunner(pipe, write, reopen_source=open_audio if mic else None,
-                               reload_config=reload_config)
-        return runner.run()
-
-
-def _writer(out, pipe, cfg, turns: bool):
-    """The event sink: the live view also gets input-level events; ``--turns`` keeps turn-level ones."""
-    from .output import LEVEL_INTERVAL_S, json_mode
-    from .pipeline import TurnFilter
-
-    if not json_mode(cfg.output.json):
-        pipe.level_interval_s = LEVEL_INTERVAL_S
-    keep = TurnFilter().keep if turns else (lambda ev: ev)
-
-    def write(ev: dict) -> None:
-        kept = keep(ev)
-        if kept is not None:
-            out.update(kept, pipe)
-
-    return write
-
-
-def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
-               stop: threading.Event | None = None, on_event=None, turns: bool = False) -> dict:
-    """Build source + pipeline + output from a Config and run to the end; returns the final stats."""
-    from .mqtt import with_mqtt
-    from .output import make_output
-    from .pipeline import Pipeline
-    from .sources import open_source
-
-    store = _store(cfg)
-    src = open_source(cfg.audio.source, cfg.audio.device, realtime, cfg.audio.block_ms, cfg.audio.queue_s)
-    pipe = Pipeline(emb, src, cfg, _profile_loader(store, emb))
-    if not pipe.centroids:
-        log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
-    out = with_mqtt(make_output(cfg.output.json, title=title), cfg, sorted(pipe.centroids))
-    write = _writer(out, pipe, cfg, turns)
-    final: dict = {}
-    stop = stop or threading.Event()
-    with out:
-        events = pipe.run(stop)
-        try:
-            for ev in events:
-                write(ev)
-                if on_event is not None:
-                    on_event(ev)
-                if ev["event"] == "stats" and ev.get("final"):
-                    final = ev
-        except KeyboardInterrupt:
-            stop.set()
-            events.close()
-            final = pipe.stats_event(final=True)
-            out.update(final, pipe)
-    return final
 
 
 # --------------------------------------------------------------------------- verify / embed
@@ -373,12 +267,12 @@ def verify(
     cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model, "scoring.threshold": threshold,
                              "scoring.min_confidence": min_confidence})
     wave = load_audio(file)
-    store = _store(cfg)
+    store = application.open_store(cfg)
     if not store.exists(name):
         names = store.names()
         known = f"enrolled: {', '.join(names)}" if names else "none enrolled yet (streamsv enroll NAME)"
         raise StreamsvError(f"no profile named {name!r} in {store.dir}; {known}")
-    emb = load_model(cfg.model)
+    emb = application.load_model(cfg.model)
     prof = store.load(name, emb.fingerprint, emb.dim)
     calibration = confidence_mod.load(emb.fingerprint, cfg.profiles.resolved())
     if cfg.scoring.min_confidence is not None and calibration is None:
@@ -420,7 +314,7 @@ def embed(
     from .sources import load_audio
 
     cfg = _config(config, **{"model.path": model})
-    emb = load_model(cfg.model)
+    emb = application.load_model(cfg.model)
     for f in files:
         wave = load_audio(f)
         try:
@@ -472,7 +366,7 @@ def calibrate(
         raise StreamsvError(f"{shown(e.filename or folder)}: cannot read ({os_reason(e)})") from None
     if len(speakers) < 2:
         raise StreamsvError(f"{folder}: need at least 2 speakers with more than {enroll_n} recordings each")
-    emb = load_model(cfg.model)
+    emb = application.load_model(cfg.model)
     sc = cfg.scoring
     lengths = {"full": int(sc.window_s * 16000), "short": int(sc.min_speech_s * 16000)}
     centroids, tests = {}, {k: [] for k in lengths}
@@ -552,7 +446,7 @@ def profiles_list(json_out: bool = typer.Option(False, "--json", help="One JSON 
                   profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
     """List enrolled profiles (name, speech, embeddings, model, created)."""
     cfg = _config(config, **{"profiles.dir": profiles_dir})
-    store = _store(cfg)
+    store = application.open_store(cfg)
     names = store.names()
     if not names:
         _err(f"no profiles in {store.dir}")
@@ -579,7 +473,7 @@ def profiles_show(name: str = typer.Argument(..., help="Profile name."),
                   profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
     """Show one profile's details."""
     cfg = _config(config, **{"profiles.dir": profiles_dir})
-    p = _store(cfg).load(name)
+    p = application.open_store(cfg).load(name)
     mean, low = p.consistency()
     info = {"name": p.name, "model": p.model, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(p.created)),
             "speech_s": round(p.speech_s, 2), "embeddings": len(p.embeddings), "dim": p.dim,
@@ -595,7 +489,7 @@ def profiles_show(name: str = typer.Argument(..., help="Profile name."),
 def profiles_delete(name: str = typer.Argument(..., help="Profile name."), profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
     """Delete a profile."""
     cfg = _config(config, **{"profiles.dir": profiles_dir})
-    _store(cfg).delete(name)
+    application.open_store(cfg).delete(name)
     typer.echo(f"deleted {name!r}")
 
 
@@ -605,7 +499,7 @@ def profiles_rename(old: str = typer.Argument(..., help="Current name."), new: s
                     profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
     """Rename a profile."""
     cfg = _config(config, **{"profiles.dir": profiles_dir})
-    _store(cfg).rename(old, new, force=force)
+    application.open_store(cfg).rename(old, new, force=force)
     typer.echo(f"renamed {old!r} -> {new!r}")
 
 
@@ -615,7 +509,7 @@ def profiles_export(name: str = typer.Argument(..., help="Profile name."),
                     profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
     """Copy a profile to a file (0600; it is biometric data: keep it private)."""
     cfg = _config(config, **{"profiles.dir": profiles_dir})
-    out = _store(cfg).export(name, dest, force=force)
+    out = application.open_store(cfg).export(name, dest, force=force)
     typer.echo(f"exported {name!r} -> {out}")
 
 
@@ -626,8 +520,8 @@ def profiles_import(file: Path = typer.Argument(..., help="Profile file (from pr
                     config: Optional[Path] = ConfigOpt, model: Optional[str] = ModelOpt) -> None:
     """Import a profile file made by this model."""
     cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model})
-    emb = load_model(cfg.model)
-    p = _store(cfg).import_(file, name=name, force=force, fingerprint=emb.fingerprint, dim=emb.dim)
+    emb = application.load_model(cfg.model)
+    p = application.open_store(cfg).import_(file, name=name, force=force, fingerprint=emb.fingerprint, dim=emb.dim)
     typer.echo(f"imported {p.name!r}")
 
 
@@ -676,9 +570,9 @@ def wyoming(
     settings = ProxySettings(check_uri(uri, "--uri"), check_uri(asr_uri, "--asr-uri"), unknown, prefix)
     cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model, "scoring.threshold": threshold,
                              "scoring.min_speech_s": min_speech_s})
-    store = _store(cfg)
-    emb = load_model(cfg.model)
-    loader = _profile_loader(store, emb)
+    store = application.open_store(cfg)
+    emb = application.load_model(cfg.model)
+    loader = application.profile_loader(store, emb)
     if not loader():
         log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
     serve(Proxy(settings, cfg, emb, loader))
@@ -709,7 +603,7 @@ def demo(
     from .demo import run_demo
 
     cfg = _config(config, **{"model.path": model, "output.json": json_out})
-    emb = load_model(cfg.model)
+    emb = application.load_model(cfg.model)
     run_demo(cfg, emb, realtime=realtime, keep=keep)
 
 

@@ -137,7 +137,7 @@ def run_demo(cfg, embedder, realtime: bool = True, keep: Path | None = None) -> 
     import soundfile as sf
     from rich.console import Console
 
-    from .cli import run_listen
+    from .app import run_listen
     from .profiles import ProfileStore
 
     espeak_available()

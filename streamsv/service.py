@@ -22,7 +22,7 @@ thread (with a Config it also takes the new threshold, min_margin and duration_s
 ``source`` attribute that may be replaced between runs after a device failure.
 
 ``streamsv listen --service`` (implied when ``$NOTIFY_SOCKET`` is set) wires these together in
-streamsv.cli.run_service; ``streamsv service install`` writes the unit.
+streamsv.app.run_service; ``streamsv service install`` writes the unit.
 """
 from __future__ import annotations
 

@@ -94,9 +94,9 @@ def with_pauses(clips: list[np.ndarray], pause_s: float = 1.0) -> tuple[np.ndarr
 def untrained_cli(monkeypatch, untrained, tmp_path):
     """The CLI on the session's shipped model (loaded once), with profiles and HOME in tmp_path
     (no user config leaks in)."""
-    from streamsv import cli
+    from streamsv import app
 
-    monkeypatch.setattr(cli, "load_model", lambda path: untrained)
+    monkeypatch.setattr(app, "load_model", lambda path: untrained)
     monkeypatch.delenv("STREAMSV_CONFIG", raising=False)
     monkeypatch.setenv("STREAMSV_PROFILES_DIR", str(tmp_path / "profiles"))
     monkeypatch.setenv("HOME", str(tmp_path))

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from conftest import dev_speakers, run_cli, speaker_folders, with_pauses
-from streamsv import cli, confidence
+from streamsv import app, confidence
 from streamsv.config import Config
 from streamsv.errors import StreamsvError
 from streamsv.pipeline import Pipeline
@@ -177,7 +177,7 @@ def shipped(monkeypatch, untrained_cli):
     from streamsv import load_embedder
 
     emb = load_embedder()
-    monkeypatch.setattr(cli, "load_model", lambda *_: emb)
+    monkeypatch.setattr(app, "load_model", lambda *_: emb)
     return emb
 
 

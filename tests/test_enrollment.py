@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from conftest import dev_speakers, dev_utterances, run_cli
-from streamsv import cli, enrollment
+from streamsv import app, enrollment
 from streamsv.enroll_command import LineReporter, MicProgress, hint_for
 from streamsv.profiles import Profile, ProfileStore, append_to_profile, bounded_embeddings, centroid_of
 from streamsv.vad import voiced
@@ -138,7 +138,7 @@ def shipped_cli(monkeypatch, untrained_cli):
     from streamsv import load_embedder
 
     emb = load_embedder()
-    monkeypatch.setattr(cli, "load_model", lambda *_: emb)
+    monkeypatch.setattr(app, "load_model", lambda *_: emb)
     return emb
 
 

@@ -182,7 +182,7 @@ def test_service_reopens_a_failed_microphone(monkeypatch, capsys, tmp_path, untr
     # resumes in the same pipeline; SIGTERM then stops with exit status 0 and a final stats event.
     import threading
 
-    from streamsv import cli, sources
+    from streamsv import app, sources
     from streamsv.config import Config
 
     class DyingMic(sources.FileSource):
@@ -206,7 +206,7 @@ def test_service_reopens_a_failed_microphone(monkeypatch, capsys, tmp_path, untr
     monkeypatch.setattr(sources, "open_source", fake_open)
     cfg = Config().with_overrides(**{"profiles.dir": str(tmp_path / "none"), "output.json": True})
     t0 = time.monotonic()
-    code = cli.run_service(cfg, untrained)
+    code = app.run_service(cfg, untrained)
     out = capsys.readouterr().out
     assert code == 0 and len(opened) == 3
     assert time.monotonic() - t0 < 10                       # backoff 0.5 s, then 1 s
