@@ -101,8 +101,7 @@ def bench_audio(seconds: float, path: str | None) -> tuple[np.ndarray, str]:
         reps = int(np.ceil(seconds * SAMPLE_RATE / len(wave)))
         return np.tile(wave, reps)[: int(seconds * SAMPLE_RATE)], f"file {path}"
     try:
-        sys.path.insert(0, str(REPO_TOOLS))
-        import datasets
+        from training import datasets  # a checkout run from its root only (temporary: issue 12 moves this out)
 
         if datasets.data_root(required=False) is not None:
             # Dev speakers only (never training audio): LibriSpeech test-other, continuous read speech.
@@ -115,9 +114,6 @@ def bench_audio(seconds: float, path: str | None) -> tuple[np.ndarray, str]:
             return np.concatenate(clips)[: int(seconds * SAMPLE_RATE)], "LibriSpeech test-other (dev speakers)"
     except ImportError:
         pass
-    finally:
-        if str(REPO_TOOLS) in sys.path:
-            sys.path.remove(str(REPO_TOOLS))
     return synthetic_speech(seconds), "synthetic voiced audio (no speech data found)"
 
 
@@ -129,22 +125,22 @@ def load_system(kind: str, model: str | None = None):
     """A system by name (SYSTEMS) -> (embedder-like, description). ``model``: the student's step
     graph for fp32/int8 (default: the shipped one); 'untrained' for a random model (needs torch)."""
     if kind == "teacher":
-        sys.path.insert(0, str(REPO_TOOLS))
-        import teacher
+        from training import teacher
 
         return teacher.Teacher(), "Resemblyzer VoiceEncoder (teacher)"
     if kind == "numpy-baseline":
-        sys.path.insert(0, str(BASELINE_DIR))
-        import numpy_runtime
+        from tools.baseline import numpy_runtime
 
         emb = numpy_runtime.load_baseline()
         return emb, f"numpy runtime before ONNX (tools/baseline, {emb.fingerprint})"
-    from .embedder import Embedder, load_embedder
+    from .embedder import load_embedder
 
     if kind not in STUDENT_SYSTEMS:
         raise ValueError(f"unknown system {kind!r}; expected one of {', '.join(SYSTEMS)}")
     if model == "untrained":
-        return Embedder.untrained(seed=0), "untrained student, fp32 graph (speed figures only)"
+        from training.model import untrained_embedder
+
+        return untrained_embedder(seed=0), "untrained student, fp32 graph (speed figures only)"
     if model is not None and kind == "int8":
         model = str(model).replace(".onnx", ".int8.onnx") if ".int8." not in str(model) else model
     emb = load_embedder(model, variant=kind if model is None else None)
@@ -152,15 +148,12 @@ def load_system(kind: str, model: str | None = None):
 
 
 def teacher_available() -> bool:
-    sys.path.insert(0, str(REPO_TOOLS))
     try:
-        import teacher
+        from training import teacher
 
         return teacher.available()
     except ImportError:
         return False
-    finally:
-        sys.path.remove(str(REPO_TOOLS))
 
 
 # ---------------------------------------------------------------- measured pipeline
@@ -335,7 +328,7 @@ def counted(kind: str, system) -> dict:
     """Parameters and MACs per second of audio, offline and streaming: the student's were counted
     at export (tools/export_weights.py) and travel in the model's metadata."""
     if kind == "teacher":
-        import teacher
+        from training import teacher
 
         return {"params": system.num_parameters, "macs_per_s": teacher.teacher_macs_per_second(system.encoder),
                 "stream_macs_per_s": teacher.teacher_stream_macs_per_second(WINDOW_S, HOP_S, system.encoder)}
@@ -502,7 +495,6 @@ def run_bench(args) -> dict:
         wanted.remove("teacher")
         notes.append("teacher: not installed (bash tools/install-train-deps.sh)")
     if "teacher" in wanted:
-        sys.path.insert(0, str(REPO_TOOLS))
         import torch
 
         torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """The public embedding API: whole utterances with ``embed``, live audio with ``stream``.
 
 The network runs as ONNX graphs on ONNX Runtime, exported from the one torch definition
-(streamsv/model.py) by tools/export_weights.py: the streaming step (new log-mel frames and the
+(training/model.py) by training/export_weights.py: the streaming step (new log-mel frames and the
 stream state in, per-frame head inputs and the new state out) and the pooling head (a window of
 those frames in, the unit embedding that is scored out). This module imports neither torch nor
 onnx: only onnxruntime and numpy.
@@ -182,15 +182,6 @@ class Embedder:
         info = json.loads(meta.get("info", "{}"))
         return cls(encoder, meta["fingerprint"], json.loads(meta["config"]), info)
 
-    @classmethod
-    def untrained(cls, seed: int = 0, config: Any = None) -> "Embedder":
-        """Randomly initialised, exported in memory: carries plumbing in tests, identifies
-        nobody. Needs torch and onnx (the test extra)."""
-        from .model import onnx_model_bytes
-
-        step, pool = onnx_model_bytes(seed=seed, config=config)
-        return cls.from_onnx(step, pool)
-
     @property
     def num_parameters(self) -> int | None:
         return self.info.get("parameters")
@@ -235,7 +226,7 @@ def model_paths(path: str | Path | None = None, variant: str | None = None) -> t
         step = Path(path)
     if step.suffix in (".pt", ".npz"):
         raise StreamsvError(f"{step}: a training checkpoint, not a model streamsv runs; export it first: "
-                            f"python tools/export_weights.py {step} OUT_DIR")
+                            f"python -m training.export_weights {step} OUT_DIR")
     return step, step.with_name(step.name.split(".")[0] + POOL_SUFFIX)
 
 

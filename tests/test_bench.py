@@ -3,8 +3,6 @@ detection benchmark's frame bookkeeping. No torch needed."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +10,8 @@ import pytest
 from streamsv import bench
 from streamsv.errors import StreamsvError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import bench_detection as bd  # noqa: E402
-import make_conversations as mc  # noqa: E402
+from tools import bench_detection as bd
+from tools import make_conversations as mc
 
 
 def test_synthetic_speech_is_taken_for_speech_by_the_vad():

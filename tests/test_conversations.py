@@ -1,14 +1,11 @@
 """The live-room conversation benchmark's bookkeeping (tools/make_conversations.py, tools/bench_detection.py):
 its rooms' levels and its scoring, on synthetic input (no shared data needed)."""
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import bench_detection as bd  # noqa: E402
-import make_conversations as mc  # noqa: E402
+from tools import bench_detection as bd
+from tools import make_conversations as mc
 
 SR = 16000
 

@@ -1,14 +1,10 @@
 """Listings of the shared data: split sizes, and that no dev speaker leaks into training."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import datasets  # noqa: E402
+from training import datasets
 
 ROOT = datasets.data_root(required=False)
 needs_data = pytest.mark.skipif(ROOT is None, reason="shared data (../shared/data or $STREAMSV_DATA) not present")

@@ -1,18 +1,14 @@
-"""tools/eval.py: metrics on hand-worked trials, protocols, deterministic conditions, and the
+"""training/eval.py: metrics on hand-worked trials, protocols, deterministic conditions, and the
 README's reference figures reproduced on real data (skipped without data / resemblyzer)."""
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")    # tools/eval.py runs the torch teacher and student: training-side tooling
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import datasets  # noqa: E402
-import eval as ev  # noqa: E402
-import teacher  # noqa: E402
+pytest.importorskip("torch")    # training/eval.py runs the torch teacher and student: training-side tooling
+from training import datasets  # noqa: E402
+from training import eval as ev  # noqa: E402
+from training import teacher  # noqa: E402
 
 HAVE_DATA = datasets.data_root(required=False) is not None
 needs_data = pytest.mark.skipif(not HAVE_DATA, reason="shared data (../shared/data or $STREAMSV_DATA) not present")

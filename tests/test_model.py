@@ -16,7 +16,7 @@ from streamsv.features import StreamingLogMel, log_mel
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_FINGERPRINT = "86dbb680b6d34c2d"  # the checkpoint's: profiles enrolled before ONNX stay valid
-TEACHER_MACS_PER_SECOND = 270e6  # LSTM 3x256 over 40 mels, 1.3x partial overlap (tools/teacher.py counts it)
+TEACHER_MACS_PER_SECOND = 270e6  # LSTM 3x256 over 40 mels, 1.3x partial overlap (training/teacher.py counts it)
 MIN_COSINE = 0.9999
 
 
@@ -186,14 +186,13 @@ def test_the_daemon_imports_neither_torch_nor_onnx():
 
 
 def test_no_hand_written_network_in_the_package():
-    """The network is defined once (streamsv/model.py) and exported; the numpy runtime is gone
-    from the package (a frozen copy lives in tools/baseline for the bench only)."""
+    """The network is defined once (training/model.py) and exported; neither it nor the numpy
+    runtime is in the package (a frozen copy lives in tools/baseline for the bench only)."""
     package = REPO / "streamsv"
-    assert not (package / "runtime.py").exists()
-    for path in package.glob("*.py"):
-        if path.name != "model.py":
-            text = path.read_text()
-            assert "chunk_mix" not in text and "layer_weights" not in text, path
+    assert not (package / "runtime.py").exists() and not (package / "model.py").exists()
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        assert "chunk_mix" not in text and "layer_weights" not in text, path
 
 
 # ------------------------------------------------------------------ parity with torch (needs torch)
@@ -209,7 +208,7 @@ def torch_mod():
 
 def _perturbed(torch, config):
     """A random model whose every parameter and bias matters (untrained biases are zero)."""
-    from streamsv.model import SpeakerEncoder
+    from training.model import SpeakerEncoder
 
     torch.manual_seed(1)
     model = SpeakerEncoder(config).eval()
@@ -227,9 +226,9 @@ def _push_sizes(total: int, seed: int) -> list[int]:
 
 
 def _configs():
-    from streamsv.model import ModelConfig
+    from training.model import ModelDimensions
 
-    return [ModelConfig(), ModelConfig(width=64, n_blocks=2, groups=2, chunk_frames=8, conv_kernel=5)]
+    return [ModelDimensions(), ModelDimensions(width=64, n_blocks=2, groups=2, chunk_frames=8, conv_kernel=5)]
 
 
 @pytest.mark.torch
@@ -238,7 +237,7 @@ def test_export_step_blocks_equal_the_torch_blocks(torch_mod, which):
     """Block by block: each block of the fixed-state step, pushed in random sizes, gives the
     offline block's output on the same input; so does the stem. A failure names the part."""
     torch = torch_mod
-    from streamsv.model import ExportStep, state_rows
+    from training.model import ExportStep, state_rows
 
     config = _configs()[which]
     model = _perturbed(torch, config)
@@ -275,7 +274,7 @@ def test_onnx_step_equals_torch_step_equals_offline(torch_mod, which):
     """Per-frame head inputs, push by push: ONNX Runtime on the exported graph = the torch step
     it was traced from = SpeakerEncoder.encode offline; and the embeddings agree."""
     torch = torch_mod
-    from streamsv.model import ExportPool, ExportStep, export_onnx, state_rows
+    from training.model import ExportPool, ExportStep, export_onnx, state_rows
 
     config = _configs()[which]
     model = _perturbed(torch, config)
@@ -305,8 +304,7 @@ def test_shipped_graph_computes_the_baseline_weights(torch_mod):
     """The shipped fp32 graph is the trained weights (tools/baseline/student.npz) run by the torch
     definition, to cosine >= 0.9999."""
     torch = torch_mod
-    sys.path.insert(0, str(REPO / "tools"))
-    import export_weights
+    from training import export_weights
 
     model, fingerprint, backend, _ = export_weights.read_checkpoint(REPO / "tools" / "baseline" / "student.npz")
     wave = _speechlike(2.5, seed=8)
@@ -316,27 +314,25 @@ def test_shipped_graph_computes_the_baseline_weights(torch_mod):
 
 @pytest.mark.torch
 def test_untrained_model_and_counts(torch_mod):
-    from streamsv.model import ModelConfig, SpeakerEncoder, count_parameters
+    from training.model import ModelDimensions, SpeakerEncoder, count_parameters, untrained_embedder
 
-    emb = Embedder.untrained(seed=0)
-    assert emb.fingerprint == "untrained-seed0" and emb.num_parameters == count_parameters(SpeakerEncoder(ModelConfig()))
-    assert Embedder.untrained(seed=0).embed(_speechlike(1.0)).shape == (256,)
+    emb = untrained_embedder(seed=0)
+    assert emb.fingerprint == "untrained-seed0" and emb.num_parameters == count_parameters(SpeakerEncoder(ModelDimensions()))
+    assert untrained_embedder(seed=0).embed(_speechlike(1.0)).shape == (256,)
 
 
 @pytest.mark.torch
 def test_exporter_writes_checks_and_refuses(torch_mod, tmp_path):
-    """tools/export_weights.py: a checkpoint in, three files out with the checkpoint's fingerprint;
+    """training/export_weights.py: a checkpoint in, three files out with the checkpoint's fingerprint;
     no overwrite without --force; a bad or code-smuggling checkpoint is one error line."""
     torch = torch_mod
     from hashlib import sha256
 
-    from streamsv.model import ModelConfig, SpeakerEncoder
-
-    sys.path.insert(0, str(REPO / "tools"))
-    import export_weights
+    from training import export_weights
+    from training.model import ModelDimensions, SpeakerEncoder
 
     torch.manual_seed(0)
-    model = SpeakerEncoder(ModelConfig(width=64, n_blocks=2, groups=2))
+    model = SpeakerEncoder(ModelDimensions(width=64, n_blocks=2, groups=2))
     checkpoint = tmp_path / "student.pt"
     torch.save({"format": 1, "config": model.cfg.__dict__, "state_dict": model.state_dict(), "meta": {"note": "t"}}, checkpoint)
     out = tmp_path / "out"

@@ -571,8 +571,7 @@ def test_reload_rereads_config_and_asks_pipeline(notify_socket):
 SIGNAL_SCRIPT = textwrap.dedent(
     """
     import json, sys, time
-    sys.path.insert(0, {tests!r})
-    from test_service import PacedPipeline
+    from test_service import PacedPipeline  # tests/ is on PYTHONPATH
     from streamsv.service import ServiceRunner, setup_logging
 
     setup_logging("info", tty=False)
@@ -581,7 +580,7 @@ SIGNAL_SCRIPT = textwrap.dedent(
         print(json.dumps(e), flush=True)
     runner = ServiceRunner(pipe, emit)
     rc = runner.run()
-    print(json.dumps({{"runs": pipe.runs, "reloads": pipe.reload_calls}}), flush=True)
+    print(json.dumps({"runs": pipe.runs, "reloads": pipe.reload_calls}), flush=True)
     sys.exit(rc)
     """
 )
@@ -607,8 +606,9 @@ def _ready_reload_then_sigterm(proc, notify_socket, ready_timeout: float, settle
 
 def test_sigterm_and_sighup_in_a_real_process(notify_socket, tmp_path):
     script = tmp_path / "svc.py"
-    script.write_text(SIGNAL_SCRIPT.format(tests=str(Path(__file__).parent)))
-    env = dict(os.environ, NOTIFY_SOCKET=notify_socket.env, WATCHDOG_USEC="400000", PYTHONPATH=str(REPO))
+    script.write_text(SIGNAL_SCRIPT)
+    env = dict(os.environ, NOTIFY_SOCKET=notify_socket.env, WATCHDOG_USEC="400000",
+               PYTHONPATH=os.pathsep.join([str(REPO), str(Path(__file__).parent)]))
     env.pop("WATCHDOG_PID", None)
     proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err, took = _ready_reload_then_sigterm(proc, notify_socket, ready_timeout=30, settle_s=0.3)

@@ -1,8 +1,7 @@
-"""tools/train.py: the augmentations and the loss split between labelled and unlabeled crops
+"""training/train.py: the augmentations and the loss split between labelled and unlabeled crops
 (synthetic audio only: no shared data, no teacher)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("scipy")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import datasets  # noqa: E402
-import train  # noqa: E402
+from training import datasets  # noqa: E402
+from training import train  # noqa: E402
 
 SR = 16000
 
@@ -74,11 +72,11 @@ def test_sampler_labels_only_labelled_speakers_and_is_seeded():
 
 
 def test_aam_sees_only_labelled_crops():
-    from streamsv.model import ModelConfig
+    from training.model import ModelDimensions
 
     torch.manual_seed(0)
     recipe = train.Recipe()
-    model = train.Distiller(ModelConfig(), 4, recipe)
+    model = train.Distiller(ModelDimensions(), 4, recipe)
     mel = torch.randn(3, 60, train.N_MELS)
     targets = torch.nn.functional.normalize(torch.randn(3, 256), dim=1)
     _, aam_unlabeled = model(mel, torch.tensor([-1, -1, -1]), targets, 0.2)

@@ -22,9 +22,9 @@ pipeline as it was before issue 10 (webrtcvad without a noise gate, no change te
 (Resemblyzer) uses its EER threshold on the tuning speakers of speechocean762 dev. Thresholds
 are tuned with ``--split tuning`` and reported on ``--split reporting`` (other speakers).
 
-    taskset -c 0 python tools/bench_detection.py                          # every condition, reporting split
-    taskset -c 0 python tools/bench_detection.py --condition floor-50 --variant x:change.threshold=0.4 --split tuning
-    taskset -c 0 python tools/bench_detection.py --latency     # capture-to-decision of the variants side by side
+    taskset -c 0 python -m tools.bench_detection                          # every condition, reporting split
+    taskset -c 0 python -m tools.bench_detection --condition floor-50 --variant x:change.threshold=0.4 --split tuning
+    taskset -c 0 python -m tools.bench_detection --latency     # capture-to-decision of the variants side by side
 """
 from __future__ import annotations
 
@@ -37,10 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import datasets  # noqa: E402
-import make_conversations as mc  # noqa: E402
+from tools import make_conversations as mc
+from training import datasets
 
 FRAME_S = 0.01  # detection_trace's default grid (summarise's figures)
 PICOVOICE_FRAME_S = 0.096
@@ -59,8 +57,7 @@ DEFAULT_CONDITIONS = mc.CONDITIONS
 def calibrate_threshold(system, set_name: str = mc.DEFAULT_SET) -> float:
     """EER threshold of ``system`` on the tuning speakers of ``set_name`` (3 s crops)."""
     from streamsv.scoring import calibrate
-
-    import eval as ev
+    from training import eval as ev
 
     utts = datasets.dev_set(set_name)
     _, calib = mc.split_speakers(utts)
@@ -317,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     systems = [(label, student, overrides) for label, overrides in variants.items()]
     if not a.no_teacher:
-        import teacher as teacher_mod
+        from training import teacher as teacher_mod
 
         if teacher_mod.available():
             import torch

@@ -10,7 +10,7 @@ decision emitted).
 Audio: --audio FILE, else two speechocean762 dev speakers from ../shared/data
 (enrolled from 3 utterances each, talking in turns), else espeak-ng voices.
 
-    python tools/bench_latency.py [--seconds 30] [--model PATH|untrained] [--threads 1] [--json]
+    python -m tools.bench_latency [--seconds 30] [--model PATH|untrained] [--threads 1] [--json]
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 SR = 16000
 PAUSE_S = 0.8
 
@@ -76,15 +75,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import streamsv
     from streamsv.config import Config
-    from streamsv.embedder import Embedder
     from streamsv.errors import StreamsvError
     from streamsv.pipeline import Pipeline
     from streamsv.profiles import enroll
     from streamsv.sources import FileSource, load_audio
 
     try:
-        emb = (Embedder.untrained(0) if args.model == "untrained"
-               else streamsv.load_embedder(args.model, variant=args.variant, threads=args.threads))
+        if args.model == "untrained":
+            from training.model import untrained_embedder  # torch: a random model is exported in memory
+
+            emb = untrained_embedder(0)
+        else:
+            emb = streamsv.load_embedder(args.model, variant=args.variant, threads=args.threads)
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             if args.audio:

@@ -11,9 +11,9 @@ order): the cost of MQTT itself, so the ratio is what the sink's backlog and pub
 
 Without --realtime the audio is processed as fast as it can be (turns end in bursts, tens of ms
 apart, with decisions in between: a pessimistic load); --realtime paces it like a microphone.
-Pin it for stable figures: ``taskset -c 0 python tools/bench_mqtt.py``.
+Pin it for stable figures: ``taskset -c 0 python -m tools.bench_mqtt``.
 
-    python tools/bench_mqtt.py [--repeat 5] [--realtime] [--broker mqtt://HOST:PORT] [--json]
+    python -m tools.bench_mqtt [--repeat 5] [--realtime] [--broker mqtt://HOST:PORT] [--json]
 """
 from __future__ import annotations
 
@@ -30,8 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 SR = 16000
 TARGET_P95_MS = 100.0
 WAIT_S = 10.0
@@ -85,7 +83,7 @@ def run(args) -> dict:
     import paho.mqtt.client as paho
 
     from streamsv import load_embedder
-    from streamsv.cli import _profile_loader
+    from streamsv.app import profile_loader
     from streamsv.config import Config
     from streamsv.mqtt import MqttSink
     from streamsv.pipeline import Pipeline
@@ -128,7 +126,7 @@ def run(args) -> dict:
             emb = load_embedder()
             cfg = Config().with_overrides(**{"mqtt.url": url, "mqtt.room": "bench", "profiles.dir": str(profiles)})
             store = ProfileStore(profiles)
-            pipe = Pipeline(emb, FileSource(wav, realtime=args.realtime), cfg, _profile_loader(store, emb))
+            pipe = Pipeline(emb, FileSource(wav, realtime=args.realtime), cfg, profile_loader(store, emb))
             sink = MqttSink(cfg.mqtt, names=sorted(pipe.centroids)).start()
             deadline = time.monotonic() + WAIT_S
             while not sink.stats()["connected"] and time.monotonic() < deadline:

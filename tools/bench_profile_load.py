@@ -1,6 +1,6 @@
 """Profile load time: this checkout's loader against a baseline git revision, side by side.
 
-    taskset -c 0 python tools/bench_profile_load.py --baseline e43591c
+    taskset -c 0 python -m tools.bench_profile_load --baseline e43591c
 
 Each round loads one profile (N embeddings of DIM values, as `enroll --append` builds them) once
 in a fresh process per side, alternating baseline and current, so both see the same machine
@@ -9,6 +9,7 @@ load; prints the median of each side and their ratio.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -22,9 +23,8 @@ LOADS_PER_ROUND = 9
 CHILD = r"""
 import json, statistics, sys, tempfile, time
 import numpy as np
-sys.path.insert(0, sys.argv[1])
 from streamsv.profiles import ProfileStore, new_profile
-n, dim, loads = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+n, dim, loads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 store = ProfileStore(tempfile.mkdtemp() + "/p")
 e = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
 store.save(new_profile("alice", e / np.linalg.norm(e, axis=1, keepdims=True), 60.0, "m"))
@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         medians: dict[str, list[float]] = {k: [] for k in sides}
         for _ in range(ROUNDS):
             for name, root in sides.items():
-                out = subprocess.run([sys.executable, "-c", CHILD, root, str(args.embeddings), str(args.dim),
-                                      str(LOADS_PER_ROUND)], capture_output=True, text=True, check=True, cwd=tmp)
+                # Run in the side's root: its streamsv/ comes first on the path ('' for -c).
+                out = subprocess.run([sys.executable, "-c", CHILD, str(args.embeddings), str(args.dim),
+                                      str(LOADS_PER_ROUND)], capture_output=True, text=True, check=True, cwd=root,
+                                     env={**os.environ, "PYTHONPATH": root})
                 medians[name].append(float(out.stdout))
     base, cur = statistics.median(medians["baseline"]), statistics.median(medians["current"])
     print(f"profile of {args.embeddings} x {args.dim}: load median baseline {base * 1e3:.1f} ms, "

@@ -1,6 +1,6 @@
 """How the enrollment verdict treats real speech, noisy speech and non-voices (no model needed).
 
-    python tools/enrollment_verdicts.py
+    python -m tools.enrollment_verdicts
 
 For every dev speaker (speechocean762 dev, ASC val, LibriSpeech test-other, and the urdu set as
 an out-of-domain check: dev sets only, evaluated, never fitted on), the recordings a user would
@@ -10,7 +10,7 @@ judges them: clean, with held-out ESC-10 noise at 10, 5 and 0 dB SNR, and with w
 (ESC-10 held-out and Speech Commands backgrounds) and synthetic tones are judged too. Prints
 the count of each verdict and the first reasons given.
 
-    python tools/enrollment_verdicts.py --collisions    # the collision bar's figures (loads the model)
+    python -m tools.enrollment_verdicts --collisions    # the collision bar's figures (loads the model)
 """
 from __future__ import annotations
 
@@ -21,12 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import _audio_files, data_root, dev_set, noise_files, read_audio  # noqa: E402
-
-from streamsv import enrollment  # noqa: E402
-from streamsv.profiles import MIN_ENROLL_S  # noqa: E402
-from streamsv.vad import voiced  # noqa: E402
+from streamsv import enrollment
+from streamsv.profiles import MIN_ENROLL_S
+from streamsv.vad import voiced
+from training.datasets import _audio_files, data_root, dev_set, noise_files, read_audio
 
 SR = 16000
 SETS = ("speechocean-dev", "asc-val", "librispeech-test-other")

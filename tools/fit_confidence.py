@@ -1,7 +1,7 @@
 """Fit the confidence calibration for a model on dev speakers and print its reliability table.
 
-    python tools/fit_confidence.py                      # the shipped weights -> streamsv/weights/confidence.json
-    python tools/fit_confidence.py --model other.npz    # another model, keyed by its fingerprint
+    python -m tools.fit_confidence                      # the shipped weights -> streamsv/weights/confidence.json
+    python -m tools.fit_confidence --model other.npz    # another model, keyed by its fingerprint
 
 Dev sets only (never trained on): the speechocean762 dev speakers, the ASC val split (first
 takes) and LibriSpeech test-other; never urdu. Per speaker, a profile is enrolled as
@@ -24,13 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import dev_set, noise_files, read_audio  # noqa: E402
-
-from streamsv import confidence, load_embedder  # noqa: E402
-from streamsv.profiles import enroll  # noqa: E402
-from streamsv.scoring import cosine_scores  # noqa: E402
-from streamsv.vad import voiced  # noqa: E402
+from streamsv import confidence, load_embedder
+from streamsv.profiles import enroll
+from streamsv.scoring import cosine_scores
+from streamsv.vad import voiced
+from training.datasets import dev_set, noise_files, read_audio
 
 SR = 16000
 SETS = ("speechocean-dev", "asc-val", "librispeech-test-other")

@@ -25,7 +25,7 @@ Speakers are split by sorted index within each set: odd-numbered speakers make t
 conversations (VAD and change thresholds are chosen on them), even-numbered speakers the
 *reporting* ones; babble and TV voices come from the other split, so no voice is both.
 
-    python tools/make_conversations.py --out cache/conversations --condition floor-50   # .wav + .json
+    python -m tools.make_conversations --out cache/conversations --condition floor-50   # .wav + .json
 """
 from __future__ import annotations
 
@@ -37,9 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import datasets  # noqa: E402
-from streamsv.features import SAMPLE_RATE  # noqa: E402
+from streamsv.features import SAMPLE_RATE
+from training import datasets
 
 ENROLL_UTTERANCES = 3  # the fewest clips enrolled
 ENROLL_TARGET_S = 20.0  # ... and more, in file-name order, until this much audio: a "good" profile, as `enroll` asks

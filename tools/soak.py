@@ -1,7 +1,7 @@
 """Soak test: hours of looped speech and silence through the whole pipeline at full speed.
 
-    python tools/soak.py                 # 6 h of audio (the release check)
-    python tools/soak.py --minutes 10    # the short version the test suite runs
+    python -m tools.soak                 # 6 h of audio (the release check)
+    python -m tools.soak --minutes 10    # the short version the test suite runs
 
 The audio is a loop of real dev-set speech (speechocean762 dev speakers, from ../shared/data or
 $STREAMSV_DATA) separated by stretches of quiet noise; without the data, espeak-ng speech is
@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 SR = 16000
 CHUNK = 480  # 30 ms, what the microphone source delivers
@@ -206,7 +205,6 @@ class Soak:
 def run(args: argparse.Namespace) -> int:
     import streamsv
     from streamsv.config import Config
-    from streamsv.embedder import Embedder
     from streamsv.pipeline import Pipeline
 
     speech = {} if args.espeak else dev_speech()
@@ -222,7 +220,9 @@ def run(args: argparse.Namespace) -> int:
         emb = streamsv.load_embedder(None)
         model = "shipped weights"
     except Exception as exc:  # noqa: BLE001 - weights not trained yet: plumbing still soaks
-        emb = Embedder.untrained(seed=0)
+        from training.model import untrained_embedder  # needs torch: only when the weights are missing
+
+        emb = untrained_embedder(seed=0)
         model = f"untrained (no shipped weights: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
     # Profiles from each speaker's first utterance; the rest of the loop is scored against them.
     profiles = {spk: emb.embed(utts[0]) for spk, utts in speech.items()}

@@ -6,7 +6,7 @@ served. Below, its original description.
 
 The runtime encoder: the trained SV-Mixer student in numpy, one streaming step per push.
 
-The function of ``streamsv.model.SpeakerEncoder`` (tests hold the two to cosine >= 0.9999), with
+The function of ``training.model.SpeakerEncoder`` (tests hold the two to cosine >= 0.9999), with
 the work of a streaming step rearranged for a small CPU:
 
 - no torch: ``import torch`` alone takes ~2.3 s and ~200 MB here, more than the daemon's whole

@@ -1,8 +1,8 @@
 """Speaker-verification evaluation on the dev sets: student(s), teacher and an MFCC baseline side by side.
 
-    python tools/eval.py --student streamsv/weights/student.onnx            # everything (@int8: the int8 graph)
-    python tools/eval.py --systems teacher,mfcc --sets speechocean-dev --conditions clean --durations full
-    python tools/eval.py --student a=runs/a.pt --student b=runs/b.pt --json out.json
+    python -m training.eval --student streamsv/weights/student.onnx            # everything (@int8: the int8 graph)
+    python -m training.eval --systems teacher,mfcc --sets speechocean-dev --conditions clean --durations full
+    python -m training.eval --student a=runs/a.pt --student b=runs/b.pt --json out.json
 
 Protocols (as in shared/data/README.md):
   pairs   every unordered pair of utterances of the set is one trial.
@@ -31,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import datasets  # noqa: E402
-from streamsv.features import SAMPLE_RATE  # noqa: E402
+from streamsv.features import SAMPLE_RATE
+from training import datasets
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE_DIR = REPO / "cache" / "eval"
@@ -261,21 +260,20 @@ class System:
 def student_system(spec: str) -> System:
     """spec: [LABEL=]PATH[@VARIANT]; PATH a step graph (.onnx), a training checkpoint (.pt) or a
     format-1 .npz (both exported in memory), or 'untrained' (random init, for plumbing checks);
-    VARIANT fp32 (default) or int8 (tools/export_weights.py), or numpy-baseline (the frozen numpy
+    VARIANT fp32 (default) or int8 (training/export_weights.py), or numpy-baseline (the frozen numpy
     runtime of tools/baseline, which runs only its own weights)."""
     import streamsv
-    from export_weights import embedder_from
-    from streamsv.embedder import Embedder
+    from training.export_weights import embedder_from
+    from training.model import untrained_embedder
 
     label, _, path = spec.rpartition("=")
     path, _, variant = path.partition("@")
     if variant == "numpy-baseline":
-        sys.path.insert(0, str(Path(__file__).resolve().parent / "baseline"))
-        import numpy_runtime
+        from tools.baseline import numpy_runtime
 
         emb = numpy_runtime.load_baseline()
     else:
-        emb = Embedder.untrained(seed=0) if path == "untrained" else embedder_from(path, variant or "fp32")
+        emb = untrained_embedder(seed=0) if path == "untrained" else embedder_from(path, variant or "fp32")
     if not label:
         default = path != "untrained" and Path(path).resolve() == streamsv.embedder.DEFAULT_WEIGHTS.resolve()
         label = ("student" if default else Path(path).stem) + (f"@{variant}" if variant else "")
@@ -292,7 +290,7 @@ def student_system(spec: str) -> System:
 
 
 def teacher_system() -> System:
-    import teacher
+    from training import teacher
 
     t = teacher.Teacher()
     return System("teacher", "teacher-resemblyzer-0.1.4", t.num_parameters, t.macs_per_second, t.embed_batch)

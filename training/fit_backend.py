@@ -1,6 +1,6 @@
 """Fit the scoring backend of a trained student on the training speakers, and write it in.
 
-    python tools/fit_backend.py runs/mixer/student.pt --out runs/mixer/student+backend.pt
+    python -m training.fit_backend runs/mixer/student.pt --out runs/mixer/student+backend.pt
 
 The backend centres unit embeddings on the training mean and whitens the within-speaker
 scatter (WCCN, shrunk towards the identity by ``--shrink``), so that cosine scoring stops
@@ -10,19 +10,14 @@ Only training speakers are used; dev speakers never are.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
-
-import datasets  # noqa: E402
-from streamsv.features import SAMPLE_RATE  # noqa: E402
-from train import load_waves, save_checkpoint  # noqa: E402
+from streamsv.features import SAMPLE_RATE
+from training import datasets
+from training.train import load_waves, save_checkpoint
 
 MAX_PER_SPEAKER = 20
 SINGLE_CLIP_PIECE_S = 3.0  # a speaker with one clip (LibriSpeech) is cut into pieces of this length
@@ -78,7 +73,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from export_weights import export, read_checkpoint
+    from training.export_weights import export, read_checkpoint
     from streamsv.embedder import Embedder
 
     model, fingerprint, _, _ = read_checkpoint(args.checkpoint)

@@ -1,8 +1,8 @@
 """Export a trained student to the ONNX model streamsv runs: fp32 and int8 step graphs and the
 pooling graph, checked against the torch definition before anything is written.
 
-    python tools/export_weights.py runs/mixer/student.pt streamsv/weights/ --force
-    python tools/export_weights.py old-student.npz OUT_DIR          # a format-1 .npz works too
+    python -m training.export_weights runs/mixer/student.pt streamsv/weights/ --force
+    python -m training.export_weights old-student.npz OUT_DIR          # a format-1 .npz works too
 
 Writes OUT/student.onnx (fp32 step), OUT/student.int8.onnx (the same step with int8 weights:
 onnxruntime's dynamic quantization of every MatMul/Gemm with a weight initializer) and
@@ -16,7 +16,7 @@ runtime stay valid. The int8 model's embeddings differ a little, so it gets its 
 
 Checks before writing: the ONNX step, fed random push sizes, gives the torch model's offline
 embedding to cosine >= MIN_COSINE; the int8 model's embedding stays within MIN_INT8_COSINE of
-the fp32 one on the same audio (a gross quantization failure, not an accuracy figure: tools/eval.py
+the fp32 one on the same audio (a gross quantization failure, not an accuracy figure: training/eval.py
 measures that).
 """
 from __future__ import annotations
@@ -33,17 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from streamsv.embedder import MODEL_NAME, POOL_SUFFIX, VARIANT_SUFFIXES, Embedder  # noqa: E402
-from streamsv.errors import StreamsvError  # noqa: E402
-from streamsv.features import SAMPLE_RATE, log_mel  # noqa: E402
-from streamsv.model import (ModelConfig, SpeakerEncoder, count_macs_per_second, count_stream_macs_per_second,  # noqa: E402
-                            export_onnx, with_metadata)
+from streamsv.embedder import MODEL_NAME, POOL_SUFFIX, VARIANT_SUFFIXES, Embedder
+from streamsv.errors import StreamsvError
+from streamsv.features import SAMPLE_RATE, log_mel
+from training.model import (CHECKPOINT_FORMAT, ExportPool, ModelDimensions, SpeakerEncoder, count_macs_per_second,
+                            count_stream_macs_per_second, export_onnx, with_metadata)
 
 MIN_COSINE = 0.9999
 MIN_INT8_COSINE = 0.98
 CHECK_SECONDS = 6.0
-CHECKPOINT_FORMAT = 1  # tools/train.py's .pt, and the numpy runtime's .npz
 NPZ_MODEL_PREFIX = "model."
 
 
@@ -67,7 +65,7 @@ def read_checkpoint(path: Path) -> tuple[SpeakerEncoder, str, dict | None, dict]
         backend = payload.get("backend")
         fingerprint = hashlib.sha256(raw).hexdigest()[:16]
         meta = payload.get("meta") or {}
-    model = SpeakerEncoder(ModelConfig(**config))
+    model = SpeakerEncoder(ModelDimensions(**config))
     model.load_state_dict(state)
     return model.eval(), fingerprint, backend, meta
 
@@ -122,8 +120,6 @@ def streamed(embedder: Embedder, wave: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def torch_embedding(model: SpeakerEncoder, wave: np.ndarray, backend: dict | None) -> np.ndarray:
-    from streamsv.model import ExportPool
-
     with torch.inference_mode():
         features, logits, _ = model.encode(torch.from_numpy(log_mel(wave))[None])
         return ExportPool(model, backend)(features[0], logits[0]).numpy()
@@ -211,10 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def embedder_from(path: str | Path, variant: str = "fp32") -> Embedder:
     """An Embedder for any student file, for tools (eval, benchmarks): a step graph (.onnx; the
     variant picks its .int8.onnx sibling) is loaded as the daemon loads it; a training checkpoint
@@ -229,3 +221,7 @@ def embedder_from(path: str | Path, variant: str = "fp32") -> Embedder:
         return load_embedder(stem.with_name(stem.name + VARIANT_SUFFIXES[variant]))
     files = export(*read_checkpoint(path))
     return Embedder.from_onnx(files[VARIANT_SUFFIXES[variant]], files[POOL_SUFFIX])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

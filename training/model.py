@@ -27,14 +27,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .features import N_MELS
+from streamsv.embedder import FRAMES_PER_SECOND, MODEL_FORMAT, Embedder  # the daemon's: one definition each
+from streamsv.features import N_MELS
 
-FRAMES_PER_SECOND = 50  # after the stem: 20 ms frames
 SMALL_CONV_FRAMES = 256  # below this many (batch x frames), convolve by hand
 
 
 @dataclass
-class ModelConfig:
+class ModelDimensions:
+    """The torch network's shape (its own name: ``streamsv.config.ModelConfig`` is the yaml
+    ``model:`` section). Travels as JSON in the exported graph's metadata (``config``)."""
     n_mels: int = N_MELS
     width: int = 192
     n_blocks: int = 6
@@ -173,7 +175,7 @@ class HalfRateBranch(nn.Module):
 class MixerBlock(nn.Module):
     """LGM -> MSM -> GCM, each a pre-norm residual."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelDimensions):
         super().__init__()
         h, g = cfg.width, cfg.groups
         self.norm_lgm, self.norm_msm, self.norm_gcm = nn.LayerNorm(h), nn.LayerNorm(h), nn.LayerNorm(h)
@@ -212,7 +214,7 @@ class MixerBlock(nn.Module):
 class TransformerBlock(nn.Module):
     """The ablation: self-attention causal inside the same chunks, then a feed-forward MLP."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelDimensions):
         super().__init__()
         h = cfg.width
         self.heads, self.chunk = cfg.heads, cfg.chunk_frames
@@ -237,7 +239,7 @@ class TransformerBlock(nn.Module):
 class Stem(nn.Module):
     """Normalised log-mels at 10 ms -> width-H frames at 20 ms (pairs of frames stacked)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelDimensions):
         super().__init__()
         self.register_buffer("mel_mean", torch.zeros(cfg.n_mels))
         self.register_buffer("mel_std", torch.ones(cfg.n_mels))
@@ -257,7 +259,7 @@ class Stem(nn.Module):
 class AttentiveStatsHead(nn.Module):
     """Learnt weighted sum of block outputs, attentive statistics pooling, projection."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelDimensions):
         super().__init__()
         h = cfg.width
         self.layer_weights = nn.Parameter(torch.zeros(cfg.n_blocks))
@@ -280,7 +282,7 @@ class AttentiveStatsHead(nn.Module):
 
 
 class SpeakerEncoder(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelDimensions):
         super().__init__()
         self.cfg = cfg
         block = {"mixer": MixerBlock, "transformer": TransformerBlock}[cfg.arch]
@@ -320,12 +322,12 @@ def count_parameters(model: nn.Module) -> int:
 # fixed-size tensor (rows of ``width``) plus the frame position, and no data-dependent Python: the
 # token-mixing matrices of the new frames are gathered from the weights by position, the half-rate
 # branch picks each frame's latest complete pair by index. torch.onnx traces it into the graph the
-# daemon runs (tools/export_weights.py); tests hold it to SpeakerEncoder.forward.
+# daemon runs (training/export_weights.py); tests hold it to SpeakerEncoder.forward.
 
 STATE_ROWS_STEM = "stem_conv"
 
 
-def _state_layout(cfg: ModelConfig) -> list[tuple[str, int]]:
+def _state_layout(cfg: ModelDimensions) -> list[tuple[str, int]]:
     """(name, rows) of every piece of the stream state, in the order of the state tensor's rows."""
     layout = [(STATE_ROWS_STEM, 4)]  # the stem's kernel-5 convolution history
     history = cfg.chunk_frames - 1  # the most frames an unfinished chunk holds before a push
@@ -335,7 +337,7 @@ def _state_layout(cfg: ModelConfig) -> list[tuple[str, int]]:
     return layout
 
 
-def state_rows(cfg: ModelConfig) -> int:
+def state_rows(cfg: ModelDimensions) -> int:
     """Rows of the (rows, width) stream state tensor; zeros at the start of an utterance."""
     return sum(rows for _, rows in _state_layout(cfg))
 
@@ -479,8 +481,8 @@ class ExportPool(nn.Module):
 
 # ---------------------------------------------------------------- counting and export
 
-MODEL_FORMAT = 2  # streamsv.embedder.MODEL_FORMAT: the ONNX step + pool graphs
 OPSET = 17
+CHECKPOINT_FORMAT = 1  # the .pt layout train.py writes and export_weights.py reads (the old .npz's too)
 
 
 def count_macs_per_second(model: SpeakerEncoder, seconds: float = 10.0) -> float:
@@ -489,7 +491,7 @@ def count_macs_per_second(model: SpeakerEncoder, seconds: float = 10.0) -> float
     filterbank projection counted from its shape (the FFT is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .features import FILTERBANK_MACS_PER_FRAME, HOP, SAMPLE_RATE, log_mel
+    from streamsv.features import FILTERBANK_MACS_PER_FRAME, HOP, SAMPLE_RATE, log_mel
 
     mel = torch.from_numpy(log_mel(torch.zeros(int(seconds * SAMPLE_RATE) + HOP).numpy()))
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
@@ -504,7 +506,7 @@ def count_stream_macs_per_second(model: SpeakerEncoder, hop_s: float = 0.5, wind
     count_macs_per_second."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .features import FILTERBANK_MACS_PER_FRAME
+    from streamsv.features import FILTERBANK_MACS_PER_FRAME
 
     step, pool = ExportStep(model).eval(), ExportPool(model).eval()
     hop = round(hop_s * FRAMES_PER_SECOND)
@@ -565,14 +567,20 @@ def export_onnx(model: SpeakerEncoder, fingerprint: str, backend: dict[str, torc
     return with_metadata(step, metadata), pool
 
 
-def onnx_model_bytes(seed: int = 0, config: ModelConfig | None = None) -> tuple[bytes, bytes]:
+def onnx_model_bytes(seed: int = 0, config: ModelDimensions | None = None) -> tuple[bytes, bytes]:
     """An untrained model (seeded), exported: for tests and plumbing; identifies nobody."""
     from dataclasses import asdict
 
-    return _untrained_onnx(seed, json.dumps(asdict(config or ModelConfig()), sort_keys=True))
+    return _untrained_onnx(seed, json.dumps(asdict(config or ModelDimensions()), sort_keys=True))
 
 
 @functools.lru_cache(maxsize=4)
 def _untrained_onnx(seed: int, config_json: str) -> tuple[bytes, bytes]:
     torch.manual_seed(seed)
-    return export_onnx(SpeakerEncoder(ModelConfig(**json.loads(config_json))), fingerprint=f"untrained-seed{seed}")
+    return export_onnx(SpeakerEncoder(ModelDimensions(**json.loads(config_json))), fingerprint=f"untrained-seed{seed}")
+
+
+def untrained_embedder(seed: int = 0, config: ModelDimensions | None = None) -> Embedder:
+    """The daemon's Embedder on an untrained model (seeded), exported in memory: carries plumbing
+    and speed figures, identifies nobody."""
+    return Embedder.from_onnx(*onnx_model_bytes(seed=seed, config=config))

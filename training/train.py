@@ -1,8 +1,8 @@
 """Train the SV-Mixer student: one-stage distillation plus fine-tuning (OS-KDFT, adapted).
 
-    python tools/train.py --out runs/mixer                       # the shipped recipe (CPU)
-    python tools/train.py --out runs/transformer --arch transformer   # the ablation
-    python tools/train.py --out runs/mixer --resume              # continue after a stop
+    python -m training.train --out runs/mixer                       # the recipe (CPU)
+    python -m training.train --out runs/transformer --arch transformer   # the ablation
+    python -m training.train --out runs/mixer --resume              # continue after a stop
 
 The frozen Resemblyzer teacher embeds each clean training utterance once (cached under
 ``cache/``), labelled or not (shared/data/unlabeled: wake words and coffee orders, silence
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,16 +28,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy.signal import butter, fftconvolve, resample_poly, sosfilt
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
+from streamsv.features import N_MELS, SAMPLE_RATE, log_mel
+from training import datasets
+from training.model import CHECKPOINT_FORMAT, ModelDimensions, SpeakerEncoder, count_parameters
 
-import datasets  # noqa: E402  (tools/datasets.py)
-from streamsv.features import N_MELS, SAMPLE_RATE, log_mel  # noqa: E402
-from streamsv.model import ModelConfig, SpeakerEncoder, count_parameters  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CACHE = REPO / "cache"
-CHECKPOINT_FORMAT = 1  # the student checkpoint layout tools/export_weights.py reads
 ASC_CLIPS_PER_ITEM = 3  # ASC clips are 1 s keywords: join three of one speaker
 CORPUS_WEIGHTS = {"so": 0.25, "asc": 0.15, "ls": 0.2, "unl": 0.4}  # sampling share of each corpus per batch
 TRIM_FLOOR_DB = -35.0  # unlabeled clips: keep from the first to the last frame within 35 dB of the loudest
@@ -79,7 +75,7 @@ class Recipe:
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict, backend: dict | None = None) -> None:
     """A training checkpoint (.pt) of the student: torch tensors and plain types only, so it loads
-    with torch.load(weights_only=True); tools/export_weights.py turns it into what streamsv runs.
+    with torch.load(weights_only=True); training/export_weights.py turns it into what streamsv runs.
     Written atomically."""
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -133,7 +129,7 @@ def teacher_targets(utts: list[datasets.Utterance], waves: list[np.ndarray], nam
         cached = np.load(path)
         if np.array_equal(cached["keys"], keys):
             return cached["emb"]
-    from teacher import Teacher  # tools/teacher.py: training-only dependency
+    from training.teacher import Teacher  # needs resemblyzer: imported only when the cache misses
 
     teacher, out = Teacher(), []
     for i in range(0, len(waves), 64):
@@ -291,7 +287,7 @@ class AAMSoftmax(nn.Module):
 class Distiller(nn.Module):
     """Student, a linear head into the teacher's space, and the AAM classifier."""
 
-    def __init__(self, cfg: ModelConfig, n_speakers: int, recipe: Recipe):
+    def __init__(self, cfg: ModelDimensions, n_speakers: int, recipe: Recipe):
         super().__init__()
         self.student = SpeakerEncoder(cfg)
         self.to_teacher = nn.Linear(cfg.embedding_dim, 256)
@@ -335,7 +331,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     recipe = Recipe(steps=args.steps, aam_weight=args.aam_weight, seed=args.seed)
-    cfg = ModelConfig(arch=args.arch)
+    cfg = ModelDimensions(arch=args.arch)
     torch.manual_seed(recipe.seed)
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -1,0 +1,1 @@
+"""The frozen numpy runtime the ONNX graphs replaced, kept only as the bench's baseline."""
