@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
+
+import numpy as np
+
+from .errors import StreamsvError
+from .features import SAMPLE_RATE
 
 log = logging.getLogger("streamsv")
 
@@ -37,6 +44,22 @@ def profile_loader(store, emb) -> Callable[[], dict]:
         return {n: p.centroid for n, p in store.load_all(emb.fingerprint, emb.dim).items()}
 
     return profiles
+
+
+def check_listen_inputs(cfg) -> None:
+    """Fail on a wrong device, a missing file or a missing MQTT password before the model loads."""
+    if cfg.mqtt.url:
+        from .mqtt import read_password
+
+        read_password(cfg.mqtt)                  # a missing password file fails before the model loads
+    if cfg.audio.source in (None, "mic"):
+        from .sources import resolve_input_device
+
+        resolve_input_device(cfg.audio.device)   # a wrong --device fails before the model loads
+    elif cfg.audio.source != "-":
+        from .sources import FileSource
+
+        FileSource(cfg.audio.source).close()     # so does a missing or unreadable file
 
 
 def run_service(cfg, emb, realtime: bool = False, reload_config=None, turns: bool = False) -> int:
@@ -119,3 +142,88 @@ def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
             final = pipe.stats_event(final=True)
             out.update(final, pipe)
     return final
+
+
+# --------------------------------------------------------------------------- verify, embed, wyoming
+
+@dataclass(frozen=True)
+class Verification:
+    """``verify``'s answer: one claimed speaker against one recording."""
+    speaker: str
+    accepted: bool
+    score: float
+    confidence: float | None
+    threshold: float
+    min_confidence: float | None
+    speech_s: float
+
+    def as_dict(self) -> dict:
+        return {"speaker": self.speaker, "accepted": self.accepted, "score": round(self.score, 4),
+                "confidence": None if self.confidence is None else round(self.confidence, 4),
+                "threshold": self.threshold, "min_confidence": self.min_confidence,
+                "speech_s": round(self.speech_s, 2)}
+
+    def line(self) -> str:
+        if self.min_confidence is not None:
+            rule = f"min confidence {self.min_confidence:.2f}"
+        else:
+            rule = f"threshold {self.threshold:.2f}"
+        shown_conf = f" confidence {self.confidence:.2f}" if self.confidence is not None else ""
+        return f"{'accept' if self.accepted else 'reject'} {self.speaker} score {self.score:.3f}{shown_conf} ({rule})"
+
+
+def verify(cfg, name: str, file: Path, load_model: Callable[[], object]) -> Verification:
+    """Score ``file``'s speech against ``name``'s profile and decide by the config's threshold,
+    or by its min_confidence when one is set (``load_model()`` gives the embedder)."""
+    from . import confidence as confidence_mod
+    from .profiles import check_name, embed_bounded
+    from .scoring import MIN_SCORED_SPEECH_S, cosine_scores
+    from .sources import load_audio
+    from .vad import voiced_speech
+
+    check_name(name)
+    wave = load_audio(file)
+    store = open_store(cfg)
+    if not store.exists(name):
+        names = store.names()
+        known = f"enrolled: {', '.join(names)}" if names else "none enrolled yet (streamsv enroll NAME)"
+        raise StreamsvError(f"no profile named {name!r} in {store.dir}; {known}")
+    emb = load_model()
+    prof = store.load(name, emb.fingerprint, emb.dim)
+    calibration = confidence_mod.load(emb.fingerprint, cfg.profiles.resolved())
+    sc = cfg.scoring
+    if sc.min_confidence is not None and calibration is None:
+        raise StreamsvError(f"--min-confidence needs a confidence calibration for model {emb.fingerprint}; "
+                            f"use --threshold instead")
+    speech = voiced_speech(wave, cfg.vad)
+    seconds = len(speech) / SAMPLE_RATE
+    if seconds < MIN_SCORED_SPEECH_S:
+        raise StreamsvError(f"{file}: only {seconds:.1f} s of speech; need at least {MIN_SCORED_SPEECH_S:g} s")
+    score = cosine_scores(embed_bounded(emb, speech), {name: prof.centroid})[name]
+    conf = calibration.confidence(score, seconds) if calibration is not None else None
+    ok = conf >= sc.min_confidence if sc.min_confidence is not None else score >= sc.threshold
+    return Verification(name, bool(ok), score, conf, sc.threshold, sc.min_confidence, seconds)
+
+
+def embed_file(emb, path: Path) -> np.ndarray:
+    """The unit embedding of a whole audio file (bounded memory, however long)."""
+    from .profiles import embed_bounded
+    from .sources import load_audio
+
+    wave = load_audio(path)
+    try:
+        return embed_bounded(emb, wave)
+    except StreamsvError as e:
+        raise StreamsvError(f"{path}: {e}") from None
+
+
+def run_wyoming(settings, cfg, load_model: Callable[[], object]) -> None:
+    """Serve the speaker-aware Wyoming ASR proxy until stopped (``load_model()`` gives the embedder)."""
+    from .wyoming_asr import Proxy, serve
+
+    store = open_store(cfg)
+    emb = load_model()
+    loader = profile_loader(store, emb)
+    if not loader():
+        log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
+    serve(Proxy(settings, cfg, emb, loader))

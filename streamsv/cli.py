@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 
 from . import app as application
@@ -90,7 +89,6 @@ app.add_typer(profiles_app, name="profiles")
 service_app = typer.Typer(no_args_is_help=True, help="Run streamsv as a systemd service.")
 app.add_typer(service_app, name="service")
 
-log = logging.getLogger("streamsv")
 
 # Shared option declarations.
 ConfigOpt = typer.Option(None, "--config", help="Settings file (YAML); default search: $STREAMSV_CONFIG, ~/.config/streamsv/config.yaml, /etc/streamsv/config.yaml.")
@@ -203,18 +201,7 @@ def listen(
                  "scoring.threshold": threshold, "scoring.min_margin": min_margin,
                  "scoring.min_confidence": min_confidence, "profiles.dir": profiles_dir, "model.path": model, "mqtt.url": mqtt, "mqtt.room": room}
     cfg = _config(config, **overrides)
-    if cfg.mqtt.url:
-        from .mqtt import read_password
-
-        read_password(cfg.mqtt)                  # a missing password file fails before the model loads
-    if cfg.audio.source in (None, "mic"):
-        from .sources import resolve_input_device
-
-        resolve_input_device(cfg.audio.device)   # a wrong --device fails before the model loads
-    elif cfg.audio.source != "-":
-        from .sources import FileSource
-
-        FileSource(cfg.audio.source).close()     # so does a missing or unreadable file
+    application.check_listen_inputs(cfg)
     if service or os.environ.get("NOTIFY_SOCKET"):
         from .service import setup_logging
 
@@ -256,50 +243,14 @@ def verify(
     model: Optional[str] = ModelOpt,
 ) -> None:
     """Score FILE against NAME's profile (cosine and calibrated confidence); exit 0 on accept, 1 on reject."""
-    from .profiles import check_name, embed_bounded
-    from .scoring import cosine_scores
-    from .sources import load_audio
-    from .vad import voiced
+    from .profiles import check_name
 
     check_name(name)
-    from . import confidence as confidence_mod
-
     cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model, "scoring.threshold": threshold,
                              "scoring.min_confidence": min_confidence})
-    wave = load_audio(file)
-    store = application.open_store(cfg)
-    if not store.exists(name):
-        names = store.names()
-        known = f"enrolled: {', '.join(names)}" if names else "none enrolled yet (streamsv enroll NAME)"
-        raise StreamsvError(f"no profile named {name!r} in {store.dir}; {known}")
-    emb = application.load_model(cfg.model)
-    prof = store.load(name, emb.fingerprint, emb.dim)
-    calibration = confidence_mod.load(emb.fingerprint, cfg.profiles.resolved())
-    if cfg.scoring.min_confidence is not None and calibration is None:
-        raise StreamsvError(f"--min-confidence needs a confidence calibration for model {emb.fingerprint}; "
-                            f"use --threshold instead")
-    segments = voiced(wave, cfg.vad)
-    speech = np.concatenate(segments) if segments else np.zeros(0, np.float32)
-    if len(speech) < 16000 * 0.5:
-        raise StreamsvError(f"{file}: only {len(speech) / 16000:.1f} s of speech; need at least 0.5 s")
-    score = cosine_scores(embed_bounded(emb, speech), {name: prof.centroid})[name]
-    seconds = len(speech) / 16000
-    conf = calibration.confidence(score, seconds) if calibration is not None else None
-    if cfg.scoring.min_confidence is not None:
-        ok = conf >= cfg.scoring.min_confidence
-        rule = f"min confidence {cfg.scoring.min_confidence:.2f}"
-    else:
-        ok = score >= cfg.scoring.threshold
-        rule = f"threshold {cfg.scoring.threshold:.2f}"
-    if json_out:
-        _say(json.dumps({"speaker": name, "accepted": ok, "score": round(score, 4),
-                         "confidence": None if conf is None else round(conf, 4),
-                         "threshold": cfg.scoring.threshold, "min_confidence": cfg.scoring.min_confidence,
-                         "speech_s": round(seconds, 2)}))
-    else:
-        shown_conf = f" confidence {conf:.2f}" if conf is not None else ""
-        _say(f"{'accept' if ok else 'reject'} {name} score {score:.3f}{shown_conf} ({rule})")
-    raise typer.Exit(0 if ok else EXIT_REJECT)
+    result = application.verify(cfg, name, file, load_model=lambda: application.load_model(cfg.model))
+    _say(json.dumps(result.as_dict()) if json_out else result.line())
+    raise typer.Exit(0 if result.accepted else EXIT_REJECT)
 
 
 @app.command()
@@ -310,17 +261,10 @@ def embed(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Print the embedding of each whole file (unit vector)."""
-    from .profiles import embed_bounded
-    from .sources import load_audio
-
     cfg = _config(config, **{"model.path": model})
     emb = application.load_model(cfg.model)
     for f in files:
-        wave = load_audio(f)
-        try:
-            vec = embed_bounded(emb, wave)
-        except StreamsvError as e:
-            raise StreamsvError(f"{f}: {e}") from None
+        vec = application.embed_file(emb, f)
         if json_out:
             typer.echo(json.dumps({"file": str(f), "model": emb.fingerprint, "dim": int(vec.size),
                                    "embedding": [round(float(x), 6) for x in vec]}))
@@ -329,9 +273,6 @@ def embed(
 
 
 # --------------------------------------------------------------------------- calibrate
-
-AUDIO_EXT = {".wav", ".flac", ".ogg", ".opus", ".mp3"}
-
 
 @app.command()
 def calibrate(
@@ -346,97 +287,11 @@ def calibrate(
     model: Optional[str] = ModelOpt,
 ) -> None:
     """Derive an accept threshold and a confidence calibration from your own recordings and print them."""
-    from .profiles import centroid_of, embed_bounded
-    from .scoring import calibrate as calib
-    from .sources import load_audio
-    from .vad import voiced
+    from .calibration import run_calibrate
 
     cfg = _config(config, **{"model.path": model, "profiles.dir": profiles_dir})
-    if not os.path.isdir(folder):
-        raise StreamsvError(f"{shown(folder)}: not a folder (expected one sub-folder per speaker)")
-    speakers = {}
-    try:
-        for d in sorted(p for p in folder.iterdir() if p.is_dir()):
-            files = sorted(f for f in d.iterdir() if f.suffix.lower() in AUDIO_EXT)
-            if len(files) > enroll_n:
-                speakers[d.name] = files
-            else:
-                _err(f"warning: {shown(d.name)}: needs more than {enroll_n} recordings, skipped")
-    except OSError as e:
-        raise StreamsvError(f"{shown(e.filename or folder)}: cannot read ({os_reason(e)})") from None
-    if len(speakers) < 2:
-        raise StreamsvError(f"{folder}: need at least 2 speakers with more than {enroll_n} recordings each")
-    emb = application.load_model(cfg.model)
-    sc = cfg.scoring
-    lengths = {"full": int(sc.window_s * 16000), "short": int(sc.min_speech_s * 16000)}
-    centroids, tests = {}, {k: [] for k in lengths}
-    for spk, files in speakers.items():
-        vecs = []
-        for i, f in enumerate(files):
-            segs = voiced(load_audio(f), cfg.vad)
-            speech = np.concatenate(segs) if segs else np.zeros(0, np.float32)
-            if len(speech) < lengths["short"]:
-                continue
-            if i < enroll_n:
-                vecs.append(embed_bounded(emb, speech))   # bounded memory, as enroll and embed
-                continue
-            # Score windows as listen would: full windows, and the shortest that gets a decision.
-            for kind, n in lengths.items():
-                for s0 in range(0, max(1, len(speech) - n + 1), n):
-                    tests[kind].append((spk, emb.embed(speech[s0:s0 + n])))
-        if not vecs:
-            raise StreamsvError(f"{spk}: no usable enrollment speech")
-        centroids[spk] = centroid_of(np.stack(vecs))
-    res = {}
-    for kind, trials in tests.items():
-        gen, imp = [], []
-        for spk, v in trials:
-            for other, c in centroids.items():
-                (gen if other == spk else imp).append(float(np.dot(v, c)))
-        res[kind] = calib(np.array(gen), np.array(imp), target_far)
-    full, short = res["full"], res["short"]
-    span = sc.window_s - sc.min_speech_s
-    slope = max(0.0, (full.threshold - short.threshold) / span) if span > 0 else 0.0
-    typer.echo(f"speakers {len(centroids)}, {sc.window_s:g} s windows: genuine trials {full.n_genuine}, "
-               f"impostor trials {full.n_impostor}")
-    typer.echo(f"EER {full.eer * 100:.2f}% ({sc.window_s:g} s windows), {short.eer * 100:.2f}% ({sc.min_speech_s:g} s windows)")
-    typer.echo(f"threshold {full.threshold:.3f}  (FAR {full.far * 100:.2f}%, FRR {full.frr * 100:.2f}%)")
-    typer.echo(f"short-window threshold {short.threshold:.3f} at {sc.min_speech_s:g} s -> duration_slope {slope:.3f} per second")
-    typer.echo(f"use it: streamsv listen --threshold {full.threshold:.3f}   or   scoring: {{threshold: {full.threshold:.3f}}} in config.yaml")
-    _calibrate_confidence(tests, centroids, lengths, emb.fingerprint, cfg, save, force)
-
-
-def _calibrate_confidence(tests: dict, centroids: dict, lengths: dict, fingerprint: str, cfg, save: bool,
-                          force: bool) -> None:
-    """Fit the confidence on the same trials (both window lengths), print it, save it if asked."""
-    from . import confidence as confidence_mod
-
-    cos, secs, gen = [], [], []
-    for kind, trials in tests.items():
-        for spk, v in trials:
-            for other, c in centroids.items():
-                cos.append(float(np.dot(v, c)))
-                secs.append(lengths[kind] / 16000)
-                gen.append(int(other == spk))
-    try:
-        fitted = confidence_mod.fit(cos, secs, gen, cfg.scoring.window_s,
-                                    fitted_on=f"streamsv calibrate: {len(centroids)} speakers, {len(cos)} trials")
-    except StreamsvError as e:
-        _err(f"warning: no confidence calibration from these recordings: {e}")
-        if save:
-            raise
-        return
-    conf = [fitted.confidence(c, s) for c, s in zip(cos, secs)]
-    rows = confidence_mod.reliability(conf, gen, balanced=True)
-    typer.echo(f"confidence: 0.5 at cosine {fitted.cosine_for(0.5, cfg.scoring.window_s):.3f}, "
-               f"0.9 at {fitted.cosine_for(0.9, cfg.scoring.window_s):.3f} ({cfg.scoring.window_s:g} s windows); "
-               f"reliability on the same trials it was fitted on, genuine and impostor weighted equally:")
-    typer.echo(confidence_mod.format_reliability(rows))
-    if save:
-        path = confidence_mod.save(cfg.profiles.resolved() / confidence_mod.USER_FILE, fingerprint, fitted, force=force)
-        typer.echo(f"saved the confidence calibration for model {fingerprint} -> {path}")
-    else:
-        typer.echo("keep it for listen/verify with: streamsv calibrate ... --save")
+    run_calibrate(folder, enroll_n, target_far, save=save, force=force, cfg=cfg,
+                  load_model=lambda: application.load_model(cfg.model), say=_say, warn=_err)
 
 
 # --------------------------------------------------------------------------- profiles
@@ -563,19 +418,14 @@ def wyoming(
     model: Optional[str] = ModelOpt,
 ) -> None:
     """A speaker-aware Wyoming ASR proxy: transcripts come back with who spoke."""
-    from .wyoming_asr import UNKNOWN_POLICIES, Proxy, ProxySettings, check_uri, serve
+    from .wyoming_asr import UNKNOWN_POLICIES, ProxySettings, check_uri
 
     if unknown not in UNKNOWN_POLICIES:
         raise StreamsvError(f"--unknown: expected one of {', '.join(UNKNOWN_POLICIES)}, got {unknown!r}")
     settings = ProxySettings(check_uri(uri, "--uri"), check_uri(asr_uri, "--asr-uri"), unknown, prefix)
     cfg = _config(config, **{"profiles.dir": profiles_dir, "model.path": model, "scoring.threshold": threshold,
                              "scoring.min_speech_s": min_speech_s})
-    store = application.open_store(cfg)
-    emb = application.load_model(cfg.model)
-    loader = application.profile_loader(store, emb)
-    if not loader():
-        log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
-    serve(Proxy(settings, cfg, emb, loader))
+    application.run_wyoming(settings, cfg, load_model=lambda: application.load_model(cfg.model))
 
 
 # --------------------------------------------------------------------------- bench / demo

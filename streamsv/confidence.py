@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import StreamsvError, shown
 from .safeio import read_bounded
+from .scoring import MIN_SCORED_SPEECH_S
 
 FORMAT = "streamsv-confidence"
 VERSION = 1
@@ -37,7 +38,6 @@ MAX_FILE_BYTES = 1 << 20               # a calibration is ~300 bytes per model
 MAX_MODELS = 64
 SHARED_MODE = 0o644                    # the shipped calibration: readable by a service user
 UNSAFE_MODE_BITS = 0o022               # a user calibration writable by group or others is not used
-MIN_SECONDS = 0.5                      # shorter windows are treated as this long (ln(0) is undefined)
 N_COEF = 4
 L2 = 1e-6                              # keeps the fit finite on separable data (the loss is weight-normalised)
 NEWTON_STEPS = 50
@@ -54,7 +54,8 @@ class ConfidenceModel:
     trials: int = 0
 
     def _dur(self, seconds: float) -> float:
-        return math.log(min(max(float(seconds), MIN_SECONDS), self.window_s) / self.window_s)
+        # Shorter windows count as MIN_SCORED_SPEECH_S long: ln(0) is undefined.
+        return math.log(min(max(float(seconds), MIN_SCORED_SPEECH_S), self.window_s) / self.window_s)
 
     def confidence(self, cosine: float, seconds: float) -> float:
         """P(the voice is the profile's speaker | cosine, seconds of speech), prior 1/2."""
@@ -76,7 +77,7 @@ class ConfidenceModel:
 
 
 def _design(cosines: np.ndarray, seconds: np.ndarray, window_s: float) -> np.ndarray:
-    d = np.log(np.clip(seconds, MIN_SECONDS, window_s) / window_s)
+    d = np.log(np.clip(seconds, MIN_SCORED_SPEECH_S, window_s) / window_s)
     return np.stack([np.ones_like(cosines), cosines, cosines * d, d], axis=1)
 
 
@@ -99,7 +100,7 @@ def fit(cosines, seconds, genuine, window_s: float, fitted_on: str = "") -> Conf
             break
     model = ConfidenceModel(tuple(float(b) for b in beta), float(window_s), fitted_on, int(len(y)))
     # The confidence must rise with the cosine at every duration, or cosine_for is meaningless.
-    for s in (MIN_SECONDS, window_s):
+    for s in (MIN_SCORED_SPEECH_S, window_s):
         if beta[1] + beta[2] * math.log(s / window_s) <= 0:
             raise StreamsvError("confidence fit is not increasing in the cosine: too few or too mixed trials")
     return model

@@ -152,13 +152,6 @@ def record_from_mic(cfg, seconds: float, json_lines: bool) -> Collected:
         return collect(mic.chunks(), cfg.vad, seconds, LineReporter(json_lines))
 
 
-def voiced_speech(wave: np.ndarray, vad_cfg) -> np.ndarray:
-    from .vad import voiced
-
-    segs = voiced(wave, vad_cfg)
-    return np.concatenate(segs) if segs else np.zeros(0, np.float32)
-
-
 # --------------------------------------------------------------------------- the command
 
 def _emit(result: dict, json_out: bool, say: Callable[[str], None]) -> None:
@@ -192,6 +185,7 @@ def run_enroll(name: str, paths: list[Path], seconds: float, *, force: bool, app
         raise StreamsvError(f"profile {name!r} already exists; use --append to add speech to it or --force to replace it")
     if paths:
         from .sources import load_audio
+        from .vad import voiced_speech
 
         raw = [load_audio(p) for p in paths]            # a bad file fails before the model loads
         speech = [voiced_speech(w, cfg.vad) for w in raw]

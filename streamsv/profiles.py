@@ -534,15 +534,14 @@ def enroll(embedder, name: str, recordings: list[np.ndarray], vad_settings=None,
     audio) so it neither dilutes the embedding nor counts as enrolled speech. Returns the profile and warnings for skipped inputs.
     """
     from .config import VadConfig
-    from .vad import voiced
+    from .vad import voiced_speech
 
     check_name(name)
     settings = vad_settings or VadConfig()
     embeddings, warnings, total = [], [], 0.0
     for i, wave in enumerate(recordings):
         label = sources[i] if sources else f"recording {i + 1}"
-        segments = voiced(wave, settings) if trim else [np.asarray(wave, dtype=np.float32)]
-        speech = np.concatenate(segments) if segments else np.zeros(0, dtype=np.float32)
+        speech = voiced_speech(wave, settings) if trim else np.asarray(wave, dtype=np.float32)
         secs = len(speech) / embedder.sample_rate
         if secs < MIN_PIECE_S:
             warnings.append(f"{label}: only {secs:.1f} s of speech, skipped")

@@ -20,6 +20,9 @@ DEFAULT_MIN_MARGIN = 0.05
 # lower than 3 s ones), so the bar is lowered by this much per second the window is short of
 # window_s. Calibrated with the threshold: 0.462 at 1 s -> (0.558 - 0.462) / 2 s = 0.048.
 DEFAULT_DURATION_SLOPE = 0.048
+# The shortest speech a score is given for: `verify` refuses less, and the confidence calibration
+# treats shorter windows as this long (its fit starts here).
+MIN_SCORED_SPEECH_S = 0.5
 
 
 @dataclass(frozen=True)

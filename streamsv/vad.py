@@ -283,6 +283,13 @@ def voiced(wave: np.ndarray, settings: VadConfig = VadConfig()) -> list[np.ndarr
     return out
 
 
+def voiced_speech(wave: np.ndarray, settings: VadConfig = VadConfig()) -> np.ndarray:
+    """A whole recording's speech segments joined into one waveform (empty when there is none):
+    what verify scores, calibrate and enroll embed."""
+    segments = voiced(wave, settings)
+    return np.concatenate(segments) if segments else np.zeros(0, np.float32)
+
+
 def cost_ms_per_s(wave: np.ndarray, settings: VadConfig = VadConfig(), repeats: int = 3) -> float:
     """Process CPU milliseconds the segmenter spends per second of ``wave`` fed in 30 ms blocks
     (median of ``repeats`` passes, each on a fresh segmenter): what `streamsv bench` prints."""
