@@ -203,7 +203,7 @@ def listen(
     cfg = _config(config, **overrides)
     application.check_listen_inputs(cfg)
     if service or os.environ.get("NOTIFY_SOCKET"):
-        from .service import setup_logging
+        from .logs import setup_logging
 
         setup_logging(cfg.output.log_level)      # one line per record; journald adds the time
         emb = application.load_model(cfg.model)
@@ -391,7 +391,7 @@ def service_install(
                                  "(the default unit has no network at all)."),
 ) -> None:
     """Install the systemd unit that runs `streamsv listen --service` at boot."""
-    from .service import UNIT_PATH, install_hints, install_unit
+    from .unit import UNIT_PATH, install_hints, install_unit
 
     target = path or UNIT_PATH
     text = install_unit(target, print_only=print_only, executable=executable, network=network)

@@ -1,4 +1,4 @@
-"""Running unattended under systemd: sd_notify, an audio-driven watchdog, signals, reconnects, logs.
+"""Running unattended under systemd: sd_notify, an audio-driven watchdog, signals, reconnects.
 
 The pieces are small and separately testable; ``ServiceRunner`` ties them to a pipeline:
 
@@ -10,10 +10,6 @@ The pieces are small and separately testable; ``ServiceRunner`` ties them to a p
   heartbeat comes from the consumer side) stops the pings, and systemd restarts the service.
 * ``install_signal_handlers``: SIGTERM/SIGINT set a stop event, SIGHUP asks for a reload.
 * ``Backoff``: capped exponential delays for reopening a microphone that failed mid-run.
-* ``setup_logging``: plain one-line records when stdout is not a terminal (journald timestamps
-  them itself), with ``<N>`` syslog priority prefixes when stderr goes to the journal.
-* ``unit_text`` / ``install_unit``: the systemd unit (the copy in ``systemd/streamsv.service`` is
-  this text rendered with the default executable; a test keeps them equal).
 
 The pipeline contract ``ServiceRunner`` relies on (streamsv.pipeline.Pipeline meets it):
 ``run(stop) -> Iterator[dict]`` whose last event is a stats event, an ``on_audio(n_samples)``
@@ -22,23 +18,19 @@ thread (with a Config it also takes the new threshold, min_margin and duration_s
 ``source`` attribute that may be replaced between runs after a device failure.
 
 ``streamsv listen --service`` (implied when ``$NOTIFY_SOCKET`` is set) wires these together in
-streamsv.app.run_service; ``streamsv service install`` writes the unit.
+streamsv.app.run_service. Log records are set up by streamsv.logs; ``streamsv service install``
+writes the unit file (streamsv.unit).
 """
 from __future__ import annotations
 
 import inspect
 import logging
 import os
-import shutil
 import signal
 import socket
-import stat
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .config import Config
@@ -47,12 +39,6 @@ from .errors import StreamsvError
 log = logging.getLogger("streamsv.service")
 
 NOTIFY_ENV = "NOTIFY_SOCKET"
-UNIT_NAME = "streamsv.service"
-UNIT_PATH = Path("/etc/systemd/system") / UNIT_NAME
-DEFAULT_EXECUTABLE = "/usr/local/bin/streamsv"
-SERVICE_USER = "streamsv"
-PROFILES_DIR = "/var/lib/streamsv/profiles"
-WATCHDOG_SEC = 30
 STATUS_MIN_INTERVAL_S = 2.0  # STATUS= is for humans running `systemctl status`; no need to flood
 TICK_S = 0.25  # the monitor thread's polling period (shorter when the watchdog interval is tiny)
 MIN_TICK_S = 0.02  # ...but never shorter than this: WATCHDOG_USEC=1 must not make it spin
@@ -60,8 +46,6 @@ RELOAD_READY_TIMEOUT_S = 10.0  # READY=1 after a reload waits for it to be appli
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 
-# journald reads a "<N>" prefix on each stdout/stderr line as the syslog priority.
-_SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
 # --------------------------------------------------------------------------- sd_notify
@@ -258,68 +242,6 @@ def install_signal_handlers(
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 
     return restore
-
-
-# --------------------------------------------------------------------------- logging
-
-
-class PlainFormatter(logging.Formatter):
-    """``LEVEL logger: message`` on exactly one line; no timestamp (journald adds its own)."""
-
-    def __init__(self, syslog_prefix: bool = False) -> None:
-        super().__init__()
-        self.syslog_prefix = syslog_prefix
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
-        if record.exc_info:
-            exc = record.exc_info[1]
-            text += f" ({type(exc).__name__}: {exc})" if exc is not None else ""
-        text = " | ".join(part for part in text.splitlines() if part.strip()) or "-"
-        line = f"{record.levelname} {record.name}: {text}"
-        if self.syslog_prefix:
-            line = f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{line}"
-        return line
-
-
-def _stream_is_journal(stream: Any) -> bool:
-    """True when ``stream`` is the journald connection systemd handed us ($JOURNAL_STREAM=dev:inode)."""
-    raw = os.environ.get("JOURNAL_STREAM", "")
-    try:
-        dev, ino = (int(x) for x in raw.split(":"))
-        st = os.fstat(stream.fileno())
-    except (ValueError, OSError, AttributeError):
-        return False
-    return st.st_dev == dev and st.st_ino == ino
-
-
-def setup_logging(level: str = "info", stream: Any = None, tty: bool | None = None) -> logging.Handler:
-    """Configure the ``streamsv`` logger; returns the handler it installed.
-
-    A terminal gets rich's readable records; anything else (journald, a pipe, a file) gets
-    ``PlainFormatter`` lines. ``tty`` defaults to ``sys.stdout.isatty()``: stdout carries the
-    events, so "interactive" is judged there even though logs go to stderr.
-    """
-    stream = sys.stderr if stream is None else stream
-    if tty is None:
-        tty = bool(getattr(sys.stdout, "isatty", lambda: False)())
-    handler: logging.Handler
-    if tty:
-        from rich.logging import RichHandler
-        from rich.console import Console
-
-        handler = RichHandler(console=Console(file=stream), markup=False, show_path=False, rich_tracebacks=False)
-    else:
-        handler = logging.StreamHandler(stream)
-        handler.setFormatter(PlainFormatter(syslog_prefix=_stream_is_journal(stream)))
-    root = logging.getLogger("streamsv")
-    for old in [h for h in root.handlers if getattr(h, "_streamsv", False)]:
-        root.removeHandler(old)
-    handler._streamsv = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    root.propagate = False
-    return handler
 
 
 # --------------------------------------------------------------------------- status line
@@ -596,180 +518,3 @@ def _accepts_config(fn: Callable) -> bool:
 def _describe(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return text if isinstance(exc, StreamsvError) else f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-# --------------------------------------------------------------------------- unit file
-
-_NETWORK_NONE = """\
-# AF_UNIX carries sd_notify and ALSA plugins; no IP, no netlink (ALSA enumerates cards through
-# /dev/snd control devices, not udev netlink); the service has no network at all.
-RestrictAddressFamilies=AF_UNIX
-PrivateNetwork=yes
-IPAddressDeny=any
-"""
-_NETWORK_IP = """\
-# AF_UNIX carries sd_notify and ALSA plugins; IP reaches the MQTT broker (service install
-# --network); still no netlink and no raw sockets.
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
-PrivateNetwork=no
-"""
-_UNIT_TEMPLATE = """\
-# streamsv: live speaker verification as a systemd service.
-# Installed by `streamsv service install`; `streamsv service install --print` shows it.
-# One-time setup (the service runs as its own user, in the audio group):
-#   sudo useradd --system --no-create-home --shell /usr/sbin/nologin --groups audio streamsv
-#   sudo systemctl daemon-reload && sudo systemctl enable --now streamsv
-# Settings: /etc/streamsv/config.yaml.  Profiles: /var/lib/streamsv/profiles (enroll with
-#   sudo -u streamsv STREAMSV_PROFILES_DIR=/var/lib/streamsv/profiles streamsv enroll NAME).
-# After editing profiles or thresholds: sudo systemctl reload streamsv (SIGHUP; audio keeps flowing).
-
-[Unit]
-Description=streamsv live speaker verification
-After=sound.target
-Wants=sound.target
-# A USB microphone may stay unplugged for a long time: keep restarting, never give up.
-StartLimitIntervalSec=0
-
-[Service]
-Type=notify
-NotifyAccess=main
-ExecStart={exec_start} listen --service
-ExecReload=/bin/kill -HUP $MAINPID
-Restart=on-failure
-RestartSec=5s
-# READY=1 comes once the model is loaded and audio flows; loading is slow on a Pi.
-TimeoutStartSec=120s
-# SIGTERM stops within 2 s; anything slower is a bug, killed here.
-TimeoutStopSec=10s
-# WATCHDOG=1 is sent every {half}s only while audio frames arrive: a stalled capture is restarted.
-WatchdogSec={watchdog}s
-
-User={user}
-SupplementaryGroups=audio
-StateDirectory=streamsv
-StateDirectoryMode=0700
-ConfigurationDirectory=streamsv
-CacheDirectory=streamsv
-Environment=STREAMSV_PROFILES_DIR={profiles}
-Environment=XDG_CACHE_HOME=/var/cache/streamsv
-Environment=PYTHONUNBUFFERED=1
-# Profiles are biometric data: nothing the service creates is readable by others.
-UMask=0077
-
-# Sandboxing. Audio needs /dev/snd, /proc/asound and /usr/share/alsa, nothing more.
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome={protect_home}
-PrivateTmp=yes
-# PrivateDevices=yes would hide /dev/snd (audio breaks); instead allow only the ALSA devices.
-PrivateDevices=no
-DevicePolicy=closed
-DeviceAllow=char-alsa rw
-{network}PrivateMounts=yes
-CapabilityBoundingSet=
-AmbientCapabilities=
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectProc=invisible
-RemoveIPC=yes
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged @resources
-# A refused call fails with EPERM instead of killing the process (PortAudio may try to raise its
-# thread priority; it carries on without).
-SystemCallErrorNumber=EPERM
-# Deliberately not set: ProcSubset=pid (hides /proc/asound, ALSA fails), PrivateUsers=yes (the
-# audio group would be unmapped, /dev/snd denied), MemoryDenyWriteExecute=yes (sounddevice's cffi
-# callbacks and torch may need executable memory).
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-
-def _default_executable() -> str:
-    """How systemd should start streamsv: the installed console script, else this Python."""
-    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if argv0 is not None and argv0.name == "streamsv" and argv0.exists():
-        return str(argv0.resolve())
-    found = shutil.which("streamsv")
-    if found:
-        return str(Path(found).resolve())
-    return f"{Path(sys.executable).resolve()} -m streamsv.cli"  # cli.py runs main() as a module
-
-
-def unit_text(executable: str | None = None, watchdog_s: int = WATCHDOG_SEC, network: bool = False) -> str:
-    """The unit file. ``executable`` defaults to the running streamsv (as installed); ``network``
-    lets the service reach an MQTT broker over IP (the default unit has no network at all)."""
-    exec_start = executable or _default_executable()
-    if not exec_start.startswith("/"):
-        raise StreamsvError(f"service: executable must be an absolute path, got {exec_start!r}")
-    # ProtectHome=yes hides /home: a streamsv installed in a venv there could not even start.
-    in_home = any(exec_start.startswith(p) for p in ("/home/", "/root/", "/run/user/"))
-    return _UNIT_TEMPLATE.format(
-        exec_start=exec_start,
-        watchdog=watchdog_s,
-        half=f"{watchdog_s / 2:g}",
-        user=SERVICE_USER,
-        profiles=PROFILES_DIR,
-        protect_home="read-only" if in_home else "yes",
-        network=_NETWORK_IP if network else _NETWORK_NONE,
-    )
-
-
-def install_unit(path: str | os.PathLike = UNIT_PATH, print_only: bool = False, executable: str | None = None,
-                 network: bool = False) -> str:
-    """Write the unit file atomically (0644) unless ``print_only``; returns its text."""
-    text = unit_text(executable, network=network)
-    if print_only:
-        return text
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise StreamsvError(f"service: {target.parent}: no such folder (is systemd installed?)")
-    try:
-        existing = os.lstat(target)
-    except FileNotFoundError:
-        existing = None
-    except OSError as exc:
-        raise StreamsvError(f"service: {target}: {exc.strerror or exc}") from None
-    if existing is not None and not stat.S_ISREG(existing.st_mode):
-        # The temp-and-rename write would replace a device node, FIFO or symlink with a file.
-        raise StreamsvError(f"service: {target}: exists and is not a regular file; refusing to replace it")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=str(target.parent))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except PermissionError:
-        raise StreamsvError(f"service: cannot write {target}: permission denied (run with sudo, or use --print)") from None
-    except OSError as exc:
-        raise StreamsvError(f"service: cannot write {target}: {exc.strerror or exc}") from None
-    return text
-
-
-def install_hints(path: str | os.PathLike = UNIT_PATH) -> str:
-    """What to run after ``install_unit`` (printed by the CLI)."""
-    return (
-        f"wrote {path}\n"
-        "next:\n"
-        f"  id {SERVICE_USER} >/dev/null 2>&1 || sudo useradd --system --no-create-home "
-        f"--shell /usr/sbin/nologin --groups audio {SERVICE_USER}\n"
-        "  sudo systemctl daemon-reload\n"
-        "  sudo systemctl enable --now streamsv\n"
-        "  journalctl -u streamsv -f"
-    )

@@ -22,19 +22,17 @@ from pathlib import Path
 
 import pytest
 
-from streamsv import service
+from streamsv import service, unit
 from streamsv.errors import StreamsvError
+from streamsv.logs import PlainFormatter, setup_logging
 from streamsv.service import (
     Backoff,
     Notifier,
-    PlainFormatter,
     ServiceRunner,
     WatchdogPolicy,
-    install_unit,
-    setup_logging,
-    unit_text,
     watchdog_timeout,
 )
+from streamsv.unit import install_unit, unit_text
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK = 480  # 30 ms at 16 kHz
@@ -268,8 +266,44 @@ def unit_directives(text: str) -> dict[str, list[str]]:
     return out
 
 
-def test_repo_unit_file_is_the_rendered_text():
-    assert (REPO / "systemd" / "streamsv.service").read_text() == unit_text(service.DEFAULT_EXECUTABLE)
+SHIPPED_EXECUTABLE = "/usr/local/bin/streamsv"      # what the shipped unit file's ExecStart names
+
+
+def test_the_shipped_unit_file_is_what_install_writes_by_default():
+    # One unit file: the package's, read by install; no other copy in the repository.
+    assert unit.UNIT_FILE == REPO / "streamsv" / "systemd" / "streamsv.service"
+    assert unit_text(SHIPPED_EXECUTABLE) == unit.UNIT_FILE.read_text()
+    assert not (REPO / "systemd").exists()
+    assert "[Service]" not in Path(unit.__file__).read_text()          # no template beside it
+
+
+def test_the_unit_file_is_package_data():
+    pyproject = (REPO / "pyproject.toml").read_text()
+    line = next(x for x in pyproject.splitlines() if x.startswith("streamsv = [") and "weights" in x)
+    assert '"systemd/*.service"' in line
+
+
+def test_install_changes_only_the_lines_it_names():
+    shipped = unit.UNIT_FILE.read_text().splitlines()
+    ours = unit_text("/opt/sv/bin/streamsv", watchdog_s=8).splitlines()
+    changed = [(a, b) for a, b in zip(shipped, ours) if a != b]
+    assert len(shipped) == len(ours)
+    assert [b for _, b in changed] == [
+        "ExecStart=/opt/sv/bin/streamsv listen --service",
+        "# WATCHDOG=1 is sent every 4s only while audio frames arrive: a stalled capture is restarted.",
+        "WatchdogSec=8s"]
+
+
+def test_a_damaged_shipped_unit_is_one_clear_error(tmp_path, monkeypatch):
+    broken = tmp_path / "streamsv.service"
+    broken.write_text(unit.UNIT_FILE.read_text().replace("ExecStart=", "#ExecStart="))
+    monkeypatch.setattr(unit, "UNIT_FILE", broken)
+    with pytest.raises(StreamsvError, match=r"has 0 ExecStart= lines, expected 1") as e:
+        unit_text("/usr/bin/streamsv")
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(unit, "UNIT_FILE", tmp_path / "gone.service")
+    with pytest.raises(StreamsvError, match=r"cannot be read"):
+        unit_text("/usr/bin/streamsv")
 
 
 def test_unit_file_directives():
@@ -334,10 +368,15 @@ def test_install_unit_print_only_writes_nothing(tmp_path):
 
 
 def test_install_unit_errors_are_one_line(tmp_path):
-    with pytest.raises(StreamsvError, match=r"no such folder"):
+    # Each call fails on its own fault: a valid executable into a missing folder, and a relative
+    # executable into a folder that exists (so "no such folder" could not be what raised).
+    with pytest.raises(StreamsvError, match=r"no such folder") as missing:
         install_unit(tmp_path / "missing" / "streamsv.service", executable="/usr/bin/streamsv")
-    with pytest.raises(StreamsvError, match=r"absolute path"):
-        unit_text("streamsv")
+    with pytest.raises(StreamsvError, match=r"absolute path") as relative:
+        install_unit(tmp_path / "streamsv.service", executable="streamsv")
+    for e in (missing, relative):
+        assert "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unit_for_an_executable_in_home_relaxes_protect_home():
@@ -572,7 +611,8 @@ SIGNAL_SCRIPT = textwrap.dedent(
     """
     import json, sys, time
     from test_service import PacedPipeline  # tests/ is on PYTHONPATH
-    from streamsv.service import ServiceRunner, setup_logging
+    from streamsv.logs import setup_logging
+    from streamsv.service import ServiceRunner
 
     setup_logging("info", tty=False)
     pipe = PacedPipeline()
@@ -630,7 +670,8 @@ PIPELINE_SCRIPT = textwrap.dedent(
     from streamsv.config import Config
     from streamsv.embedder import load_embedder
     from streamsv.pipeline import Pipeline
-    from streamsv.service import ServiceRunner, setup_logging
+    from streamsv.logs import setup_logging
+    from streamsv.service import ServiceRunner
     from streamsv.sources import FileSource
 
     setup_logging("info", tty=False)

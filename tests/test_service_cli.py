@@ -144,7 +144,7 @@ def test_listen_service_flag_without_socket_stops_on_sigint(home, tiny_model, sp
 def test_service_install_print_is_the_repo_unit(capsys):
     from streamsv import cli
 
-    repo_unit = (REPO / "systemd" / "streamsv.service").read_text()
+    repo_unit = (REPO / "streamsv" / "systemd" / "streamsv.service").read_text()
     with pytest.raises(SystemExit) as done:
         cli.main(["service", "install", "--print", "--executable", "/usr/local/bin/streamsv"])
     assert done.value.code in (0, None)
@@ -169,7 +169,7 @@ def test_service_install_writes_the_unit(capsys, tmp_path):
         cli.main(["service", "install", "--path", str(target), "--executable", "/usr/local/bin/streamsv"])
     out = capsys.readouterr().out
     assert out.startswith(f"wrote {target}\n") and "systemctl enable --now streamsv" in out
-    assert target.read_text() == (REPO / "systemd" / "streamsv.service").read_text()
+    assert target.read_text() == (REPO / "streamsv" / "systemd" / "streamsv.service").read_text()
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     with pytest.raises(SystemExit) as done:
         cli.main(["service", "install", "--path", str(tmp_path / "missing" / "x.service")])
