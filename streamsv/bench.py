@@ -1,12 +1,15 @@
-"""`streamsv bench`: speed and memory of the whole listen pipeline, the student's ways of running
-side by side with the teacher, in one run.
+"""`streamsv bench`: speed and memory of the whole listen pipeline, the daemon's ways of running
+the student side by side in one run.
 
 The pipeline measured is the real one (streamsv.pipeline.Pipeline: VAD, log-mel, model, scoring),
-fed continuous speech in 30 ms blocks with a 0.5 s hop and a 3 s window, re-embedding every hop.
-Systems (--systems): the student on ONNX Runtime, fp32 and int8 (1 intra-op thread); the numpy
-runtime it replaced (numpy-baseline: a frozen copy under tools/baseline, only for this
-comparison; absent from an installed package); the Resemblyzer teacher (training extra),
-re-embedding its 3 s window with embed_utterance each hop. Missing ones are skipped with a note.
+fed continuous audio in 30 ms blocks with a 0.5 s hop and a 3 s window, re-embedding every hop.
+Systems (--systems): the student on ONNX Runtime, fp32 and int8 (1 intra-op thread): what the
+daemon has. Audio: --audio FILE (a recording, repeated to length), or else synthetic voiced audio,
+said so in the report's first line (speed figures only: its content does not matter to them).
+
+``python -m tools.bench`` (a checkout, not the installed daemon) runs this same measurement with
+the numpy runtime the ONNX graphs replaced (numpy-baseline) and the Resemblyzer teacher added side
+by side, on dev-set speech: the README's figures (issue 11) come from it.
 
 Each system first streams WARMUP_S seconds untimed (caches, allocator: the steady state of a
 long-running daemon; start-up is measured on its own below). With --repeat N the timed passes go
@@ -24,6 +27,7 @@ Counted, not timed (at export, by torch's FLOP counter): parameters and MACs per
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -33,7 +37,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -51,28 +55,31 @@ TARGETS = {  # issue 11: one thread, whole listen pipeline, re-embedding every 0
     "ready_s": ("<=", 0.3),
     "rss_steady_mb": ("<=", 100.0),
 }
-STUDENT_SYSTEMS = ("numpy-baseline", "fp32", "int8")
-SYSTEMS = (*STUDENT_SYSTEMS, "teacher")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-REPO_TOOLS = Path(__file__).resolve().parents[1] / "tools"
-BASELINE_DIR = REPO_TOOLS / "baseline"
+SYNTHETIC_AUDIO = "synthetic voiced audio (speed figures only; --audio FILE streams a recording)"
 STAGES = ("vad", "log_mel", "step", "pool")
+FORMANT_BANDWIDTH_HZ = 100.0
+RESONATOR_TAIL = 1e-9  # the resonators' impulse responses stop here (relative to their first sample)
 
 
 # ---------------------------------------------------------------- audio and systems
 
 
+def resonator(x: np.ndarray, hz: float, bandwidth_hz: float = FORMANT_BANDWIDTH_HZ) -> np.ndarray:
+    """A two-pole resonance at ``hz`` (gain 1 - r), as scipy's lfilter([1 - r], [1, -2r cos w, r^2], x)
+    computes it, by convolution with its impulse response cut where it has decayed below
+    RESONATOR_TAIL: numpy only, since the daemon does not depend on scipy."""
+    r = np.exp(-np.pi * bandwidth_hz / SAMPLE_RATE)
+    w = 2 * np.pi * hz / SAMPLE_RATE
+    n = np.arange(int(np.ceil(np.log(RESONATOR_TAIL) / np.log(r))))
+    impulse = (1 - r) * r ** n * np.sin((n + 1) * w) / np.sin(w)
+    return np.convolve(x, impulse)[: len(x)]
+
+
 def synthetic_speech(seconds: float, seed: int = 0) -> np.ndarray:
-    """Voice-like audio for when no real speech is at hand: glottal pulse trains with a
-    wandering pitch through three formant resonators, as syllables of 0.1-0.3 s. webrtcvad
-    takes it for speech, which is all the timing figures need."""
-    try:
-        from scipy.signal import lfilter
-    except ModuleNotFoundError:
-        from .errors import StreamsvError
-
-        raise StreamsvError("bench: no speech data found; pass --audio FILE (synthetic speech needs scipy)") from None
-
+    """Voice-like audio for when no recording is given: glottal pulse trains with a wandering
+    pitch through three formant resonators, as syllables of 0.1-0.3 s. webrtcvad takes it for
+    speech, which is all the timing figures need."""
     rng = np.random.default_rng(seed)
     out = []
     total = 0
@@ -83,77 +90,67 @@ def synthetic_speech(seconds: float, seed: int = 0) -> np.ndarray:
         src = (np.diff(np.floor(phase), prepend=0) > 0).astype(np.float64) + 0.01 * rng.standard_normal(n)
         y = np.zeros(n)
         for formant in (rng.uniform(300, 800), rng.uniform(900, 2200), rng.uniform(2400, 3200)):
-            r = np.exp(-np.pi * 100 / SAMPLE_RATE)
-            a = [1, -2 * r * np.cos(2 * np.pi * formant / SAMPLE_RATE), r * r]
-            y += lfilter([1 - r], a, src)
+            y += resonator(src, formant)
         out.append(y * np.hanning(n))
         total += n
     wave = np.concatenate(out)[: int(seconds * SAMPLE_RATE)]
     return (0.3 * wave / np.abs(wave).max()).astype(np.float32)
 
 
-def bench_audio(seconds: float, path: str | None) -> tuple[np.ndarray, str]:
-    """The audio to stream: --audio, else dev-set speech from the shared data, else synthetic."""
-    if path:
-        from .sources import load_audio
+def recording(seconds: float, path: str) -> tuple[np.ndarray, str]:
+    """The audio file at ``path``, repeated to ``seconds``."""
+    from .sources import load_audio
 
-        wave = load_audio(path)
-        reps = int(np.ceil(seconds * SAMPLE_RATE / len(wave)))
-        return np.tile(wave, reps)[: int(seconds * SAMPLE_RATE)], f"file {path}"
-    try:
-        from training import datasets  # a checkout run from its root only (temporary: issue 12 moves this out)
-
-        if datasets.data_root(required=False) is not None:
-            # Dev speakers only (never training audio): LibriSpeech test-other, continuous read speech.
-            clips, total = [], 0
-            for utt in datasets.dev_set("librispeech-test-other"):
-                clips.append(datasets.read_audio(utt.path))
-                total += len(clips[-1])
-                if total >= seconds * SAMPLE_RATE:
-                    break
-            return np.concatenate(clips)[: int(seconds * SAMPLE_RATE)], "LibriSpeech test-other (dev speakers)"
-    except ImportError:
-        pass
-    return synthetic_speech(seconds), "synthetic voiced audio (no speech data found)"
+    wave = load_audio(path)
+    reps = int(np.ceil(seconds * SAMPLE_RATE / len(wave)))
+    return np.tile(wave, reps)[: int(seconds * SAMPLE_RATE)], f"file {path}"
 
 
-def baseline_available() -> bool:
-    return (BASELINE_DIR / "numpy_runtime.py").is_file() and (BASELINE_DIR / "student.npz").is_file()
+def synthetic_audio(seconds: float) -> tuple[np.ndarray, str]:
+    """The daemon's default when no --audio is given: synthetic, and said so."""
+    return synthetic_speech(seconds), SYNTHETIC_AUDIO
 
 
-def load_system(kind: str, model: str | None = None):
-    """A system by name (SYSTEMS) -> (embedder-like, description). ``model``: the student's step
-    graph for fp32/int8 (default: the shipped one); 'untrained' for a random model (needs torch)."""
-    if kind == "teacher":
-        from training import teacher
+@dataclass(frozen=True)
+class System:
+    """One way of running speaker embedding that the bench can measure. ``load(model)`` ->
+    (embedder-like, description); ``model`` is --model (a student step graph) or None.
+    ``available()`` -> None, or why it is skipped. ``counts(system)`` -> parameters and MACs."""
 
-        return teacher.Teacher(), "Resemblyzer VoiceEncoder (teacher)"
-    if kind == "numpy-baseline":
-        from tools.baseline import numpy_runtime
+    load: Callable[[str | None], tuple[Any, str]]
+    available: Callable[[str | None], str | None] = lambda model: None
+    counts: Callable[[Any], dict] = lambda system: counted(system)
+    threads: Callable[[], None] = lambda: None  # pins the system's own thread pool (torch) to one
 
-        emb = numpy_runtime.load_baseline()
-        return emb, f"numpy runtime before ONNX (tools/baseline, {emb.fingerprint})"
+
+def load_student(variant: str, model: str | None) -> tuple[Any, str]:
+    """The student on ONNX Runtime: the shipped model in ``variant``, or the step graph ``model``
+    (its int8 sibling for int8)."""
     from .embedder import load_embedder
 
-    if kind not in STUDENT_SYSTEMS:
-        raise ValueError(f"unknown system {kind!r}; expected one of {', '.join(SYSTEMS)}")
-    if model == "untrained":
-        from training.model import untrained_embedder
-
-        return untrained_embedder(seed=0), "untrained student, fp32 graph (speed figures only)"
-    if model is not None and kind == "int8":
+    if model is not None and variant == "int8":
         model = str(model).replace(".onnx", ".int8.onnx") if ".int8." not in str(model) else model
-    emb = load_embedder(model, variant=kind if model is None else None)
+    emb = load_embedder(model, variant=variant if model is None else None)
     return emb, f"ONNX Runtime {emb.variant} ({emb.fingerprint})"
 
 
-def teacher_available() -> bool:
-    try:
-        from training import teacher
+@dataclass(frozen=True)
+class Kit:
+    """What one bench command measures: its systems (in report order), the module its start-up
+    children run as (``python -m MODULE --child NAME``), and its audio when --audio is absent."""
 
-        return teacher.available()
-    except ImportError:
-        return False
+    systems: dict[str, System]
+    child_module: str
+    default_audio: Callable[[float], tuple[np.ndarray, str]]
+    prog: str = "streamsv bench"
+    description: str = "Speed and memory of the listen pipeline: the student's fp32 and int8 graphs side by side."
+
+
+DAEMON_KIT = Kit(
+    systems={variant: System(functools.partial(load_student, variant)) for variant in ("fp32", "int8")},
+    child_module="streamsv.bench",
+    default_audio=synthetic_audio,
+)
 
 
 # ---------------------------------------------------------------- measured pipeline
@@ -324,14 +321,9 @@ def measure(system, wave: np.ndarray, realtime_s: float, clock=time.perf_counter
     return out
 
 
-def counted(kind: str, system) -> dict:
+def counted(system) -> dict:
     """Parameters and MACs per second of audio, offline and streaming: the student's were counted
-    at export (tools/export_weights.py) and travel in the model's metadata."""
-    if kind == "teacher":
-        from training import teacher
-
-        return {"params": system.num_parameters, "macs_per_s": teacher.teacher_macs_per_second(system.encoder),
-                "stream_macs_per_s": teacher.teacher_stream_macs_per_second(WINDOW_S, HOP_S, system.encoder)}
+    at export (training/export_weights.py) and travel in the model's metadata."""
     info = system.info
     return {"params": info.get("parameters"), "macs_per_s": info.get("macs_per_second"),
             "stream_macs_per_s": info.get("stream_macs_per_second")}
@@ -351,16 +343,13 @@ def _rss_mb() -> tuple[float | None, float | None]:
         return None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child_main(kind: str, model: str | None, audio_path: str) -> int:
+def child_main(kit: Kit, kind: str, model: str | None, audio_path: str) -> int:
     """Run as a fresh process: load, print READY, stream (real-time until the first decision,
     then as fast as possible), report memory."""
-    if kind == "teacher":
-        import torch
-
-        torch.set_num_threads(1)
+    kit.systems[kind].threads()
     import soundfile as sf
 
-    system, _ = load_system(kind, model)
+    system, _ = kit.systems[kind].load(model)
     wave = sf.read(audio_path, dtype="float32")[0]
     source = TimedSource(wave, realtime=True)
     pipe = make_pipeline(system, wave, source)
@@ -375,12 +364,12 @@ def child_main(kind: str, model: str | None, audio_path: str) -> int:
     return 0
 
 
-def startup(kind: str, model: str | None, audio_path: str) -> dict:
-    cmd = [sys.executable, "-m", "streamsv.bench", "--child", kind, "--audio", audio_path]
+def startup(kind: str, model: str | None, audio_path: str, child_module: str = DAEMON_KIT.child_module) -> dict:
+    cmd = [sys.executable, "-m", child_module, "--child", kind, "--audio", audio_path]
     if model:
         cmd += ["--model", model]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    # The child must import this same package, installed or not.
+    # The child must import this same package, installed or not (and, for tools.bench, this checkout).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -448,7 +437,7 @@ def summarise(runs: list[dict]) -> dict:
 def report(result: dict) -> str:
     systems = list(result["systems"])
     base = systems[0]
-    lines = [f"streamsv bench: {result['audio']}, hop {HOP_S} s, window {WINDOW_S} s, {result['audio_s']:.0f} s streamed, "
+    lines = [f"{result.get('prog', DAEMON_KIT.prog)}: {result['audio']}, hop {HOP_S} s, window {WINDOW_S} s, {result['audio_s']:.0f} s streamed, "
              f"1 thread, {result['repeat']} repeat(s) round-robin (median; [min-max] when repeated); hop compute and RTF by "
              + ("wall clock" if result["clock"] == "wall" else "process CPU time (core-seconds)")]
     lines += [f"  {name}: {sect['desc']}" for name, sect in result["systems"].items()]
@@ -479,29 +468,29 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_bench(args) -> dict:
-    wave, audio_desc = bench_audio(args.seconds, args.audio)
+def run_bench(args, kit: Kit = DAEMON_KIT) -> dict:
     wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in wanted if s not in SYSTEMS]
+    unknown = [s for s in wanted if s not in kit.systems]
     if unknown:
         from .errors import StreamsvError
 
-        raise StreamsvError(f"bench: unknown system {unknown[0]!r}; expected some of {', '.join(SYSTEMS)}")
+        raise StreamsvError(f"bench: unknown system {unknown[0]!r}; expected some of {', '.join(kit.systems)}")
+    if args.audio:
+        wave, audio_desc = recording(args.seconds, args.audio)
+    else:
+        wave, audio_desc = (synthetic_audio if args.synthetic else kit.default_audio)(args.seconds)
     notes = []
-    if "numpy-baseline" in wanted and (not baseline_available() or args.model):
-        wanted.remove("numpy-baseline")
-        notes.append("numpy-baseline: skipped (" + ("--model given" if args.model else "tools/baseline is not here (an installed package)") + ")")
-    if "teacher" in wanted and not teacher_available():
-        wanted.remove("teacher")
-        notes.append("teacher: not installed (bash tools/install-train-deps.sh)")
-    if "teacher" in wanted:
-        import torch
-
-        torch.set_num_threads(1)
+    for name in list(wanted):
+        why_not = kit.systems[name].available(args.model)
+        if why_not:
+            wanted.remove(name)
+            notes.append(f"{name}: skipped ({why_not})")
+    for name in wanted:
+        kit.systems[name].threads()
     target = next((s for s in ("fp32", "int8") if s in wanted), wanted[0] if wanted else None)
-    result = {"audio": audio_desc, "clock": args.clock, "audio_s": len(wave) / SAMPLE_RATE, "repeat": args.repeat,
+    result = {"prog": kit.prog, "audio": audio_desc, "clock": args.clock, "audio_s": len(wave) / SAMPLE_RATE, "repeat": args.repeat,
               "systems": {}, "notes": notes, "target_system": target}
-    loaded = {name: load_system(name, args.model) for name in wanted}
+    loaded = {name: kit.systems[name].load(args.model) for name in wanted}
     runs: dict[str, list[dict]] = {name: [] for name in wanted}
     with tempfile.TemporaryDirectory() as tmp:
         import soundfile as sf
@@ -512,12 +501,12 @@ def run_bench(args) -> dict:
             for name in wanted:
                 figures = measure(loaded[name][0], wave, args.realtime_s, CLOCKS[args.clock], args.warmup_s)
                 if not args.no_startup:
-                    figures.update(startup(name, args.model, audio_path))
+                    figures.update(startup(name, args.model, audio_path, kit.child_module))
                 runs[name].append(figures)
     for name in wanted:
         system, desc = loaded[name]
         figures = summarise(runs[name])
-        figures.update(counted(name, system))
+        figures.update(kit.systems[name].counts(system))
         result["systems"][name] = {"desc": desc, "figures": figures, "runs": runs[name]}
     result["notes"].append(vad_cost_note(wave, result))
     return result
@@ -535,34 +524,33 @@ def vad_cost_note(wave: np.ndarray, result: dict) -> str:
     return "VAD CPU per s of audio: " + ", ".join(f"{e} {ms:.2f} ms" for e, ms in costs.items()) + whole
 
 
-def main(args: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="streamsv bench", description="Speed and memory of the listen pipeline, student vs teacher.")
-    p.add_argument("--systems", default=",".join(SYSTEMS),
-                   help=f"comma-separated, measured in this order (default: all of {','.join(SYSTEMS)}; missing ones are skipped)")
-    p.add_argument("--model", help="student step graph for fp32/int8 (default: the shipped model; 'untrained' for a random one)")
-    p.add_argument("--audio", help="audio file to stream (default: dev speech from the shared data, else synthetic)")
+def main(args: list[str] | None = None, kit: Kit = DAEMON_KIT, audio_help: str = "audio file to stream (default: synthetic voiced audio)") -> int:
+    names = ",".join(kit.systems)
+    p = argparse.ArgumentParser(prog=kit.prog, description=kit.description)
+    p.add_argument("--systems", default=names,
+                   help=f"comma-separated, measured in this order (default: all of {names}; unavailable ones are skipped with a note)")
+    p.add_argument("--model", help="student step graph for fp32/int8 (default: the shipped model)")
+    p.add_argument("--audio", help=audio_help)
+    p.add_argument("--synthetic", action="store_true", help="without --audio: synthetic voiced audio (speed figures only)")
     p.add_argument("--seconds", type=float, default=30.0, help="seconds of audio streamed as fast as possible")
     p.add_argument("--realtime-s", type=float, default=8.0, help="seconds streamed at real-time pace for latency (0: skip)")
     p.add_argument("--warmup-s", type=float, default=WARMUP_S, help="seconds streamed untimed before the timed pass")
     p.add_argument("--repeat", type=int, default=1, help="timed passes per system, round-robin; figures are medians")
     p.add_argument("--clock", default="wall", choices=list(CLOCKS),
                    help="time hops by wall clock, or by process CPU time (robust on a busy machine); latency is always wall time")
-    p.add_argument("--no-teacher", action="store_true", help="leave the teacher out")
     p.add_argument("--no-startup", action="store_true", help="skip the start-up and memory subprocesses")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.add_argument("--child", choices=list(SYSTEMS), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=list(kit.systems), help=argparse.SUPPRESS)
     a = p.parse_args(args)
 
     from .errors import StreamsvError
 
     if a.child:
-        return child_main(a.child, a.model, a.audio)
+        return child_main(kit, a.child, a.model, a.audio)
     if a.seconds < 2 or not (a.realtime_s == 0 or a.realtime_s >= 2) or a.repeat < 1:
         # Under 2 s the first decision (after 1 s of speech) may never come.
         raise StreamsvError("bench: --seconds must be at least 2, --realtime-s 0 (skip) or at least 2, --repeat at least 1")
-    if a.no_teacher:
-        a.systems = ",".join(s for s in a.systems.split(",") if s.strip() != "teacher")
-    result = run_bench(a)
+    result = run_bench(a, kit)
     print(json.dumps(result, indent=1) if a.json else report(result))
     return 0
 

@@ -1,5 +1,5 @@
-"""streamsv bench plumbing (the shipped model; no figure is asserted against a target) and the
-detection benchmark's frame bookkeeping. No torch needed."""
+"""streamsv bench and python -m tools.bench plumbing (the shipped model; no figure is asserted
+against a target) and the detection benchmark's frame bookkeeping. No torch needed."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 
 from streamsv import bench
+from streamsv.embedder import DEFAULT_WEIGHTS
 from streamsv.errors import StreamsvError
 
+from tools import bench as tools_bench
 from tools import bench_detection as bd
 from tools import make_conversations as mc
+
+FIGURES = ("hop_p50_ms", "hop_p95_ms", "hop_p99_ms", "rtf", "latency_p50_ms", "latency_p95_ms", "stage_step_ms")
+QUICK = ["--seconds", "3", "--realtime-s", "2", "--warmup-s", "1", "--no-startup", "--json"]
 
 
 def test_synthetic_speech_is_taken_for_speech_by_the_vad():
@@ -20,6 +25,17 @@ def test_synthetic_speech_is_taken_for_speech_by_the_vad():
     wave = bench.synthetic_speech(4.0)
     assert wave.dtype == np.float32 and len(wave) == 64000
     assert sum(map(len, voiced(wave))) / 16000 > 3.0
+
+
+def test_resonator_is_the_two_pole_filter_it_stands_for():
+    """numpy's truncated impulse response = scipy's recursive filter, to far below any level
+    that matters (the daemon does not depend on scipy; the synthetic audio must not change)."""
+    lfilter = pytest.importorskip("scipy.signal").lfilter
+    x = np.random.default_rng(0).standard_normal(3000)
+    for hz in (300.0, 1500.0, 3100.0):
+        r = np.exp(-np.pi * bench.FORMANT_BANDWIDTH_HZ / 16000)
+        reference = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * hz / 16000), r * r], x)
+        assert np.max(np.abs(bench.resonator(x, hz) - reference)) < 1e-6 * np.max(np.abs(reference))
 
 
 def test_pipeline_run_times_every_hop_and_its_stages(embedder):
@@ -41,22 +57,49 @@ def test_pipeline_run_times_every_hop_and_its_stages(embedder):
     assert vad.Segmenter.process.__name__ == "process"
 
 
-def test_bench_json_has_every_figure_side_by_side(capsys):
-    rc = bench.main(["--systems", "numpy-baseline,fp32,int8", "--audio", "", "--seconds", "3", "--realtime-s", "2",
-                     "--warmup-s", "1", "--repeat", "2", "--no-startup", "--json"])
-    assert rc == 0
+def test_daemon_bench_json_has_every_figure_side_by_side(capsys):
+    """The daemon's bench measures what the daemon has: fp32 and int8, on synthetic audio that
+    the result names as such when no --audio is given."""
+    assert bench.main(["--repeat", "2", *QUICK]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert list(out["systems"]) == ["numpy-baseline", "fp32", "int8"] and out["target_system"] == "fp32"
+    assert list(out["systems"]) == ["fp32", "int8"] and out["target_system"] == "fp32"
+    assert out["audio"] == bench.SYNTHETIC_AUDIO and out["prog"] == "streamsv bench"
     for name, system in out["systems"].items():
         figs = system["figures"]
         assert figs["params"] == 1_090_374, name
         assert len(system["runs"]) == 2
-        for key in ("hop_p50_ms", "hop_p95_ms", "hop_p99_ms", "rtf", "latency_p50_ms", "latency_p95_ms", "stage_step_ms"):
+        for key in FIGURES:
             assert figs[key] is not None and figs[key] > 0, (name, key)
             lo, hi = figs[key + "_spread"]
             assert lo <= figs[key] <= hi
     assert out["systems"]["fp32"]["figures"]["macs_per_s"] > 0  # counted at export, no torch here
-    assert "fp32" in out["systems"]["int8"]["desc"] or "int8" in out["systems"]["int8"]["desc"]
+    assert "int8" in out["systems"]["int8"]["desc"]
+
+
+def test_tools_bench_adds_the_numpy_baseline_on_the_same_audio(capsys, tmp_path):
+    """python -m tools.bench: the baseline beside the daemon's graphs, one run, one recording."""
+    import soundfile as sf
+
+    path = tmp_path / "talk.wav"
+    sf.write(path, bench.synthetic_speech(3.0, seed=4), 16000)
+    assert tools_bench.main(["--systems", "numpy-baseline,fp32", "--audio", str(path), *QUICK]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["systems"]) == ["numpy-baseline", "fp32"] and out["audio"] == f"file {path}"
+    assert "tools/baseline" in out["systems"]["numpy-baseline"]["desc"] and out["prog"] == "tools.bench"
+    for name, system in out["systems"].items():
+        assert system["figures"]["params"] == 1_090_374, name
+        assert all(system["figures"][key] > 0 for key in FIGURES), name
+    # The baseline runs only its own weights: beside another model it is left out, with a note.
+    assert tools_bench.main(["--systems", "numpy-baseline,fp32", "--model", str(DEFAULT_WEIGHTS), *QUICK]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["systems"]) == ["fp32"] and any(n.startswith("numpy-baseline: skipped (--model given") for n in out["notes"])
+
+
+def test_tools_bench_without_dev_speech_says_so(monkeypatch, tmp_path):
+    """No shared data and no --audio: one clear error, not a silent switch to synthetic audio."""
+    monkeypatch.setenv("STREAMSV_DATA", str(tmp_path / "missing"))
+    with pytest.raises(StreamsvError, match=r"no dev speech .* pass --audio FILE, or --synthetic"):
+        tools_bench.main(["--systems", "fp32", *QUICK])
 
 
 def test_report_shows_ratios_against_the_first_system():
@@ -75,7 +118,9 @@ def test_bench_refuses_bad_options():
     with pytest.raises(StreamsvError, match="--realtime-s"):
         bench.main(["--realtime-s", "1"])
     with pytest.raises(StreamsvError, match="unknown system"):
-        bench.main(["--systems", "fp32,numpy", "--audio", "", "--seconds", "2", "--no-startup"])
+        bench.main(["--systems", "fp32,numpy", "--seconds", "2", "--no-startup"])
+    with pytest.raises(StreamsvError, match="unknown system 'teacher'"):  # a tools.bench system, not the daemon's
+        bench.main(["--systems", "fp32,teacher", "--seconds", "2", "--no-startup"])
 
 
 def test_startup_child_reports_ready_and_memory(tmp_path):
@@ -83,10 +128,11 @@ def test_startup_child_reports_ready_and_memory(tmp_path):
 
     path = tmp_path / "a.wav"
     sf.write(path, bench.synthetic_speech(2.5), 16000, subtype="FLOAT")
-    out = bench.startup("fp32", None, str(path))
-    assert 0 < out["ready_s"] < out["first_decision_s"]
-    assert out["torch_loaded"] is False
-    assert out["rss_steady_mb"] > 10 and out["rss_peak_mb"] >= out["rss_steady_mb"]
+    for kind, module in (("fp32", "streamsv.bench"), ("numpy-baseline", "tools.bench")):
+        out = bench.startup(kind, None, str(path), module)
+        assert 0 < out["ready_s"] < out["first_decision_s"], kind
+        assert out["torch_loaded"] is False, kind
+        assert out["rss_steady_mb"] > 10 and out["rss_peak_mb"] >= out["rss_steady_mb"], kind
 
 
 # ------------------------------------------------------------ detection benchmark bookkeeping
