@@ -251,9 +251,10 @@ def latency_table(variants: dict[str, dict], rounds: int = 3, seconds: float = 2
     import streamsv.bench as sb
     from streamsv.config import Config
     from streamsv.embedder import load_embedder
+    from tools.bench import dev_speech
 
     emb = load_embedder()
-    wave, desc = sb.bench_audio(seconds, None)
+    wave, desc = dev_speech(seconds)
     keys = ("rtf", "hop_p95_ms", "latency_p50_ms", "latency_p95_ms")
     runs: dict[str, list[dict]] = {label: [] for label in variants}
     original = Config.with_overrides
