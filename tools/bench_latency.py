@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from streamsv.features import SAMPLE_RATE
+
 REPO = Path(__file__).resolve().parents[1]
-SR = 16000
 PAUSE_S = 0.8
 
 
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             if args.audio:
-                wave = load_audio(args.audio)[: int(args.seconds * SR)]
-                enroll_clips = {"a": [wave[: 3 * SR]], "b": [wave[-3 * SR:]]}
+                wave = load_audio(args.audio)[: int(args.seconds * SAMPLE_RATE)]
+                enroll_clips = {"a": [wave[: 3 * SAMPLE_RATE]], "b": [wave[-3 * SAMPLE_RATE:]]}
                 what = args.audio
             else:
                 material = dev_material()
@@ -100,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
                     material = espeak_material(tmp)
                     what = "espeak-ng voices"
                 enroll_clips, turns = material
-                pause = np.zeros(int(PAUSE_S * SR), np.float32)
-                wave = np.concatenate([x for t in turns for x in (t, pause)])[: int(args.seconds * SR)]
+                pause = np.zeros(int(PAUSE_S * SAMPLE_RATE), np.float32)
+                wave = np.concatenate([x for t in turns for x in (t, pause)])[: int(args.seconds * SAMPLE_RATE)]
             profiles = {n: enroll(emb, n, clips, trim=not args.audio)[0].centroid for n, clips in enroll_clips.items()}
             path = tmp / "bench.wav"
-            sf.write(path, wave, SR)
+            sf.write(path, wave, SAMPLE_RATE)
             cfg = Config().with_overrides(**{"output.stats_interval_s": 86400.0})
             events = list(Pipeline(emb, FileSource(path, realtime=True), cfg, profiles).run())
     except StreamsvError as e:

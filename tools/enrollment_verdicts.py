@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from streamsv import enrollment
+from streamsv.features import SAMPLE_RATE
 from streamsv.profiles import MIN_ENROLL_S
 from streamsv.vad import voiced
-from training.datasets import _audio_files, data_root, dev_set, noise_files, read_audio
+from training.datasets import TUNING_SETS, _audio_files, data_root, dev_set, noise_files, read_audio
 
-SR = 16000
-SETS = ("speechocean-dev", "asc-val", "librispeech-test-other")
 ENROLL_FILES = {"asc-val": 20}
 DEFAULT_FILES = 5
 SNRS_DB = (10.0, 5.0, 0.0)
@@ -50,7 +49,7 @@ def mix(wave: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Gener
 
 def speakers() -> dict[str, list[list[Path]]]:
     out: dict[str, list[list[Path]]] = {}
-    for name in SETS:
+    for name in TUNING_SETS:
         utts = dev_set(name)
         by_spk = collections.defaultdict(list)
         for u in utts:
@@ -130,14 +129,14 @@ def main() -> int:
             report(f"{name}, white noise {snr:g} dB",
                    [judge([mix(x, rng.standard_normal(len(x)).astype(np.float32), snr, rng) for x in w]) for w in waves])
     backgrounds = [read_audio(p) for p in noise_files("heldout")[::2]]
-    backgrounds += [read_audio(p)[: 20 * SR] for p in _audio_files(data_root() / "noise" / "speech-commands")]
+    backgrounds += [read_audio(p)[: 20 * SAMPLE_RATE] for p in _audio_files(data_root() / "noise" / "speech-commands")]
     report("noise clips alone (ESC-10 held out, Speech Commands backgrounds)", [judge([b]) for b in backgrounds])
-    t = np.arange(10 * SR) / SR
+    t = np.arange(10 * SAMPLE_RATE) / SAMPLE_RATE
     synthetic = [0.3 * np.sin(2 * np.pi * f * t) for f in (110, 220, 440, 1000, 3000)]
     synthetic += [0.3 * np.sign(np.sin(2 * np.pi * f * t)) for f in (100, 150, 300)]
     synthetic += [0.3 * np.sin(2 * np.pi * 1000 * t) * (np.sin(2 * np.pi * r * t) > 0) for r in (1, 2, 4)]
-    synthetic += [a * rng.standard_normal(10 * SR) for a in (0.003, 0.03, 0.3)]
-    synthetic += [np.zeros(10 * SR)]
+    synthetic += [a * rng.standard_normal(10 * SAMPLE_RATE) for a in (0.003, 0.03, 0.3)]
+    synthetic += [np.zeros(10 * SAMPLE_RATE)]
     report("synthetic: sines, square waves, beeps, white noise, silence", [judge([s.astype(np.float32)]) for s in synthetic])
     return 0
 

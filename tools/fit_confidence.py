@@ -25,13 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from streamsv import confidence, load_embedder
+from streamsv.features import SAMPLE_RATE
 from streamsv.profiles import enroll
 from streamsv.scoring import cosine_scores
 from streamsv.vad import voiced
-from training.datasets import dev_set, noise_files, read_audio
+from training.datasets import TUNING_SETS, dev_set, noise_files, read_audio
 
-SR = 16000
-SETS = ("speechocean-dev", "asc-val", "librispeech-test-other")
 ENROLL_N = 3
 ASC_ENROLL_CLIPS = 8
 DURATIONS_S = (1.0, 1.5, 2.0, 3.0)
@@ -71,18 +70,18 @@ def set_trials(emb, name: str, noises: list[np.ndarray]) -> list[tuple[str, floa
         centroids[spk] = profile.centroid
         for p in rest:
             speech = speech_of(read_audio(p))
-            if len(speech) < 0.5 * SR:
+            if len(speech) < 0.5 * SAMPLE_RATE:
                 continue
-            lengths = DURATIONS_S if not name.startswith("asc") else (len(speech) / SR,)
+            lengths = DURATIONS_S if not name.startswith("asc") else (len(speech) / SAMPLE_RATE,)
             for d in lengths:
-                n = min(int(d * SR), len(speech))
-                if n < int(d * SR) * 0.9 and d > lengths[0]:
+                n = min(int(d * SAMPLE_RATE), len(speech))
+                if n < int(d * SAMPLE_RATE) * 0.9 and d > lengths[0]:
                     continue                      # this utterance is too short for this window
                 a = int(rng.integers(0, len(speech) - n + 1))
                 crop = speech[a:a + n]
                 if rng.random() < NOISY_SHARE:
                     crop = add_noise(crop, noises[int(rng.integers(len(noises)))], NOISY_SNR_DB, rng)
-                windows.append((spk, emb.embed(crop), n / SR))
+                windows.append((spk, emb.embed(crop), n / SAMPLE_RATE))
     out = []
     for spk, vec, secs in windows:
         for other, score in cosine_scores(vec, centroids).items():
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     emb = load_embedder(args.model)
     noises = [read_audio(p) for p in noise_files("heldout")[::8]]
     trials = []
-    for name in SETS:
+    for name in TUNING_SETS:
         got = set_trials(emb, name, noises)
         print(f"{name}: {len(got)} trials ({sum(t[2] for t in got)} genuine)", file=sys.stderr)
         trials += got
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = confidence.reliability(held_conf[sel][m], gen[sel][m])
             print(f"  {lo:g}-{hi:g} s: {m.sum()} trials, ECE {confidence.expected_calibration_error(rows):.3f}")
     model = confidence.fit(cos, secs, gen, WINDOW_S,
-                           fitted_on=f"{'+'.join(SETS)}, clean and noisy{NOISY_SNR_DB:g}, {len(cos)} trials")
+                           fitted_on=f"{'+'.join(TUNING_SETS)}, clean and noisy{NOISY_SNR_DB:g}, {len(cos)} trials")
     print(f"\nfitted on all: coef {', '.join(f'{c:.4f}' for c in model.coef)}")
     for s in (1.0, 3.0):
         print(f"  {s:g} s window: confidence 0.5 at cosine {model.cosine_for(0.5, s):.3f}, "

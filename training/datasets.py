@@ -20,6 +20,9 @@ from streamsv.features import SAMPLE_RATE
 DEV_SETS = ("speechocean-dev", "asc-test", "asc-val", "librispeech-test-other", "urdu")
 # Dev-only, out of domain (research-use licence): evaluated, never trained on, nothing derived shipped.
 OUT_OF_DOMAIN_SETS = ("urdu",)
+# The dev sets the daemon's fitted constants come from (the confidence calibration, the enrollment
+# verdict's bars); asc-test and urdu are never used for that.
+TUNING_SETS = ("speechocean-dev", "asc-val", "librispeech-test-other")
 UNLABELED_FOLDERS = ("wake-words", "coffee-orders")  # shared/data/unlabeled/<folder>: Apache-2.0, no speakers
 # Whole ESC-10 classes kept out of training, so the noisy eval meets noise types
 # the student never heard (not just unseen clips of familiar types).
