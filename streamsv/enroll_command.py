@@ -134,7 +134,7 @@ def record_from_mic(cfg, seconds: float, json_lines: bool) -> Collected:
     from .output import level_meter
     from .sources import MicSource
 
-    with MicSource(cfg.audio.device, cfg.audio.block_ms, cfg.audio.queue_s) as mic:
+    with MicSource(cfg.audio.device, cfg.audio.block_ms, cfg.audio.queue_s, rate=cfg.audio.sample_rate) as mic:
         if sys.stdout.isatty() and not json_lines:
             from rich.progress import BarColumn, Progress, TextColumn
 

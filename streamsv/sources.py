@@ -233,16 +233,32 @@ class FileSource(Source):
 # --------------------------------------------------------------------------- stdin
 
 class StdinSource(Source):
-    """Raw s16le 16 kHz mono, e.g. ``arecord -f S16_LE -r 16000 -c 1 | streamsv listen --source -``."""
+    """Raw s16le mono, e.g. ``arecord -f S16_LE -r 16000 -c 1 | streamsv listen --source -``.
+
+    ``rate`` is the rate of those samples (the config's ``audio.sample_rate``); any other than
+    16 kHz is resampled to it with soxr's streaming resampler.
+    """
 
     name = "stdin"
 
-    def __init__(self, stream: BinaryIO | None = None, block_ms: int = BLOCK_MS) -> None:
+    def __init__(self, stream: BinaryIO | None = None, block_ms: int = BLOCK_MS, rate: int = SAMPLE_RATE) -> None:
         super().__init__()
         if stream is None and sys.stdin is None:
-            raise StreamsvError("--source -: stdin is closed (pipe raw s16le 16 kHz mono audio into it)")
+            raise StreamsvError(f"--source -: stdin is closed (pipe raw s16le {rate / 1000:g} kHz mono audio into it)")
         self._stream = stream if stream is not None else sys.stdin.buffer
-        self.block = _rechunk(SAMPLE_RATE * block_ms // 1000)
+        self.rate = rate
+        self.block = _rechunk(rate * block_ms // 1000)
+        self._resampler = None
+        if rate != SAMPLE_RATE:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
+
+    def _to_16k(self, raw: bytes, last: bool = False) -> np.ndarray:
+        chunk = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+        if self._resampler is not None:
+            chunk = self._resampler.resample_chunk(chunk, last=last)
+        return chunk
 
     def chunks(self, stop: threading.Event | None = None) -> Iterator[tuple[np.ndarray, float]]:
         want = self.block * STDIN_SAMPLE_BYTES
@@ -254,15 +270,17 @@ class StdinSource(Source):
             carry += data
             if len(carry) < want:
                 continue
-            chunk = np.frombuffer(carry, dtype="<i2").astype(np.float32) / 32768.0
+            chunk = self._to_16k(carry)
             carry = b""
-            self._count(chunk)
-            yield chunk, time.monotonic()
+            if len(chunk):
+                self._count(chunk)
+                yield chunk, time.monotonic()
         usable = len(carry) - len(carry) % STDIN_SAMPLE_BYTES
-        if usable:
-            chunk = np.frombuffer(carry[:usable], dtype="<i2").astype(np.float32) / 32768.0
-            self._count(chunk)
-            yield chunk, time.monotonic()
+        if usable or self._resampler is not None:
+            chunk = self._to_16k(carry[:usable], last=True)     # the resampler's tail, too
+            if len(chunk):
+                self._count(chunk)
+                yield chunk, time.monotonic()
 
 
 # --------------------------------------------------------------------------- microphone
@@ -347,22 +365,24 @@ class MicSource(Source):
 
     Under backpressure the oldest audio is dropped (and counted) rather than the
     queue growing without bound: a live verifier wants the newest audio.
-    If the device refuses 16 kHz we open it at its native rate and resample with
-    soxr's streaming resampler in the consumer thread, never in the callback.
+    The device is opened at ``rate`` (the config's ``audio.sample_rate``, 16 kHz by default), or
+    at its native rate if it refuses that; audio at any rate but 16 kHz is resampled with soxr's
+    streaming resampler in the consumer thread, never in the callback.
     """
 
-    def __init__(self, device: str | int | None = None, block_ms: int = BLOCK_MS, queue_s: float = QUEUE_S) -> None:
+    def __init__(self, device: str | int | None = None, block_ms: int = BLOCK_MS, queue_s: float = QUEUE_S,
+                 rate: int = SAMPLE_RATE) -> None:
         super().__init__()
         sd = _sd()
         self.device = resolve_input_device(device)
         info = sd.query_devices(self.device, "input")
         self.name = str(info["name"])
-        if _supports_rate(self.device, SAMPLE_RATE):
-            self.rate = SAMPLE_RATE
+        if _supports_rate(self.device, rate):
+            self.rate = rate
         else:
             self.rate = int(round(info["default_samplerate"]))
             if not _supports_rate(self.device, self.rate):
-                raise StreamsvError(f"input device {self.name!r} accepts neither 16000 Hz nor its default {self.rate} Hz mono")
+                raise StreamsvError(f"input device {self.name!r} accepts neither {rate} Hz nor its default {self.rate} Hz mono")
         self.blocksize = max(1, self.rate * block_ms // 1000)
         maxlen = max(2, int(round(queue_s * 1000 / block_ms)))
         self._queue: collections.deque[tuple[np.ndarray, float]] = collections.deque()
@@ -432,10 +452,12 @@ class MicSource(Source):
 # --------------------------------------------------------------------------- factory
 
 def open_source(spec: str | None, device: str | int | None = None, realtime: bool = False,
-                block_ms: int = BLOCK_MS, queue_s: float = QUEUE_S) -> Source:
-    """``mic`` (or None) → microphone, ``-`` → raw s16le on stdin, anything else → an audio file."""
+                block_ms: int = BLOCK_MS, queue_s: float = QUEUE_S, rate: int = SAMPLE_RATE) -> Source:
+    """``mic`` (or None) → microphone, ``-`` → raw s16le on stdin, anything else → an audio file.
+    ``rate``: the rate the microphone is opened at first, and that of the samples on stdin (a
+    file carries its own)."""
     if spec is None or spec == "mic":
-        return MicSource(device=device, block_ms=block_ms, queue_s=queue_s)
+        return MicSource(device=device, block_ms=block_ms, queue_s=queue_s, rate=rate)
     if spec == "-":
-        return StdinSource(block_ms=block_ms)
+        return StdinSource(block_ms=block_ms, rate=rate)
     return FileSource(spec, realtime=realtime, block_ms=block_ms)

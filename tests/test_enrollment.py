@@ -146,7 +146,7 @@ class FakeMic:
     """Stands in for MicSource: plays a wave in 30 ms chunks, then ends (as a closed device would)."""
     wave = np.zeros(0, np.float32)
 
-    def __init__(self, device=None, block_ms=30, queue_s=2.0):
+    def __init__(self, device=None, block_ms=30, queue_s=2.0, rate=16000):
         self.name = "fake mic"
 
     def __enter__(self):

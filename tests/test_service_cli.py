@@ -194,8 +194,8 @@ def test_service_reopens_a_failed_microphone(monkeypatch, capsys, tmp_path, untr
 
     opened = []
 
-    def fake_open(spec, device=None, realtime=False, block_ms=30, queue_s=2.0):
-        assert spec == "mic"
+    def fake_open(spec, device=None, realtime=False, block_ms=30, queue_s=2.0, rate=16000):
+        assert spec == "mic" and rate == 16000        # the config's audio.sample_rate
         opened.append(1)
         if len(opened) == 2:
             raise sources.StreamsvError("input device 'USB mic' not found")     # still unplugged

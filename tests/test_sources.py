@@ -105,6 +105,41 @@ def test_stdin_source_reads_s16le():
     assert np.allclose(got, x / 32768.0, atol=1e-6)
 
 
+def dominant_hz(x: np.ndarray, rate: int = SR) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spectrum) * rate / len(x))
+
+
+@pytest.mark.parametrize("rate", [48000, 8000])
+def test_stdin_at_another_rate_is_resampled_to_16k(rate):
+    # audio.sample_rate says what rate the raw samples on stdin are: 1 s of a 220 Hz tone at
+    # ``rate`` comes out as 1 s at 16 kHz, still 220 Hz (read as 16 kHz it would be 1/3 or 2 s long).
+    x = (tone(1.0, rate) * 32767).astype("<i2")
+    got = np.concatenate([c for c, _ in StdinSource(io.BytesIO(x.tobytes()), rate=rate).chunks()])
+    assert abs(len(got) - SR) <= 2
+    assert abs(dominant_hz(got) - 220) < 2
+    assert 0.25 < np.abs(got[SR // 10:-SR // 10]).max() < 0.35
+
+
+def test_listen_opens_its_source_at_the_configured_rate(monkeypatch, tmp_path):
+    # The setting reaches the source: run_listen passes audio.sample_rate to open_source.
+    from streamsv import app, sources
+    from streamsv.config import Config
+
+    seen = {}
+
+    def fake_open(spec, device=None, realtime=False, block_ms=30, queue_s=2.0, rate=SR):
+        seen["rate"] = rate
+        raise StreamsvError("stop here")
+
+    monkeypatch.setattr(sources, "open_source", fake_open)
+    cfg = Config().with_overrides(**{"audio.sample_rate": 48000, "audio.source": "-",
+                                     "profiles.dir": str(tmp_path)})
+    with pytest.raises(StreamsvError, match="stop here"):
+        app.run_listen(cfg, emb=None)
+    assert seen == {"rate": 48000}
+
+
 def test_open_source_dispatch(tmp_path):
     p = tmp_path / "a.wav"
     sf.write(p, tone(0.1), SR)
