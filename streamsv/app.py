@@ -120,10 +120,9 @@ def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
     from .sources import open_source
 
     store = open_store(cfg)
-    sinks = open_sinks(cfg, title=title, turns=turns)
     src = open_source(cfg.audio.source, cfg.audio.device, realtime, cfg.audio.block_ms, cfg.audio.queue_s,
                       rate=cfg.audio.sample_rate)
-    pipe = Pipeline(emb, src, cfg, profile_loader(store, emb), level_interval_s=sinks.level_interval_s)
+    pipe = Pipeline(emb, src, cfg, profile_loader(store, emb))
     if not pipe.centroids:
         log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
     out = with_mqtt(make_output(cfg.output.json, title=title), cfg, sorted(pipe.centroids))
