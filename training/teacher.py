@@ -16,11 +16,11 @@ import warnings
 import numpy as np
 import torch
 
+from streamsv.embedder import MIN_AUDIO_S  # the student's: below this no embedding
 from streamsv.features import SAMPLE_RATE  # Resemblyzer's rate too
 PARTIAL_RATE = 1.3  # partial windows per second: embed_utterance's default
 MIN_COVERAGE = 0.75  # embed_utterance's default
 MAX_BATCH_PARTIALS = 512  # bounds peak memory of one LSTM forward (512 x 160 x 40 floats in)
-MIN_STREAM_S = 0.1  # as the student's MIN_AUDIO_S: below this no embedding
 
 
 def _import_resemblyzer():
@@ -129,7 +129,7 @@ class TeacherStream:
         self.compute_seconds += time.perf_counter() - started
 
     def embedding(self) -> np.ndarray | None:
-        if len(self._buf) < MIN_STREAM_S * SAMPLE_RATE:
+        if len(self._buf) < MIN_AUDIO_S * SAMPLE_RATE:
             return None
         started = time.perf_counter()
         vector = self._teacher.embed(self._buf)

@@ -30,6 +30,7 @@ from scipy.signal import butter, fftconvolve, resample_poly, sosfilt
 
 from streamsv.features import N_MELS, SAMPLE_RATE, log_mel
 from training import datasets
+from training.eval import TELEPHONE_BAND_HZ, TELEPHONE_RATE  # the one telephone channel, trained on and evaluated
 from training.model import CHECKPOINT_FORMAT, ModelDimensions, SpeakerEncoder, count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ CORPUS_WEIGHTS = {"so": 0.25, "asc": 0.15, "ls": 0.2, "unl": 0.4}  # sampling sh
 TRIM_FLOOR_DB = -35.0  # unlabeled clips: keep from the first to the last frame within 35 dB of the loudest
 TRIM_PAD_S = 0.15
 MU_LAW_MU = 255.0
-_TELEPHONE_SOS = butter(4, [300, 3400], btype="bandpass", fs=SAMPLE_RATE // 2, output="sos")
+_TELEPHONE_SOS = butter(4, TELEPHONE_BAND_HZ, btype="bandpass", fs=TELEPHONE_RATE, output="sos")
 
 
 @dataclass
@@ -155,13 +156,13 @@ def prepare_data() -> tuple[list, list, np.ndarray, list]:
 
 def telephone_band(wave: np.ndarray) -> np.ndarray:
     """300-3400 Hz through an 8 kHz, 8-bit mu-law channel, back at 16 kHz."""
-    narrow = sosfilt(_TELEPHONE_SOS, resample_poly(wave, 1, 2))
+    narrow = sosfilt(_TELEPHONE_SOS, resample_poly(wave, TELEPHONE_RATE, SAMPLE_RATE))
     peak = max(np.abs(narrow).max(), 1e-6)
     x = np.clip(narrow / peak, -1, 1)
     coded = np.sign(x) * np.log1p(MU_LAW_MU * np.abs(x)) / np.log1p(MU_LAW_MU)
     coded = np.round((coded + 1) / 2 * MU_LAW_MU) / MU_LAW_MU * 2 - 1  # 256 levels
     decoded = np.sign(coded) * np.expm1(np.abs(coded) * np.log1p(MU_LAW_MU)) / MU_LAW_MU
-    return resample_poly(decoded * peak, 2, 1)[: len(wave)]
+    return resample_poly(decoded * peak, SAMPLE_RATE, TELEPHONE_RATE)[: len(wave)]
 
 
 def resample_by(wave: np.ndarray, factor: float, length: int) -> np.ndarray:
