@@ -49,7 +49,7 @@ def profile_loader(store, emb) -> Callable[[], dict]:
 def check_listen_inputs(cfg) -> None:
     """Fail on a wrong device, a missing file or a missing MQTT password before the model loads."""
     if cfg.mqtt.url:
-        from .mqtt import read_password
+        from .sinks.mqtt import read_password
 
         read_password(cfg.mqtt)                  # a missing password file fails before the model loads
     if cfg.audio.source in (None, "mic"):
@@ -70,10 +70,9 @@ def run_service(cfg, emb, realtime: bool = False, reload_config=None, turns: boo
     hung loop both stop the pings. A microphone that fails mid-run is reopened with backoff; a
     file or stdin that ends stops the service with status 0.
     """
-    from .mqtt import with_mqtt
-    from .output import make_output
     from .pipeline import Pipeline
     from .service import ServiceRunner
+    from .sinks import open_sinks
     from .sources import open_source
 
     store = open_store(cfg)
@@ -83,57 +82,37 @@ def run_service(cfg, emb, realtime: bool = False, reload_config=None, turns: boo
         return open_source(cfg.audio.source, cfg.audio.device, realtime, cfg.audio.block_ms, cfg.audio.queue_s,
                            rate=cfg.audio.sample_rate)
 
-    pipe = Pipeline(emb, open_audio(), cfg, profile_loader(store, emb))
+    sinks = open_sinks(cfg, title="streamsv listen (service)", turns=turns)
+    pipe = Pipeline(emb, open_audio(), cfg, profile_loader(store, emb), level_interval_s=sinks.level_interval_s)
     if not pipe.centroids:
         log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
-    out = with_mqtt(make_output(cfg.output.json, title="streamsv listen (service)"), cfg, sorted(pipe.centroids))
-    write = _writer(out, pipe, cfg, turns)
-    with out:
-        runner = ServiceRunner(pipe, write, reopen_source=open_audio if mic else None,
+    with sinks:
+        runner = ServiceRunner(pipe, sinks.consume, reopen_source=open_audio if mic else None,
                                reload_config=reload_config)
         return runner.run()
 
 
-def _writer(out, pipe, cfg, turns: bool):
-    """The event sink: the live view also gets input-level events; ``--turns`` keeps turn-level ones."""
-    from .output import LEVEL_INTERVAL_S, json_mode
-    from .pipeline import TurnFilter
-
-    if not json_mode(cfg.output.json):
-        pipe.level_interval_s = LEVEL_INTERVAL_S
-    keep = TurnFilter().keep if turns else (lambda ev: ev)
-
-    def write(ev: dict) -> None:
-        kept = keep(ev)
-        if kept is not None:
-            out.update(kept, pipe)
-
-    return write
-
-
 def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
                stop: threading.Event | None = None, on_event=None, turns: bool = False) -> dict:
-    """Build source + pipeline + output from a Config and run to the end; returns the final stats."""
-    from .mqtt import with_mqtt
-    from .output import make_output
+    """Build source + pipeline + sinks from a Config and run to the end; returns the final stats."""
     from .pipeline import Pipeline
+    from .sinks import open_sinks
     from .sources import open_source
 
     store = open_store(cfg)
+    sinks = open_sinks(cfg, title=title, turns=turns)
     src = open_source(cfg.audio.source, cfg.audio.device, realtime, cfg.audio.block_ms, cfg.audio.queue_s,
                       rate=cfg.audio.sample_rate)
-    pipe = Pipeline(emb, src, cfg, profile_loader(store, emb))
+    pipe = Pipeline(emb, src, cfg, profile_loader(store, emb), level_interval_s=sinks.level_interval_s)
     if not pipe.centroids:
         log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
-    out = with_mqtt(make_output(cfg.output.json, title=title), cfg, sorted(pipe.centroids))
-    write = _writer(out, pipe, cfg, turns)
     final: dict = {}
     stop = stop or threading.Event()
-    with out:
+    with sinks:
         events = pipe.run(stop)
         try:
             for ev in events:
-                write(ev)
+                sinks.consume(ev)
                 if on_event is not None:
                     on_event(ev)
                 if ev["event"] == "stats" and ev.get("final"):
@@ -142,7 +121,7 @@ def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
             stop.set()
             events.close()
             final = pipe.stats_event(final=True)
-            out.update(final, pipe)
+            sinks.consume(final)
     return final
 
 
@@ -225,7 +204,7 @@ def run_wyoming(settings, cfg, load_model: Callable[[], object]) -> None:
 
     store = open_store(cfg)
     emb = load_model()
-    loader = profile_loader(store, emb)
-    if not loader():
+    proxy = Proxy(settings, cfg, emb, profile_loader(store, emb))   # reads profiles once, and on SIGHUP
+    if not proxy.centroids:
         log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
-    serve(Proxy(settings, cfg, emb, loader))
+    serve(proxy)

@@ -281,7 +281,7 @@ def _pattern(regex: str, what: str) -> Callable[[Any], str]:
 
 
 def _mqtt_url(v: Any) -> str:
-    from .mqtt import parse_mqtt_url  # one parser for the check and the connection
+    from .sinks.mqtt import parse_mqtt_url  # one parser for the check and the connection
 
     if not isinstance(v, str):
         raise _Bad(f"expected a URL such as mqtt://host:1883, got {_show(v)}")

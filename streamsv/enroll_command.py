@@ -131,7 +131,7 @@ class LineReporter:
 
 def record_from_mic(cfg, seconds: float, json_lines: bool) -> Collected:
     """The microphone part of ``enroll``: a rich bar on a terminal, lines otherwise."""
-    from .output import level_meter
+    from .sinks.console import level_meter
     from .sources import MicSource
 
     with MicSource(cfg.audio.device, cfg.audio.block_ms, cfg.audio.queue_s, rate=cfg.audio.sample_rate) as mic:

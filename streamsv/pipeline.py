@@ -1,11 +1,14 @@
-"""The live loop: source → VAD segments → rolling embedding → scores → events.
+"""The live loop: audio in, events out (their schema is streamsv/events.py).
 
-``Pipeline.run(stop)`` yields plain-dict events (the JSON schema is in
-output.py's docstring). It is written to be driven by the CLI and by a service
-layer alike: ``on_audio`` is called for every chunk that arrives (a watchdog can
-hang off it), ``request_reload()`` is safe to call from any thread or a signal
-handler (profiles are re-read, and new thresholds taken, between chunks), and stopping — via the ``stop``
-event or the source ending — always yields a final ``stats`` event.
+source chunks ─▶ VAD segments ─▶ per voice: the rolling embedding (one model push per hop) ─▶
+scores against the profiles ─▶ ``decision`` events, the change test between hops ─▶
+``speaker_change``, and each turn's summary ─▶ ``speech_end``.
+
+``Pipeline.run(stop)`` yields the events. It is driven by the CLI and a service layer alike:
+``add_audio_listener(fn)`` has ``fn(n_samples)`` called for every chunk consumed (a watchdog
+hangs off it), ``request_reload()`` is safe to call from any thread or a signal handler (profiles
+are re-read, and new thresholds taken, between chunks), and stopping — via the ``stop`` event or
+the source ending — always yields a final ``stats`` event.
 """
 from __future__ import annotations
 
@@ -19,15 +22,19 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import confidence as confidence_mod
+from . import events
 from .change import ChangeDetector
-from .config import Config
+from .config import Config, ScoringConfig
 from .errors import StreamsvError
-from .scoring import Smoother, cosine_scores, decide, threshold_for, unit
-from .sources import SAMPLE_RATE, Source
+from .events import Event
+from .features import SAMPLE_RATE
+from .scoring import Decision, Smoother, cosine_scores, decide, threshold_for, unit
+from .sources import Source
 from .vad import Segmenter, SpeechAudio, SpeechEnd, SpeechStart
 
 TAIL_MIN_S = 0.3              # audio after the last hop worth adding to the turn summary
 LATENCY_KEEP = 5000            # recent hops kept for percentiles: bounded memory on a long-running service
+EPS_S = 1e-9                   # float slack when comparing accumulated seconds with a due time
 # What a reload can change without restarting audio: the decision rule, not the VAD, the
 # window or the hop (those shape the streaming state; they apply after a restart).
 RELOADABLE_SCORING = ("threshold", "min_margin", "duration_slope", "min_confidence")
@@ -35,81 +42,208 @@ RELOADABLE_SCORING = ("threshold", "min_margin", "duration_slope", "min_confiden
 log = logging.getLogger("streamsv.pipeline")
 
 ProfileLoader = Callable[[], dict[str, np.ndarray]]
-# Events a script reading ``listen --turns`` gets: the turn boundaries and who spoke, not every hop.
-TURN_EVENTS = ("ready", "speech_start", "speech_end", "profiles_reloaded")
-CHANGE_EVENT = "speaker_change"  # a change of voice found inside a segment (streamsv/change.py)
+AudioListener = Callable[[int], None]
 
 
-def percentile(values, q: float) -> float | None:
-    return round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), 2) if len(values) else None
+# --------------------------------------------------------------------------- the parts
+
+
+class DecisionRule:
+    """The scoring settings in force and the model's confidence calibration (None: uncalibrated):
+    what a best score must reach with so much speech behind it, and how confident a score is."""
+
+    def __init__(self, scoring: ScoringConfig, calibration: confidence_mod.ConfidenceModel | None) -> None:
+        self.scoring = scoring
+        self.calibration = calibration
+
+    @classmethod
+    def load(cls, scoring: ScoringConfig, fingerprint: str, profiles_dir) -> "DecisionRule":
+        """The rule with the calibration stored for this model (read from disk: once per process,
+        not per pipeline, where a server makes many); a min_confidence without one is an error."""
+        rule = cls(scoring, confidence_mod.load(fingerprint, profiles_dir))
+        if scoring.min_confidence is not None and rule.calibration is None:
+            raise StreamsvError(f"scoring.min_confidence needs a confidence calibration for model "
+                                f"{fingerprint}; give a cosine --threshold instead, or fit one")
+        return rule
+
+    def threshold_at(self, seconds: float) -> float:
+        """The cosine a best score must reach with ``seconds`` of speech behind it: from
+        ``min_confidence`` through the calibration when set, else threshold minus the duration slope."""
+        sc = self.scoring
+        if sc.min_confidence is not None and self.calibration is not None:
+            return self.calibration.cosine_for(sc.min_confidence, seconds)
+        return threshold_for(sc.threshold, seconds, sc.window_s, sc.duration_slope)
+
+    def decide(self, scores: dict[str, float], seconds: float) -> Decision:
+        return decide(scores, self.threshold_at(seconds), self.scoring.min_margin)
+
+    def confidence_of(self, score: float | None, seconds: float) -> float | None:
+        if self.calibration is None or score is None or not np.isfinite(score):
+            return None
+        return round(self.calibration.confidence(score, seconds), events.SCORE_DECIMALS)
+
+    def reloaded(self, new: ScoringConfig) -> "DecisionRule":
+        """This rule with ``new``'s reloadable settings; the rest wait for a restart."""
+        changes = {k: getattr(new, k) for k in RELOADABLE_SCORING}
+        if changes["min_confidence"] is not None and self.calibration is None:
+            log.warning("reload: scoring.min_confidence ignored: no confidence calibration for this model")
+            changes["min_confidence"] = None
+        return DecisionRule(dataclasses.replace(self.scoring, **changes), self.calibration)
+
+
+@dataclasses.dataclass
+class Totals:
+    """Running counts since the pipeline was made: what the ``stats`` event reports."""
+
+    chunks_in: int = 0
+    audio_s: float = 0.0
+    busy_s: float = 0.0          # wall time spent processing (VAD + model + scoring)
+    segments: int = 0
+    speaker_changes: int = 0
+    decisions: int = 0
+    latencies_ms: deque = dataclasses.field(default_factory=lambda: deque(maxlen=LATENCY_KEEP))
+    compute_ms: deque = dataclasses.field(default_factory=lambda: deque(maxlen=LATENCY_KEEP))
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    def record_hop(self, latency_ms: float, compute_ms: float) -> None:
+        self.decisions += 1
+        self.latencies_ms.append(latency_ms)
+        self.compute_ms.append(compute_ms)
+
+
+class LevelMeter:
+    """Input level for a live meter: a ``level`` event per ``interval_s`` of audio (0: none; JSON
+    consumers do not want four lines a second, so only a sink that asks gets them)."""
+
+    def __init__(self, interval_s: float = 0.0) -> None:
+        self.interval_s = interval_s
+        self._sum_sq = 0.0
+        self._peak = 0.0
+        self._n = 0
+
+    def measure(self, chunk: np.ndarray, t_end: float) -> events.LevelEvent | None:
+        if self.interval_s <= 0:
+            return None
+        if len(chunk):
+            self._sum_sq += float(np.dot(chunk, chunk))
+            self._peak = max(self._peak, float(np.abs(chunk).max()))
+            self._n += len(chunk)
+        if self._n < self.interval_s * SAMPLE_RATE:
+            return None
+        rms = (self._sum_sq / self._n) ** 0.5
+        event = events.level(t_end, 20 * np.log10(rms + 1e-10), self._peak)
+        self._sum_sq, self._peak, self._n = 0.0, 0.0, 0
+        return event
+
+
+class RecentAudio:
+    """The last ``keep_s`` of a voice's audio: what the speaker-change test embeds."""
+
+    def __init__(self, keep_s: float, first: np.ndarray | None = None) -> None:
+        self.keep = int(keep_s * SAMPLE_RATE)
+        self._parts: deque[np.ndarray] = deque()
+        self._n = 0
+        if first is not None:
+            self._parts.append(first)
+            self._n = len(first)
+
+    def add(self, audio: np.ndarray) -> None:
+        self._parts.append(audio)
+        self._n += len(audio)
+        while self._n - len(self._parts[0]) >= self.keep:
+            self._n -= len(self._parts.popleft())
+
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self._parts)[-self.keep:]
+
+
+@dataclasses.dataclass
+class Voice:
+    """One voice's stretch of speech: from a VAD start, or from a speaker change inside a segment.
+    Times in ``audio_s``, ``next_hop`` and ``next_change`` count this voice's speech seconds."""
+
+    start: float                    # stream time the voice began
+    recent: RecentAudio
+    audio_s: float = 0.0
+    next_hop: float = 0.0           # when the next decision is due
+    next_change: float = 0.0        # when the next change test is due (half-way between decisions)
+    pending: list = dataclasses.field(default_factory=list)      # audio not yet pushed to the model
+    embeddings: list = dataclasses.field(default_factory=list)   # each hop's window, for the summary
+    hops: int = 0
+
+    def add(self, audio: np.ndarray) -> None:
+        self.pending.append(audio)
+        self.audio_s += len(audio) / SAMPLE_RATE
+
+    def take_pending(self) -> np.ndarray | None:
+        audio = np.concatenate(self.pending) if self.pending else None
+        self.pending = []
+        return audio
+
+    def pending_samples(self) -> int:
+        return sum(map(len, self.pending))
+
+    def hop_due(self, hop_s: float) -> bool:
+        due, self.next_hop = _passed(self.next_hop, self.audio_s, hop_s)
+        return due
+
+    def change_due(self, hop_s: float) -> bool:
+        due, self.next_change = _passed(self.next_change, self.audio_s, hop_s)
+        return due
+
+
+def _passed(mark: float, now: float, step: float) -> tuple[bool, float]:
+    """Whether ``now`` reached ``mark``, and the next mark after ``now`` (steps of ``step``)."""
+    if now + EPS_S < mark:
+        return False, mark
+    while mark <= now + EPS_S:
+        mark += step
+    return True, mark
+
+
+# --------------------------------------------------------------------------- the pipeline
 
 
 class Pipeline:
     def __init__(self, embedder, source: Source, cfg: Config, profiles: ProfileLoader | dict[str, np.ndarray],
-                 on_audio: Callable[[int], None] | None = None) -> None:
+                 *, level_interval_s: float = 0.0, rule: DecisionRule | None = None) -> None:
+        """``profiles``: a loader (re-read on reload) or fixed centroids. ``rule``: a decision rule
+        already loaded for ``cfg.scoring`` (a server shares one across requests); by default it is
+        loaded here. ``level_interval_s``: what a level-meter sink asked for (0: no level events)."""
         self.embedder = embedder
         self.source = source
         self.cfg = cfg
-        self.sc = cfg.scoring
+        self.rule = rule or DecisionRule.load(cfg.scoring, embedder.fingerprint, cfg.profiles.resolved())
         self._loader: ProfileLoader = profiles if callable(profiles) else (lambda p=dict(profiles): p)
         self.centroids: dict[str, np.ndarray] = {}
         self.reload_profiles()
         self._reload_requested = threading.Event()
         self._pending_cfg: Config | None = None
-        self.on_audio = on_audio
+        self._audio_listeners: list[AudioListener] = []
+        # Deprecated: the service's old hook (it assigns this attribute); use add_audio_listener.
+        self.on_audio: AudioListener | None = None
+        self.levels = LevelMeter(level_interval_s)
+        self.totals = Totals()
         self.segmenter: Segmenter | None = None   # built by run(): silero's session costs ~16 ms
-        self.stream = embedder.stream(window_s=self.sc.window_s)
-        self.smoother = Smoother(self.sc.smoothing_hops)
+        self.stream = embedder.stream(window_s=cfg.scoring.window_s)
+        self.smoother = Smoother(cfg.scoring.smoothing_hops)
         self.change = ChangeDetector(cfg.change)
-        self.changes = 0
-        # Counters (read by the live view and a service layer).
-        self.chunks_in = 0
-        self.audio_s = 0.0
-        self.busy_s = 0.0            # wall time spent processing (VAD + model + scoring)
-        self.decisions = 0
-        self.segments = 0
+        self._compute_mark = 0.0                  # stream.compute_seconds at the last hop
+        self.voice = self._new_voice(0.0)
         self.in_speech = False
-        self.last_decision: dict | None = None
-        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_KEEP)
-        self.compute_ms: deque[float] = deque(maxlen=LATENCY_KEEP)
-        self._started = time.monotonic()
-        # The calibrated confidence for this model (None: confidence is reported as null).
-        self.calibration = confidence_mod.load(embedder.fingerprint, cfg.profiles.resolved())
-        self._check_min_confidence()
         self._ready_sent = False
-        # Input level events for a live meter (off: JSON consumers do not want 4 lines a second).
-        self.level_interval_s = 0.0
-        self._level_sq = 0.0
-        self._level_peak = 0.0
-        self._level_n = 0
-        self._seg_reset()
 
-    def _check_min_confidence(self) -> None:
-        if self.sc.min_confidence is not None and self.calibration is None:
-            raise StreamsvError(f"scoring.min_confidence needs a confidence calibration for model "
-                                f"{self.embedder.fingerprint}; give a cosine --threshold instead, or fit one")
+    def add_audio_listener(self, listener: AudioListener) -> None:
+        """Call ``listener(n_samples)`` for every chunk the loop consumes (from the loop's thread)."""
+        self._audio_listeners.append(listener)
 
-    def threshold_at(self, seconds: float) -> float:
-        """The cosine a best score must reach with ``seconds`` of speech behind it: from
-        ``min_confidence`` through the calibration when set, else threshold minus the duration slope."""
-        if self.sc.min_confidence is not None and self.calibration is not None:
-            return self.calibration.cosine_for(self.sc.min_confidence, seconds)
-        return threshold_for(self.sc.threshold, seconds, self.sc.window_s, self.sc.duration_slope)
-
-    def confidence_of(self, score: float | None, seconds: float) -> float | None:
-        if self.calibration is None or score is None or not np.isfinite(score):
-            return None
-        return round(self.calibration.confidence(score, seconds), 4)
-
-    def ready_event(self) -> dict:
+    def ready_event(self) -> events.ReadyEvent:
         """What a consumer needs before the first voice: input, model, profiles and the decision rule."""
-        return {"event": "ready", "t": round(self.audio_s, 3),
-                "device": getattr(self.source, "name", type(self.source).__name__),
-                "sample_rate": SAMPLE_RATE, "model": self.embedder.fingerprint, "dim": int(self.embedder.dim),
-                "profiles": sorted(self.centroids), "threshold": self.sc.threshold,
-                "min_confidence": self.sc.min_confidence, "min_margin": self.sc.min_margin,
-                "duration_slope": self.sc.duration_slope, "window_s": self.sc.window_s,
-                "confidence": self.calibration is not None}
+        sc = self.rule.scoring
+        return events.ready(self.totals.audio_s, getattr(self.source, "name", type(self.source).__name__),
+                            SAMPLE_RATE, self.embedder.fingerprint, self.embedder.dim, self.centroids,
+                            sc.threshold, sc.min_confidence, sc.min_margin, sc.duration_slope, sc.window_s,
+                            self.rule.calibration is not None)
 
     # ------------------------------------------------------------------ profiles
 
@@ -121,24 +255,21 @@ class Pipeline:
     def request_reload(self, cfg: Config | None = None) -> None:
         """Ask for a reload at the next chunk boundary; safe from signal handlers and other threads.
 
-        Profiles are always re-read. With ``cfg``, its threshold, min_margin and duration_slope
-        replace the current ones at the same boundary (a plain attribute swap: no lock needed).
+        Profiles are always re-read. With ``cfg``, its threshold, min_margin, duration_slope and
+        min_confidence replace the current ones at the same boundary (a plain attribute swap).
         """
         if cfg is not None:
             self._pending_cfg = cfg
         self._reload_requested.set()
 
-    def _apply_reload(self) -> dict:
+    def _apply_reload(self) -> events.ProfilesReloadedEvent:
         new, self._pending_cfg = self._pending_cfg, None
         if new is not None:
-            changes = {k: getattr(new.scoring, k) for k in RELOADABLE_SCORING}
-            if changes["min_confidence"] is not None and self.calibration is None:
-                log.warning("reload: scoring.min_confidence ignored: no confidence calibration for this model")
-                changes["min_confidence"] = None
-            self.sc = dataclasses.replace(self.sc, **changes)
-            self.cfg = dataclasses.replace(self.cfg, scoring=self.sc)
-            fixed = [f"scoring.{f.name}" for f in dataclasses.fields(self.sc)
-                     if f.name not in RELOADABLE_SCORING and getattr(new.scoring, f.name) != getattr(self.sc, f.name)]
+            self.rule = self.rule.reloaded(new.scoring)
+            sc = self.rule.scoring
+            self.cfg = dataclasses.replace(self.cfg, scoring=sc)
+            fixed = [f"scoring.{f.name}" for f in dataclasses.fields(sc)
+                     if f.name not in RELOADABLE_SCORING and getattr(new.scoring, f.name) != getattr(sc, f.name)]
             fixed += [s for s in ("audio", "vad", "model", "profiles") if getattr(new, s) != getattr(self.cfg, s)]
             if fixed:
                 log.warning("reload: %s changed; applied after a restart", ", ".join(fixed))
@@ -148,40 +279,38 @@ class Pipeline:
             # e.g. the folder became writable by others: keep verifying with the profiles we had.
             log.error("reload: %s; keeping the current profiles", e)
             n = len(self.centroids)
-        return {"event": "profiles_reloaded", "t": round(self.audio_s, 3), "profiles": sorted(self.centroids),
-                "count": n, "threshold": self.sc.threshold, "min_confidence": self.sc.min_confidence,
-                "min_margin": self.sc.min_margin,
-                "duration_slope": self.sc.duration_slope}
+        sc = self.rule.scoring
+        return events.profiles_reloaded(self.totals.audio_s, self.centroids, n, sc.threshold, sc.min_confidence,
+                                        sc.min_margin, sc.duration_slope)
 
     # ------------------------------------------------------------------ loop
 
-    def run(self, stop: threading.Event | None = None) -> Iterator[dict]:
+    def run(self, stop: threading.Event | None = None) -> Iterator[Event]:
         interval = self.cfg.output.stats_interval_s
         next_stats = time.monotonic() + interval
         # A service may call run() again with a fresh source after a device failure: start clean.
         self.segmenter = Segmenter(self.cfg.vad)
         self.in_speech = False
-        self._seg_reset()
+        self._begin_voice(0.0)
         if not self._ready_sent:
             self._ready_sent = True
             yield self.ready_event()
+        totals = self.totals
         try:
             for chunk, captured in self.source.chunks(stop):
-                self.chunks_in += 1
-                if self.level_interval_s > 0:
-                    level = self._level(chunk)
-                    if level is not None:
-                        yield level
-                if self.on_audio is not None:
-                    self.on_audio(len(chunk))
+                totals.chunks_in += 1
+                level = self.levels.measure(chunk, totals.audio_s + len(chunk) / SAMPLE_RATE)
+                if level is not None:
+                    yield level
+                self._tell_listeners(len(chunk))
                 if self._reload_requested.is_set():
                     self._reload_requested.clear()
                     yield self._apply_reload()
                 began = time.perf_counter()
-                self.audio_s += len(chunk) / SAMPLE_RATE
-                events = self._process(self.segmenter.process(chunk, captured))
-                self.busy_s += time.perf_counter() - began
-                yield from events
+                totals.audio_s += len(chunk) / SAMPLE_RATE
+                out = self._process(self.segmenter.process(chunk, captured))
+                totals.busy_s += time.perf_counter() - began
+                yield from out
                 if interval > 0 and time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + interval
                     yield self.stats_event()
@@ -196,227 +325,131 @@ class Pipeline:
             self.source.close()
         yield self.stats_event(final=True)
 
-    def _level(self, chunk: np.ndarray) -> dict | None:
-        """Accumulate the input level; an event every ``level_interval_s`` of audio."""
-        if len(chunk):
-            self._level_sq += float(np.dot(chunk, chunk))
-            self._level_peak = max(self._level_peak, float(np.abs(chunk).max()))
-            self._level_n += len(chunk)
-        if self._level_n < self.level_interval_s * SAMPLE_RATE:
-            return None
-        rms = (self._level_sq / self._level_n) ** 0.5
-        event = {"event": "level", "t": round(self.audio_s + len(chunk) / SAMPLE_RATE, 3),
-                 "dbfs": round(20 * np.log10(rms + 1e-10), 1), "peak": round(self._level_peak, 3)}
-        self._level_sq, self._level_peak, self._level_n = 0.0, 0.0, 0
-        return event
+    def _tell_listeners(self, n_samples: int) -> None:
+        if self.on_audio is not None:
+            self.on_audio(n_samples)
+        for listener in self._audio_listeners:
+            listener(n_samples)
 
-    def _seg_reset(self) -> None:
-        self.stream.reset()
-        self.smoother.reset()
-        self._seg_audio_s = 0.0
-        self._next_hop = self.sc.min_speech_s
-        self._next_change = self.sc.min_speech_s + self.sc.hop_s / 2
-        self._seg_embeddings: list[np.ndarray] = []
-        self._buf: list[np.ndarray] = []
-        self._seg_hops = 0
-        self._seg_start = 0.0
-        self._compute_mark = self.stream.compute_seconds
-        self.change.reset()
-        self._recent: deque[np.ndarray] = deque()  # the segment's last change.recent_s of audio
-        self._recent_n = 0
-
-    def _process(self, vad_events) -> list[dict]:
-        out: list[dict] = []
+    def _process(self, vad_events) -> list[Event]:
+        out: list[Event] = []
+        hop_s = self.rule.scoring.hop_s
         for ev in vad_events:
             if isinstance(ev, SpeechStart):
-                self._seg_reset()
-                self._seg_start = ev.t
+                self._begin_voice(ev.t)
                 self.in_speech = True
-                self.segments += 1
-                out.append({"event": "speech_start", "t": round(ev.t, 3)})
+                self.totals.segments += 1
+                out.append(events.speech_start(ev.t))
             elif isinstance(ev, SpeechAudio):
                 # Audio is batched and pushed to the model once per hop: per-call
                 # overhead makes many 30 ms pushes several times dearer than one.
-                self._buf.append(ev.audio)
-                self._seg_audio_s += len(ev.audio) / SAMPLE_RATE
-                self._remember_recent(ev.audio)
-                # The change test runs half-way between decisions, so its extra embedding never
-                # lands on the block that completes a hop (capture-to-decision stays as it was).
-                if self.cfg.change.enabled and self._seg_audio_s + 1e-9 >= self._next_change:
-                    while self._next_change <= self._seg_audio_s + 1e-9:
-                        self._next_change += self.sc.hop_s
-                    changed = self._change_test(ev)
-                    if changed is not None:
-                        out.append(changed)
-                if self._seg_audio_s + 1e-9 >= self._next_hop:
-                    while self._next_hop <= self._seg_audio_s + 1e-9:
-                        self._next_hop += self.sc.hop_s
+                self.voice.add(ev.audio)
+                if self.cfg.change.enabled:
+                    self.voice.recent.add(ev.audio)
+                    # The change test runs half-way between decisions, so its extra embedding never
+                    # lands on the block that completes a hop (capture-to-decision stays as it was).
+                    if self.voice.change_due(hop_s):
+                        changed = self._change_test(ev)
+                        if changed is not None:
+                            out.append(changed)
+                if self.voice.hop_due(hop_s):
                     d = self._hop(ev)
                     if d is not None:
                         out.append(d)
             elif isinstance(ev, SpeechEnd):
                 self.in_speech = False
-                if self._seg_embeddings and sum(map(len, self._buf)) >= TAIL_MIN_S * SAMPLE_RATE:
-                    self._flush_buf()   # let the turn's last words count in its summary
+                if self.voice.embeddings and self.voice.pending_samples() >= TAIL_MIN_S * SAMPLE_RATE:
+                    self._push_pending()   # let the turn's last words count in its summary
                     emb = self.stream.embedding()
                     if emb is not None:
-                        self._seg_embeddings.append(emb)
+                        self.voice.embeddings.append(emb)
                 out.append(self._summary(ev))
         return out
 
-    def _remember_recent(self, audio: np.ndarray) -> None:
-        if not self.cfg.change.enabled:
-            return
-        self._recent.append(audio)
-        self._recent_n += len(audio)
-        keep = int(self.cfg.change.recent_s * SAMPLE_RATE)
-        while self._recent_n - len(self._recent[0]) >= keep:
-            self._recent_n -= len(self._recent.popleft())
+    # ------------------------------------------------------------------ one voice
 
-    def _change_test(self, ev: SpeechAudio) -> dict | None:
-        """At a hop: has the voice changed since the segment's window of ``recent_s`` ago? On a
-        change, restart the window and smoother on the audio since the change."""
-        if not self.change.ready(self._seg_audio_s):
+    def _new_voice(self, start: float, carried: np.ndarray | None = None) -> Voice:
+        """A voice's bookkeeping from ``start``; ``carried`` is its audio so far (after a change)."""
+        sc = self.rule.scoring
+        recent = RecentAudio(self.cfg.change.recent_s, carried)
+        if carried is None:
+            next_hop = sc.min_speech_s
+            return Voice(start, recent, next_hop=next_hop, next_change=next_hop + sc.hop_s / 2)
+        audio_s = len(carried) / SAMPLE_RATE
+        # Its first decision comes once it has min_speech_s of audio (at least a block away); the
+        # change test resumes half a hop after that.
+        next_hop = max(sc.min_speech_s, audio_s + 1e-3)
+        return Voice(start, recent, audio_s=audio_s, next_hop=next_hop, next_change=next_hop + sc.hop_s / 2,
+                     pending=[carried])
+
+    def _begin_voice(self, start: float, carried: np.ndarray | None = None) -> None:
+        """Its own window, smoother, change reference and summary, from ``start`` on."""
+        self.stream.reset()
+        self.smoother.reset()
+        self.voice = self._new_voice(start, carried)
+        if carried is None:
+            self.change.reset()
+            self._compute_mark = self.stream.compute_seconds
+        else:
+            self.change.reset(0.0)   # model time since the last hop still counts for the next one
+
+    def _push_pending(self) -> None:
+        audio = self.voice.take_pending()
+        if audio is not None:
+            self.stream.push(audio)
+
+    def _change_test(self, ev: SpeechAudio) -> events.SpeakerChangeEvent | None:
+        """Has the voice changed since the segment's window of ``recent_s`` ago? On a change, the
+        new voice begins at the change with the audio since it."""
+        if not self.change.ready(self.voice.audio_s):
             return None
-        recent = np.concatenate(self._recent)[-int(self.cfg.change.recent_s * SAMPLE_RATE):]
+        recent = self.voice.recent.audio()
         began = time.perf_counter()
-        verdict = self.change.test(self._seg_audio_s, self.embedder.embed(recent))
+        verdict = self.change.test(self.voice.audio_s, self.embedder.embed(recent))
         self.stream.compute_seconds += time.perf_counter() - began  # the hop's model time includes the test
         if verdict is None or not verdict.changed:
             return None
-        self.changes += 1
-        since_change = recent[-int(verdict.lag_s * SAMPLE_RATE):]
+        self.totals.speaker_changes += 1
         at = ev.t_end - verdict.lag_s
-        # The new voice's turn: its own window, smoother and summary, from the change on.
-        self.stream.reset()
-        self.smoother.reset()
-        self._seg_embeddings = []
-        self._seg_hops = 0
-        self._seg_start = at
-        self._buf = [since_change]
-        self._seg_audio_s = len(since_change) / SAMPLE_RATE
-        # The new voice's first decision comes once it has min_speech_s of audio (at least a
-        # block away); the change test resumes half a hop after that.
-        self._next_hop = max(self.sc.min_speech_s, self._seg_audio_s + 1e-3)
-        self._next_change = self._next_hop + self.sc.hop_s / 2
-        self.change.reset(0.0)
-        self._recent, self._recent_n = deque([since_change]), len(since_change)
-        return {"event": CHANGE_EVENT, "t": round(ev.t_end, 3), "at": round(at, 3),
-                "similarity": verdict.similarity}
+        self._begin_voice(at, carried=recent[-int(verdict.lag_s * SAMPLE_RATE):])
+        return events.speaker_change(ev.t_end, at, verdict.similarity)
 
-    def _flush_buf(self) -> None:
-        if self._buf:
-            self.stream.push(np.concatenate(self._buf))
-            self._buf = []
-
-    def _hop(self, ev: SpeechAudio) -> dict | None:
-        self._flush_buf()
+    def _hop(self, ev: SpeechAudio) -> events.DecisionEvent | None:
+        self._push_pending()
         emb = self.stream.embedding()
         if emb is None:
             return None
-        self._seg_embeddings.append(emb)
-        self._seg_hops += 1
-        self.change.remember(self._seg_audio_s, emb)
-        raw = cosine_scores(emb, self.centroids)
-        smoothed = self.smoother.push(raw)
-        d = decide(smoothed, self.threshold_at(self.stream.seconds), self.sc.min_margin)
+        voice = self.voice
+        voice.embeddings.append(emb)
+        voice.hops += 1
+        self.change.remember(voice.audio_s, emb)
+        smoothed = self.smoother.push(cosine_scores(emb, self.centroids))
+        d = self.rule.decide(smoothed, self.stream.seconds)
         # Model time for this hop: every push since the previous hop, plus pooling.
         compute_ms = (self.stream.compute_seconds - self._compute_mark) * 1000.0
         self._compute_mark = self.stream.compute_seconds
         latency_ms = (time.monotonic() - ev.capture_time) * 1000.0
-        self.latencies_ms.append(latency_ms)
-        self.compute_ms.append(compute_ms)
-        self.decisions += 1
-        event = {
-            "event": "decision",
-            "t": round(ev.t_end, 3),
-            "speaker": d.speaker,
-            "accepted": d.accepted,
-            "score": _r(d.score),
-            "confidence": self.confidence_of(d.score, self.stream.seconds),
-            "scores": {n: _r(s) for n, s in sorted(smoothed.items())},
-            "speech_s": round(self.stream.seconds, 3),
-            "latency_ms": round(latency_ms, 2),
-            "compute_ms": round(compute_ms, 2),
-        }
-        self.last_decision = event
-        return event
+        self.totals.record_hop(latency_ms, compute_ms)
+        return events.decision(ev.t_end, d.speaker, d.accepted, d.score,
+                               self.rule.confidence_of(d.score, self.stream.seconds), smoothed,
+                               self.stream.seconds, latency_ms, compute_ms)
 
-    def _summary(self, ev: SpeechEnd) -> dict:
-        event = {"event": "speech_end", "t": round(ev.t, 3), "start": round(self._seg_start, 3),
-                 "duration_s": round(ev.duration_s, 3), "decisions": self._seg_hops}
-        if self._seg_embeddings:
-            # The mean of the segment's hop embeddings covers the whole turn, not just its last window.
-            scores = cosine_scores(unit(np.mean(self._seg_embeddings, axis=0)), self.centroids)
-            d = decide(scores, self.threshold_at(self._seg_audio_s), self.sc.min_margin)
-            event.update(speaker=d.speaker, accepted=d.accepted, score=_r(d.score),
-                         confidence=self.confidence_of(d.score, min(self._seg_audio_s, self.sc.window_s)),
-                         scores={n: _r(s) for n, s in sorted(scores.items())})
-        else:
+    def _summary(self, ev: SpeechEnd) -> events.SpeechEndEvent:
+        voice = self.voice
+        if not voice.embeddings:
             # Shorter than min_speech_s: too little audio to say anything.
-            event.update(speaker=None, accepted=False, score=None, confidence=None, scores={})
-        return event
+            return events.speech_end(ev.t, voice.start, ev.duration_s, voice.hops)
+        # The mean of the voice's hop embeddings covers the whole turn, not just its last window.
+        scores = cosine_scores(unit(np.mean(voice.embeddings, axis=0)), self.centroids)
+        d = self.rule.decide(scores, voice.audio_s)
+        confidence = self.rule.confidence_of(d.score, min(voice.audio_s, self.rule.scoring.window_s))
+        return events.speech_end(ev.t, voice.start, ev.duration_s, voice.hops, d.speaker, d.accepted, d.score,
+                                 confidence, scores)
 
     # ------------------------------------------------------------------ stats
 
-    def stats_event(self, final: bool = False) -> dict:
-        s = self.source.stats
-        lat = list(self.latencies_ms)
-        comp = list(self.compute_ms)
-        return {
-            "event": "stats",
-            "t": round(self.audio_s, 3),
-            "final": final,
-            "uptime_s": round(time.monotonic() - self._started, 3),
-            "audio_s": round(self.audio_s, 3),
-            "segments": self.segments,
-            "speaker_changes": self.changes,
-            "decisions": self.decisions,
-            "profiles": len(self.centroids),
-            "latency_p50_ms": percentile(lat, 50),
-            "latency_p95_ms": percentile(lat, 95),
-            "latency_p99_ms": percentile(lat, 99),
-            "compute_p50_ms": percentile(comp, 50),
-            "compute_p95_ms": percentile(comp, 95),
-            "rtf": round(self.busy_s / self.audio_s, 4) if self.audio_s > 0 else None,
-            "overflows": s.overflows,
-            "drops": s.drops,
-            "dropped_s": round(s.dropped_s, 3),
-        }
-
-
-class TurnFilter:
-    """``listen --turns``: only what a script acting on turns needs. The ready and reload events,
-    each turn's start, the pipeline's ``speaker_change``, a ``decision`` only when the live label (a
-    name or unknown) differs from the turn's previous one (its first label included), and the turn's
-    end with its summary decision; the final stats close the stream. Repeated decisions, level and
-    periodic stats are left out. Every event keeps its own name and schema."""
-
-    def __init__(self) -> None:
-        self._label: object = ()          # no label yet in this turn (None means "unknown")
-
-    def keep(self, ev: dict) -> dict | None:
-        kind = ev.get("event")
-        if kind in ("speech_start", CHANGE_EVENT):
-            self._label = ()   # the next decision names the new voice
-        if kind == CHANGE_EVENT:
-            return ev
-        if kind in TURN_EVENTS or (kind == "stats" and ev.get("final")):
-            return ev
-        if kind == "decision" and ev.get("speaker") != self._label:
-            self._label = ev.get("speaker")
-            return ev
-        return None
-
-
-def turn_events(events: Iterator[dict]) -> Iterator[dict]:
-    """The events ``TurnFilter`` keeps, as a stream."""
-    f = TurnFilter()
-    for ev in events:
-        kept = f.keep(ev)
-        if kept is not None:
-            yield kept
-
-
-def _r(x: float) -> float | None:
-    return None if x is None or not np.isfinite(x) else round(float(x), 4)
+    def stats_event(self, final: bool = False) -> events.StatsEvent:
+        s, t = self.source.stats, self.totals
+        return events.stats(t.audio_s, final, time.monotonic() - t.started, t.audio_s, t.segments,
+                            t.speaker_changes, t.decisions, len(self.centroids), t.latencies_ms, t.compute_ms,
+                            t.busy_s, s.overflows, s.drops, s.dropped_s)

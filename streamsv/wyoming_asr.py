@@ -12,7 +12,9 @@ comes back it is returned with the speaker in its ``context``::
 and, unless ``--no-prefix``, the text starts with ``[alice] `` (``[unknown] `` for a voice that
 matched no profile). ``--unknown refuse`` returns an empty transcript for unknown voices instead.
 ``describe`` is answered with this proxy's info (the ASR's models and languages, when it can be
-reached). Every connection has its own pipeline, so several clients are served at once.
+reached). Every connection has its own pipeline, so several clients are served at once; the
+profiles and the confidence calibration are read once per server (and again on SIGHUP), not per
+request.
 
 Incoming events are parsed with bounds (header line, data and payload sizes, audio format): a
 client cannot make the proxy allocate more than ``MAX_PAYLOAD_BYTES`` per event.
@@ -23,6 +25,7 @@ import asyncio
 import json
 import logging
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +36,9 @@ import numpy as np
 
 from . import __version__
 from .errors import StreamsvError
-from .sources import SAMPLE_RATE, Source
+from .events import SPEECH_END
+from .features import SAMPLE_RATE
+from .sources import Source
 
 log = logging.getLogger("streamsv.wyoming")
 
@@ -182,7 +187,7 @@ class Verdict:
 
 def verdict_of(events: list[dict]) -> Verdict:
     """The request's speaker: the summary of its longest decided speech segment."""
-    turns = [e for e in events if e.get("event") == "speech_end" and e.get("decisions")]
+    turns = [e for e in events if e.get("event") == SPEECH_END and e.get("decisions")]
     if not turns:
         return Verdict(None, False, None, 0.0)
     best = max(turns, key=lambda e: e.get("duration_s") or 0.0)
@@ -193,13 +198,14 @@ def verdict_of(events: list[dict]) -> Verdict:
 class Verifier:
     """One request's speaker verification: a Pipeline in a worker thread fed as audio arrives."""
 
-    def __init__(self, embedder: Any, cfg: Any, profiles: Any, fmt: tuple[int, int, int]) -> None:
+    def __init__(self, proxy: "Proxy", fmt: tuple[int, int, int]) -> None:
         from wyoming.audio import AudioChunkConverter
 
         from .pipeline import Pipeline
 
         self.source = QueueSource()
-        self.pipeline = Pipeline(embedder, self.source, cfg, profiles)
+        # The server's profiles and rule as they are now: a reload mid-request applies to the next one.
+        self.pipeline = Pipeline(proxy.embedder, self.source, proxy.cfg, proxy.centroids, rule=proxy.rule)
         self.converter = AudioChunkConverter(rate=SAMPLE_RATE, width=2, channels=1)
         self.rate, self.width, self.channels = fmt
         self.fed_s = 0.0
@@ -253,14 +259,26 @@ def tagged_transcript(text: str, context: dict | None, language: str | None, ver
 
 
 class Proxy:
-    """What every connection shares: settings, model, scoring config and the profile loader."""
+    """What every connection shares: settings, model, scoring config, and the profiles and decision
+    rule read from disk once (``reload()`` reads them again)."""
 
     def __init__(self, settings: ProxySettings, cfg: Any, embedder: Any, profiles: Any) -> None:
         self.settings = settings
         self.cfg = cfg
         self.embedder = embedder
-        self.profiles = profiles
+        self.load_profiles = profiles
+        self.centroids: dict[str, np.ndarray] = {}
+        self.rule = None
         self.requests = 0
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the profiles and the confidence calibration again (requests already running keep theirs)."""
+        from .pipeline import DecisionRule
+
+        rule = DecisionRule.load(self.cfg.scoring, self.embedder.fingerprint, self.cfg.profiles.resolved())
+        centroids = self.load_profiles()
+        self.rule, self.centroids = rule, centroids     # two plain swaps: a new request sees one or the other
 
     async def info(self):
         """This proxy's ``info``: the ASR's models and languages when it answers, else none."""
@@ -349,7 +367,7 @@ def make_handler_class():
                 if self.upstream is None and not await self._connect():
                     return True
                 await self._stop_verifier()
-                self.verifier = Verifier(self.proxy.embedder, self.proxy.cfg, self.proxy.profiles, fmt)
+                self.verifier = Verifier(self.proxy, fmt)
                 return await self._forward(event)
             if AudioChunk.is_type(event.type):
                 if self.verifier is not None and event.payload:
@@ -465,9 +483,23 @@ def serve(proxy: Proxy) -> None:
         server = AsyncServer.from_uri(proxy.settings.uri)
         log.info("wyoming: speaker-aware ASR proxy on %s -> %s (unknown voices: %s)", proxy.settings.uri,
                  proxy.settings.asr_uri, proxy.settings.unknown)
+        loop = asyncio.get_running_loop()
+        # Off the event loop: reading profiles takes a moment, and clients keep streaming meanwhile.
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, _reload_logged, proxy))
         try:
             await server.run(lambda reader, writer: handler(reader, writer, proxy))
         except OSError as exc:
             raise StreamsvError(f"cannot listen on {proxy.settings.uri}: {exc.strerror or exc}") from None
 
     asyncio.run(main())
+
+
+def _reload_logged(proxy: Proxy) -> None:
+    """SIGHUP: read the profiles and calibration again; a failure keeps the ones in use."""
+    try:
+        proxy.reload()
+    except StreamsvError as exc:
+        log.error("wyoming: reload: %s; keeping the current profiles", exc)
+        return
+    log.info("wyoming: reloaded: %d profiles%s", len(proxy.centroids),
+             "" if proxy.centroids else " (every voice will be reported unknown)")

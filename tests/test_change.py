@@ -126,7 +126,7 @@ def test_pipeline_rarely_splits_one_voice(embedder):
 
 
 def test_turns_filter_passes_the_change_and_names_the_new_voice():
-    from streamsv.pipeline import TurnFilter
+    from streamsv.events import TurnFilter
 
     f = TurnFilter()
     stream = [{"event": "speech_start", "t": 0.0},

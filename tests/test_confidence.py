@@ -144,7 +144,7 @@ def test_a_model_without_calibration_still_works(untrained, speech_clips, tmp_pa
     cfg = Config().with_overrides(**{"profiles.dir": str(tmp_path / "p")})
     with caplog.at_level(logging.WARNING):
         pipe = Pipeline(untrained, FileSource(path), cfg, {"a": untrained.embed(speech_clips[0])})
-    assert pipe.calibration is None and "no confidence calibration for model retrained-0000" in caplog.text
+    assert pipe.rule.calibration is None and "no confidence calibration for model retrained-0000" in caplog.text
     events = list(pipe.run())
     assert events[0]["event"] == "ready" and events[0]["confidence"] is False
     decisions = [e for e in events if e["event"] in ("decision", "speech_end") and e.get("score") is not None]
@@ -162,7 +162,7 @@ def test_confidence_in_events_and_thresholds_in_either_unit(untrained, speech_cl
     confidence.save(tmp_path / "p" / confidence.USER_FILE, untrained.fingerprint, fitted)
     cfg = Config().with_overrides(**{"profiles.dir": str(tmp_path / "p"), "scoring.min_confidence": 0.8})
     pipe = Pipeline(untrained, FileSource(path), cfg, {"a": untrained.embed(speech_clips[0])})
-    assert pipe.threshold_at(2.0) == pytest.approx(fitted.cosine_for(0.8, 2.0))
+    assert pipe.rule.threshold_at(2.0) == pytest.approx(fitted.cosine_for(0.8, 2.0))
     events = list(pipe.run())
     assert events[0]["confidence"] is True and events[0]["min_confidence"] == 0.8
     decisions = [e for e in events if e["event"] == "decision"]

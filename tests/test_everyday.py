@@ -12,8 +12,9 @@ import soundfile as sf
 from conftest import run_cli, with_pauses
 from streamsv import cli
 from streamsv.config import Config
-from streamsv.output import LiveView, level_meter
-from streamsv.pipeline import Pipeline, turn_events
+from streamsv.events import turn_events
+from streamsv.pipeline import Pipeline
+from streamsv.sinks.console import LiveView, level_meter
 from streamsv.sources import FileSource
 
 SR = 16000
@@ -49,10 +50,10 @@ def test_live_view_is_right_from_its_first_frame_and_clears_after_speech(untrain
     assert "starting" in render(view)                      # before ready: no made-up threshold or profiles
     cfg = Config().with_overrides(**{"scoring.threshold": 0.42})
     pipe = Pipeline(untrained, FileSource(talk), cfg, {"bob": untrained.embed(speech_clips[0]),
-                                                       "eve": untrained.embed(speech_clips[1][::-1].copy())})
-    pipe.level_interval_s = 0.25
+                                                       "eve": untrained.embed(speech_clips[1][::-1].copy())},
+                    level_interval_s=view.level_interval_s)
     events = list(pipe.run())
-    view.update(events[0])
+    view.consume(events[0])
     text = render(view)
     assert "bob" in text and "eve" in text and "threshold 0.42" in text and "no profiles" not in text
     assert "no one speaking" in text
@@ -60,12 +61,12 @@ def test_live_view_is_right_from_its_first_frame_and_clears_after_speech(untrain
     assert levels and all(e["dbfs"] <= 0 for e in levels)
     decision = next(i for i, e in enumerate(events) if e["event"] == "decision")
     for e in events[1:decision + 1]:
-        view.update(e)
+        view.consume(e)
     text = render(view)
     assert "confidence" in text and "no one speaking" not in text and "dBFS" in text
     end = next(i for i, e in enumerate(events) if e["event"] == "speech_end" and i > decision)
     for e in events[decision + 1:end + 1]:
-        view.update(e)
+        view.consume(e)
     assert "no one speaking" in render(view) and "recent turns" in render(view)
 
 

@@ -319,7 +319,7 @@ def test_broker_restart_mid_stream_loses_nothing(voices, broker, tmp_path):
 
 def test_backlog_is_bounded_drops_oldest_and_update_never_blocks(tmp_path):
     from streamsv.config import MqttConfig
-    from streamsv.mqtt import MqttSink
+    from streamsv.sinks.mqtt import MqttSink
 
     port = free_port()                                   # nothing listens there yet
     sink = MqttSink(MqttConfig(url=f"mqtt://127.0.0.1:{port}", room="attic", backlog=10)).start()
@@ -327,9 +327,9 @@ def test_backlog_is_bounded_drops_oldest_and_update_never_blocks(tmp_path):
         worst = 0.0
         for i in range(100):
             began = time.perf_counter()
-            sink.update({"event": "speech_start", "t": float(i)})
-            sink.update({"event": "speech_end", "t": i + 0.5, "decisions": 2, "speaker": "ada", "accepted": True,
-                         "score": 0.9, "scores": {"ada": 0.9}})
+            sink.consume({"event": "speech_start", "t": float(i)})
+            sink.consume({"event": "speech_end", "t": i + 0.5, "decisions": 2, "speaker": "ada", "accepted": True,
+                          "score": 0.9, "scores": {"ada": 0.9}})
             worst = max(worst, time.perf_counter() - began)
         st = sink.stats()
         assert st["backlog"] == 10 and st["dropped"] == st["enqueued"] - 10 and not st["connected"]
@@ -363,7 +363,7 @@ def test_bad_mqtt_settings_are_one_line_errors(untrained_cli, capsys, args, mess
 def test_password_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
     from streamsv.config import MqttConfig
     from streamsv.errors import StreamsvError
-    from streamsv.mqtt import read_password
+    from streamsv.sinks.mqtt import read_password
 
     f = tmp_path / "pw"
     f.write_text("s3cret\n")
@@ -382,7 +382,7 @@ def test_password_file_that_is_a_fifo_or_device_is_refused_at_once(tmp_path):
     # st_size is 0); the password file is read like every other untrusted file, bounded.
     from streamsv.config import MqttConfig
     from streamsv.errors import StreamsvError
-    from streamsv.mqtt import read_password
+    from streamsv.sinks.mqtt import read_password
 
     fifo = tmp_path / "pw.fifo"
     os.mkfifo(fifo)
@@ -407,16 +407,16 @@ def test_password_file_that_is_a_fifo_or_device_is_refused_at_once(tmp_path):
 # --------------------------------------------------------------------------- rooms and credentials
 
 def _turn(sink, t: float, speaker: str) -> None:
-    sink.update({"event": "speech_start", "t": t})
-    sink.update({"event": "decision", "t": t + 1, "speaker": speaker, "accepted": True, "score": 0.9,
-                 "scores": {speaker: 0.9}})
-    sink.update({"event": "speech_end", "t": t + 2, "decisions": 1, "speaker": speaker, "accepted": True,
-                 "score": 0.9, "scores": {speaker: 0.9}})
+    sink.consume({"event": "speech_start", "t": t})
+    sink.consume({"event": "decision", "t": t + 1, "speaker": speaker, "accepted": True, "score": 0.9,
+                  "scores": {speaker: 0.9}})
+    sink.consume({"event": "speech_end", "t": t + 2, "decisions": 1, "speaker": speaker, "accepted": True,
+                  "score": 0.9, "scores": {speaker: 0.9}})
 
 
 def test_two_rooms_on_one_broker_stay_apart(broker):
     from streamsv.config import MqttConfig
-    from streamsv.mqtt import MqttSink
+    from streamsv.sinks.mqtt import MqttSink
 
     sub = Subscriber(broker.port)
     kitchen = MqttSink(MqttConfig(url=broker.url, room="kitchen"), names=["ada", "bob"]).start()
@@ -443,7 +443,7 @@ def test_two_rooms_on_one_broker_stay_apart(broker):
 
 def test_broker_credentials_from_a_password_file(tmp_path):
     from streamsv.config import MqttConfig
-    from streamsv.mqtt import MqttSink
+    from streamsv.sinks.mqtt import MqttSink
 
     passwd = shutil.which("mosquitto_passwd")
     if passwd is None:
@@ -479,7 +479,7 @@ def test_tls_with_a_private_ca(tmp_path):
     """mqtts:// against a mosquitto TLS listener whose certificate a throw-away CA signed."""
     from streamsv.config import MqttConfig
     from streamsv.errors import StreamsvError
-    from streamsv.mqtt import MqttSink
+    from streamsv.sinks.mqtt import MqttSink
 
     openssl = shutil.which("openssl")
     if openssl is None:
@@ -520,19 +520,19 @@ def test_tls_with_a_private_ca(tmp_path):
 
 def test_a_speaker_change_inside_a_turn_fires_the_new_voices_first_event(broker):
     from streamsv.config import MqttConfig
-    from streamsv.mqtt import MqttSink
+    from streamsv.sinks.mqtt import MqttSink
 
     sub = Subscriber(broker.port)
     sink = MqttSink(MqttConfig(url=broker.url, room="hall"), names=["ada", "bob"]).start()
     try:
         decision = {"event": "decision", "accepted": True, "score": 0.9}
-        sink.update({"event": "speech_start", "t": 0.0})
-        sink.update({**decision, "t": 1.0, "speaker": "ada", "scores": {"ada": 0.9}})
-        sink.update({**decision, "t": 1.5, "speaker": "ada", "scores": {"ada": 0.9}})
-        sink.update({"event": "speaker_change", "t": 2.5, "at": 2.0, "similarity": 0.1})
-        sink.update({**decision, "t": 3.0, "speaker": "bob", "scores": {"bob": 0.9}})
-        sink.update({"event": "speech_end", "t": 3.5, "decisions": 3, "speaker": "bob", "accepted": True,
-                     "score": 0.9, "scores": {"bob": 0.9}})
+        sink.consume({"event": "speech_start", "t": 0.0})
+        sink.consume({**decision, "t": 1.0, "speaker": "ada", "scores": {"ada": 0.9}})
+        sink.consume({**decision, "t": 1.5, "speaker": "ada", "scores": {"ada": 0.9}})
+        sink.consume({"event": "speaker_change", "t": 2.5, "at": 2.0, "similarity": 0.1})
+        sink.consume({**decision, "t": 3.0, "speaker": "bob", "scores": {"bob": 0.9}})
+        sink.consume({"event": "speech_end", "t": 3.5, "decisions": 3, "speaker": "bob", "accepted": True,
+                      "score": 0.9, "scores": {"bob": 0.9}})
         sub.wait_for(lambda m: m[1] == "streamsv/hall/event" and json.loads(m[2])["phase"] == "end")
         firsts = [json.loads(p)["event_type"] for _, _, p, _ in sub.all("streamsv/hall/event")
                   if json.loads(p)["phase"] == "first"]
@@ -540,3 +540,38 @@ def test_a_speaker_change_inside_a_turn_fires_the_new_voices_first_event(broker)
     finally:
         sink.close()
         sub.close()
+
+
+def _ready(names: list[str]) -> dict:
+    from streamsv import events
+
+    return events.ready(0.0, "test", SR, "fingerprint", 256, names, 0.56, None, 0.05, 0.1, 3.0, False)
+
+
+def test_enrolled_names_come_from_the_ready_event(broker):
+    # open_sinks makes the MQTT sink before the pipeline has read the profiles: discovery waits
+    # for the ready event's names instead of announcing a voice entity with no names.
+    from streamsv.config import MqttConfig
+    from streamsv.sinks.mqtt import MqttSink
+
+    sub = Subscriber(broker.port)
+    voice_config = "homeassistant/event/streamsv_porch/voice/config"
+    sink = MqttSink(MqttConfig(url=broker.url, room="porch")).start()
+    try:
+        sub.wait_for(lambda m: m[1] == "streamsv/porch/availability" and m[2] == "online")
+        time.sleep(0.3)
+        assert not sub.all(voice_config)
+        sink.consume(_ready(["bob", "ada"]))
+        assert json.loads(sub.wait_for(lambda m: m[1] == voice_config)[2])["event_types"] == ["ada", "bob", "unknown"]
+        # Ready before the connection is up: the configs go out once, not once queued and once on connect.
+        early = MqttSink(MqttConfig(url=broker.url, room="porch2"))
+        early.start()
+        early.consume(_ready(["ada"]))
+        sub.wait_for(lambda m: m[1] == "streamsv/porch2/availability" and m[2] == "online")
+        early.close()
+        sub.wait_for(lambda m: m[1] == "streamsv/porch2/availability" and m[2] == "offline")
+        assert len(sub.all("homeassistant/event/streamsv_porch2/voice/config")) == 1
+    finally:
+        sink.close()
+        sub.close()
+    assert len(sub.all(voice_config)) == 1

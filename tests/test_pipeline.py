@@ -89,7 +89,8 @@ def test_reload_stop_and_audio_hook(untrained, speech_clips, conversation):
     path, _ = conversation
     profs = {"first": untrained.embed(speech_clips[0])}
     seen = []
-    pipe = Pipeline(untrained, FileSource(path), Config(), lambda: dict(profs), on_audio=seen.append)
+    pipe = Pipeline(untrained, FileSource(path), Config(), lambda: dict(profs))
+    pipe.add_audio_listener(seen.append)
     stop = threading.Event()
     events = []
     for e in pipe.run(stop):
@@ -103,7 +104,7 @@ def test_reload_stop_and_audio_hook(untrained, speech_clips, conversation):
     assert reload and reload[0]["profiles"] == ["first", "second"]
     assert events[-1]["event"] == "stats" and events[-1]["final"]
     assert events[-1]["audio_s"] < sf.info(path).duration - 1.0     # stopped early
-    assert len(seen) == pipe.chunks_in and all(n == 480 for n in seen)
+    assert len(seen) == pipe.totals.chunks_in and all(n == 480 for n in seen)
 
 
 def test_realtime_stats_report_latency(untrained, speech_clips, tmp_path):
@@ -133,7 +134,8 @@ def test_live_view_renders(untrained, speech_clips, conversation):
 
     from rich.console import Console
 
-    from streamsv.output import JsonWriter, LiveView
+    from streamsv.sinks.console import LiveView
+    from streamsv.sinks.jsonl import JsonWriter
 
     path, _ = conversation
     # A threshold that is not the default: the view must take it from the events, not a fallback.
@@ -145,8 +147,8 @@ def test_live_view_renders(untrained, speech_clips, conversation):
     writer = JsonWriter(lines)
     with view:
         for ev in pipe.run():
-            view.update(ev, pipe)
-            writer.update(ev)
+            view.consume(ev)
+            writer.consume(ev)
     text = buf.getvalue()
     assert "first" in text and "other" in text and "latency p50/p95" in text and "recent turns" in text
     final = io.StringIO()
@@ -166,7 +168,7 @@ def test_run_again_with_a_new_source(untrained, speech_clips, conversation):
     for e in pipe.run(stop):
         if e["event"] == "decision":
             stop.set()                      # stop mid-segment
-    first = pipe.decisions
+    first = pipe.totals.decisions
     pipe.source = FileSource(path)
     events = list(pipe.run())
     assert events[0]["event"] == "speech_start"          # no stale open segment carried over
@@ -189,7 +191,7 @@ def test_reload_with_config_swaps_thresholds_at_a_chunk_boundary(untrained, spee
     i = next(i for i, e in enumerate(events) if e["event"] == "profiles_reloaded")
     assert events[i]["threshold"] == 1.0 and events[i]["min_margin"] == 0.5 and events[i]["duration_slope"] == 0.0
     assert events[i]["profiles"] == ["first"]
-    assert pipe.sc.threshold == 1.0 and pipe.sc.window_s == 3.0          # window needs a restart
+    assert pipe.rule.scoring.threshold == 1.0 and pipe.rule.scoring.window_s == 3.0          # window needs a restart
     assert "scoring.window_s changed; applied after a restart" in caplog.text
     before = [e for e in events[:i] if e["event"] == "decision"]
     after = [e for e in events[i:] if e["event"] == "decision"]

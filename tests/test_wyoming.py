@@ -268,10 +268,13 @@ def test_the_wyoming_command_serves_and_stops_on_sigterm(setup, tmp_path):
                 except OSError:
                     await asyncio.sleep(0.05)
             reply, _ = await ask(proxy_port, setup["commands"]["bob"])
+            proc.send_signal(signal.SIGHUP)            # profiles read again, the server keeps serving
+            reloaded = await asyncio.wait_for(asyncio.to_thread(_wait_for_line, proc.stderr,
+                                                                "wyoming: reloaded: 2 profiles"), TIMEOUT_S)
             proc.send_signal(signal.SIGTERM)
             began = time.monotonic()
             code = await asyncio.to_thread(proc.wait, 10)
-            return reply, code, time.monotonic() - began, proc.stderr.read()
+            return reply, code, time.monotonic() - began, reloaded + proc.stderr.read()
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -282,3 +285,59 @@ def test_the_wyoming_command_serves_and_stops_on_sigterm(setup, tmp_path):
     reply, code, stop_s, err = asyncio.run(scenario())
     assert Transcript.from_event(reply).text == f"[bob] {ASR_TEXT}"
     assert code == 0 and stop_s < 2.0 and "Traceback" not in err
+    assert "wyoming: reloaded: 2 profiles" in err
+
+
+def _wait_for_line(stream, text: str, limit: int = 200) -> str:
+    """stderr read line by line until ``text`` appears (or ``limit`` lines / the end); what was read."""
+    seen = []
+    for _ in range(limit):
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            break
+    return "".join(seen)
+
+
+def test_profiles_and_calibration_are_read_once_per_server_and_on_reload(setup, monkeypatch):
+    # Review finding: every request's Pipeline re-read the profiles and the confidence calibration
+    # from disk. The proxy reads both once; reload() (SIGHUP) reads them again.
+    from streamsv import confidence
+
+    reads = {"profiles": 0, "calibration": 0}
+    real_load = confidence.load
+
+    def profiles():
+        reads["profiles"] += 1
+        return setup["profiles"]()
+
+    def load(*args, **kwargs):
+        reads["calibration"] += 1
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(confidence, "load", load)
+    proxy_port, asr_port = free_port(), free_port()
+
+    async def scenario():
+        asr = AsyncServer.from_uri(f"tcp://127.0.0.1:{asr_port}")
+        await asr.start(FixedAsr)
+        proxy = Proxy(ProxySettings(f"tcp://127.0.0.1:{proxy_port}", f"tcp://127.0.0.1:{asr_port}"),
+                      setup["cfg"], setup["emb"], profiles)
+        server = await start_proxy(proxy)
+        try:
+            first = await ask(proxy_port, setup["commands"]["ada"])
+            second = await ask(proxy_port, setup["commands"]["bob"])
+            after_two = dict(reads)
+            proxy.reload()
+            third = await ask(proxy_port, setup["commands"]["ada"])
+            return [first[0], second[0], third[0]], after_two
+        finally:
+            await server.stop()
+            await asr.stop()
+
+    replies, after_two = asyncio.run(scenario())
+    assert [Transcript.from_event(r).context["speaker"]["name"] for r in replies] == ["ada", "bob", "ada"]
+    assert after_two == {"profiles": 1, "calibration": 1}
+    assert reads == {"profiles": 2, "calibration": 2}

@@ -2,7 +2,7 @@
 """Turn end -> MQTT event latency on loopback, beside a bare paho publish in the same run.
 
 A conversation (the demo's espeak-ng voices: two enrolled, one stranger; repeated --repeat
-times) runs through the real pipeline and streamsv.mqtt.MqttSink into a mosquitto this tool
+times) runs through the real pipeline and streamsv.sinks.mqtt.MqttSink into a mosquitto this tool
 starts on a free loopback port (or --broker URL). For every turn, the clock starts when the
 pipeline yields the turn's ``speech_end`` and stops when a subscriber in this process receives
 the sink's ``end`` event for it. The baseline, timed the same way at the same moment, is one bare
@@ -85,7 +85,7 @@ def run(args) -> dict:
     from streamsv import load_embedder
     from streamsv.app import profile_loader
     from streamsv.config import Config
-    from streamsv.mqtt import MqttSink
+    from streamsv.sinks.mqtt import MqttSink
     from streamsv.pipeline import Pipeline
     from streamsv.profiles import ProfileStore
     from streamsv.sources import FileSource
@@ -140,13 +140,13 @@ def run(args) -> dict:
                     began = time.monotonic()
                     if len(sent) % 2:
                         raw.publish(BASELINE_TOPIC, json.dumps({"t": ev["t"]}), qos=1)
-                        sink.update(ev, pipe)
+                        sink.consume(ev)
                     else:
-                        sink.update(ev, pipe)
+                        sink.consume(ev)
                         raw.publish(BASELINE_TOPIC, json.dumps({"t": ev["t"]}), qos=1)
                     sent[ev["t"]] = began
                 else:
-                    sink.update(ev, pipe)
+                    sink.consume(ev)
             with got:
                 got.wait_for(lambda: len(received) >= 2 * len(sent), timeout=WAIT_S)
             sink.close()

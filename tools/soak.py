@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
             state["next_reload"] += args.reload_every_s
             pipe.request_reload()
 
-    pipe.on_audio = on_audio
+    pipe.add_audio_listener(on_audio)
     stop = threading.Event()
     with open(os.devnull, "w") as sink:
         for event in pipe.run(stop):

@@ -1,36 +1,13 @@
-"""Presenting pipeline events: JSON lines for machines, a rich live view for people.
-
-JSON lines (``--json`` or whenever stdout is not a TTY), one object per line:
-
-  {"event":"ready","t":0,"device":<input name>,"sample_rate":16000,"model":<fingerprint>,"dim":<n>,
-   "profiles":[..],"threshold":<cosine>,"min_confidence":<p|null>,"min_margin":..,"duration_slope":..,
-   "window_s":..,"confidence":<bool: calibrated for this model>}          # always the first line
-  {"event":"speech_start","t":<stream s>}
-  {"event":"decision","t":<stream s at hop end>,"speaker":<name|null>,"accepted":<bool>,
-   "score":<best cosine>,"confidence":<0..1|null>,"scores":{"<name>":<cosine>,...},"speech_s":<s in window>,
-   "latency_ms":<capture of the hop's last sample → emission>,"compute_ms":<model time>}
-  {"event":"speech_end","t":..,"start":..,"duration_s":..,"decisions":<n>,
-   "speaker":..,"accepted":..,"score":..,"confidence":..,"scores":{..}}   # the turn's summary decision
-  {"event":"stats","t":..,"final":<bool>,"uptime_s":..,"audio_s":..,"segments":..,"decisions":..,
-   "profiles":..,"latency_p50_ms":..,"latency_p95_ms":..,"latency_p99_ms":..,
-   "compute_p50_ms":..,"compute_p95_ms":..,"rtf":..,"overflows":..,"drops":..,"dropped_s":..}
-  {"event":"profiles_reloaded","t":..,"profiles":[..],"count":<n>,"threshold":..,"min_confidence":..,
-   "min_margin":..,"duration_slope":..}
-
-``confidence`` is null when the model has no confidence calibration. With ``listen --turns`` only
-ready, speech_start, speaker_change, a ``decision`` only when its label differs from the turn's
-previous one (the first included), speech_end, profiles_reloaded and the final stats are written. The
-live view also receives ``{"event":"level","t":..,"dbfs":..,"peak":..}`` a few times a second.
-"""
+"""The console sink: a rich live view for people, drawn from events only (the same events a
+JSON consumer reads; streamsv/events.py): a score bar per profile with the threshold marked, the
+decision and its confidence, VAD state, the input-level meter, latency, RTF and recent turns."""
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections import deque
-from typing import IO
+from typing import Any, Mapping
 
-from .enrollment import CLIP_LEVEL
+from ..enrollment import CLIP_LEVEL
 
 BAR_WIDTH = 30
 RECENT_TURNS = 6
@@ -38,21 +15,6 @@ METER_WIDTH = 12
 METER_FLOOR_DB = -60.0     # an empty meter: silence or a muted input
 LATENCY_KEEP = 200         # recent decisions behind the live latency figures
 LEVEL_INTERVAL_S = 0.25    # input-level events for the live meter, per this much audio
-
-
-class JsonWriter:
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stdout
-
-    def __enter__(self) -> "JsonWriter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def update(self, event: dict, pipeline=None) -> None:
-        self.stream.write(json.dumps(event, separators=(",", ":")) + "\n")
-        self.stream.flush()   # consumers read events live, one per line
 
 
 def _bar(score: float | None, threshold: float) -> str:
@@ -78,8 +40,11 @@ class LiveView:
     """A rich Live panel built from the events alone (so it shows what a JSON consumer would see):
     a score bar per profile, the decision and its confidence, VAD state, input level, latency, RTF.
 
-    Until the ``ready`` event it says it is starting; after a turn ends it says no one is speaking.
+    Until the ``ready`` event it says it is starting (no threshold or profiles are made up: both
+    come from ``ready`` and ``profiles_reloaded``); after a turn ends it says no one is speaking.
     """
+
+    level_interval_s = LEVEL_INTERVAL_S   # the input-level meter asks the pipeline for level events
 
     def __init__(self, title: str = "streamsv listen", console=None) -> None:
         from rich.console import Console
@@ -112,8 +77,7 @@ class LiveView:
         if self._live is not None:
             self._live.__exit__(*exc)
 
-    def update(self, event: dict, pipeline=None) -> None:
-        """Take one event (``pipeline`` is accepted for the writers' common signature, not read)."""
+    def consume(self, event: Mapping[str, Any]) -> None:
         kind = event.get("event")
         self.audio_s = max(self.audio_s, float(event.get("t") or 0.0))
         if kind in ("ready", "profiles_reloaded"):
@@ -220,13 +184,3 @@ def _pct(values: list[float], q: float) -> float:
 
 def _fmt(v, spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec)
-
-
-def json_mode(setting: bool | None) -> bool:
-    """JSON lines when asked, or when stdout is not a terminal."""
-    return (not sys.stdout.isatty()) if setting is None else bool(setting)
-
-
-def make_output(json_setting: bool | None, title: str = "streamsv listen"):
-    """JSON lines (``json_mode``) or the live view."""
-    return JsonWriter() if json_mode(json_setting) else LiveView(title=title)

@@ -1,12 +1,14 @@
 """Home Assistant over MQTT: discovery, availability and who is speaking, one device per room.
 
-``MqttSink`` consumes the pipeline's event dicts beside the JSON/live output (the same
-``update(event, pipeline)`` call) and never blocks the audio loop: ``update`` only appends to a
+``MqttSink`` consumes the pipeline's events beside the JSON/live output (a sink: see
+streamsv/sinks/__init__.py) and never blocks the audio loop: ``consume`` only appends to a
 bounded backlog under a lock. A publisher thread hands the backlog to paho while connected, with
 at most ``MAX_INFLIGHT`` unacknowledged messages; paho's own network thread reconnects with
 backoff. While the broker is away the backlog keeps the newest ``backlog`` messages and counts
 the oldest it drops. On every (re)connect the discovery configs, ``online`` and the current
-states are published again (a restarted broker without persistence has forgotten them).
+states are published again (a restarted broker without persistence has forgotten them). The
+enrolled names (the discovery's event types) come from the ``ready`` and ``profiles_reloaded``
+events unless given; discovery waits for them.
 
 Topics, with ``<p>`` = ``<topic_prefix>/<room>``:
 
@@ -31,13 +33,13 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from . import __version__
-from .errors import StreamsvError, shown
-from .safeio import read_bounded
-from .service import BACKOFF_MAX_S, BACKOFF_START_S
+from .. import __version__
+from ..errors import StreamsvError, shown
+from ..safeio import read_bounded
+from ..service import BACKOFF_MAX_S, BACKOFF_START_S
 
 log = logging.getLogger("streamsv.mqtt")
 
@@ -203,7 +205,9 @@ class _Message:
 
 
 class MqttSink:
-    """Publish pipeline events to Home Assistant; ``update`` never blocks (see the module doc)."""
+    """Publish pipeline events to Home Assistant; ``consume`` never blocks (see the module doc)."""
+
+    level_interval_s = 0.0      # the input level is not published
 
     def __init__(self, settings: Any, names: list[str] | None = None, client_id: str | None = None) -> None:
         self.broker = parse_mqtt_url(settings.url)
@@ -215,7 +219,7 @@ class MqttSink:
         self.password = read_password(settings)
         self.client_id = client_id or f"streamsv-{self.room}-{os.getpid()}"
         self.backlog_max = settings.backlog
-        self.names = sorted(names or [])
+        self.names: list[str] | None = sorted(names) if names is not None else None   # None: not known yet
         # Counters (read by tests, the bench and the stats topic).
         self.enqueued = 0
         self.dropped = 0
@@ -240,7 +244,15 @@ class MqttSink:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> "MqttSink":
-        """Connect in the background (returns at once; a broker that is down is retried with backoff)."""
+        """Connect in the background (returns at once; a broker that is down is retried with backoff).
+        A start that fails part-way stops the threads it had started before raising."""
+        try:
+            return self._start()
+        except BaseException:
+            self._stop_threads()
+            raise
+
+    def _start(self) -> "MqttSink":
         import paho.mqtt.client as paho
 
         client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
@@ -253,18 +265,19 @@ class MqttSink:
                 client.tls_set(ca_certs=self.settings.ca_file)
             except (OSError, ValueError) as exc:      # ssl.SSLError is an OSError
                 raise StreamsvError(f"mqtt.ca_file: {self.settings.ca_file}: cannot use it for TLS ({exc})") from None
+        self._client = client
         client.reconnect_delay_set(BACKOFF_START_S, BACKOFF_MAX_S)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
-        self._client = client
         log.info("mqtt: publishing room %r to %s:%d%s", self.room, self.broker.host, self.broker.port,
                  " (TLS)" if self.tls else "")
         client.connect_async(self.broker.host, self.broker.port, KEEPALIVE_S)
         client.loop_start()
-        self._pump_thread = threading.Thread(target=self._pump, name="streamsv-mqtt", daemon=True)
-        self._pump_thread.start()
+        pump = threading.Thread(target=self._pump, name="streamsv-mqtt", daemon=True)
+        pump.start()
+        self._pump_thread = pump     # only once started: joining a thread that never started raises
         return self
 
     def close(self, timeout: float = CLOSE_FLUSH_S) -> None:
@@ -280,13 +293,25 @@ class MqttSink:
             self._cond.notify_all()
         if self._pump_thread is not None:
             self._pump_thread.join(timeout=1.0)
+            self._pump_thread = None
         if self._backlog or self._inflight:
             log.warning("mqtt: %d messages not delivered at exit", len(self._backlog) + len(self._inflight))
         if self.dropped:
             log.warning("mqtt: %d messages dropped while the broker was away (backlog %d)", self.dropped, self.backlog_max)
         self._client.disconnect()
-        self._client.loop_stop()
-        self._client = None
+        self._stop_threads()
+
+    def _stop_threads(self) -> None:
+        """Stop the publisher thread and paho's network thread (either may not have started)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._pump_thread is not None:
+            self._pump_thread.join(timeout=1.0)
+            self._pump_thread = None
+        if self._client is not None:
+            self._client.loop_stop()
+            self._client = None
 
     def __enter__(self) -> "MqttSink":
         return self.start()
@@ -301,10 +326,14 @@ class MqttSink:
 
     # ------------------------------------------------------------------ events in (audio loop's thread)
 
-    def update(self, event: dict, pipeline: Any = None) -> None:
+    def consume(self, event: Mapping[str, Any]) -> None:
         """Turn one pipeline event into the messages it changes; cheap and non-blocking."""
         kind = event.get("event")
-        if kind == "speech_start":
+        if kind == "ready":
+            names = sorted(event.get("profiles", []))
+            if names != self.names:
+                self._set_names(names)
+        elif kind == "speech_start":
             self._turn_first_sent = False
             self._set_state(self.topics.speech, SPEECH_ON)
         elif kind == "speaker_change":  # a new voice inside the segment: its first confident decision fires too
@@ -334,9 +363,14 @@ class MqttSink:
                                                       "rtf": event.get("rtf"), "drops": event.get("drops"),
                                                       "mqtt_dropped": self.dropped}))
         elif kind == "profiles_reloaded":
-            self.names = sorted(event.get("profiles", []))
-            for topic, payload in discovery_messages(self.topics, self.room, self.names):
-                self._enqueue(_Message(topic, payload, True))
+            self._set_names(sorted(event.get("profiles", [])))
+
+    def _set_names(self, names: list[str]) -> None:
+        """New enrolled names: the discovery configs again (their event types list the names)."""
+        with self._cond:
+            self.names = names
+        for topic, payload in discovery_messages(self.topics, self.room, names):
+            self._enqueue(_Message(topic, payload, True))
 
     def _fire(self, label: str, event: dict, phase: str) -> None:
         payload = {"event_type": label, "score": event.get("score"), "phase": phase, "room": self.room,
@@ -430,12 +464,15 @@ class MqttSink:
                 log.warning("mqtt: %d messages unacknowledged after reconnecting; not waiting for them", len(self._inflight))
                 self._inflight.clear()
                 self._acked_early.clear()
-            # A state still in the backlog goes out from there, in order; re-send only the others.
+            # A state or discovery config still in the backlog goes out from there, in order;
+            # re-send only the others. Without the names yet, discovery waits for the ready event.
             queued = {m.topic for m in self._backlog}
             states = [_Message(t, p, True) for t, p in self._retained.items()
                       if t != self.topics.availability and t not in queued]
-        msgs = [_Message(t, p, True) for t, p in discovery_messages(self.topics, self.room, self.names)]
-        return msgs + [_Message(self.topics.availability, ONLINE, True)] + states
+            names = self.names
+        discovery = [] if names is None else [
+            _Message(t, p, True) for t, p in discovery_messages(self.topics, self.room, names) if t not in queued]
+        return discovery + [_Message(self.topics.availability, ONLINE, True)] + states
 
     def _publish(self, msg: _Message) -> None:
         client = self._client
@@ -448,33 +485,3 @@ class MqttSink:
                 self._acked_early.discard(info.mid)
             else:
                 self._inflight.add(info.mid)
-
-
-class WithMqtt:
-    """An output (JSON lines or the live view) and an MqttSink fed the same events."""
-
-    def __init__(self, output: Any, sink: MqttSink) -> None:
-        self.output = output
-        self.sink = sink
-
-    def __enter__(self) -> "WithMqtt":
-        self.sink.start()
-        self.output.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.output.__exit__(*exc)
-        finally:
-            self.sink.close()
-
-    def update(self, event: dict, pipeline: Any = None) -> None:
-        self.output.update(event, pipeline)
-        self.sink.update(event, pipeline)
-
-
-def with_mqtt(output: Any, cfg: Any, names: list[str]) -> Any:
-    """``output`` alone without ``mqtt.url``; otherwise the output and an MqttSink side by side."""
-    if not cfg.mqtt.url:
-        return output
-    return WithMqtt(output, MqttSink(cfg.mqtt, names=names))
