@@ -164,6 +164,9 @@ def test_run_again_with_a_new_source(untrained, speech_clips, conversation):
     # The service layer reopens the source after a device failure and calls run() again.
     path, _ = conversation
     pipe = Pipeline(untrained, FileSource(path), Config(), profiles_for(untrained, speech_clips))
+    heartbeats, samples = [], []
+    pipe.add_audio_listener(heartbeats.append)      # a watchdog's evidence of life...
+    pipe.add_audio_listener(samples.append)         # ...and a second listener beside it
     stop = threading.Event()
     for e in pipe.run(stop):
         if e["event"] == "decision":
@@ -173,6 +176,9 @@ def test_run_again_with_a_new_source(untrained, speech_clips, conversation):
     events = list(pipe.run())
     assert events[0]["event"] == "speech_start"          # no stale open segment carried over
     assert events[-1]["decisions"] > first and events[-1]["final"]
+    # The listeners outlive a run: every chunk of both runs reached both of them.
+    assert len(heartbeats) == len(samples) == pipe.totals.chunks_in
+    assert sum(samples) / 16000 == pytest.approx(events[-1]["audio_s"], abs=1e-3)
 
 
 def test_reload_with_config_swaps_thresholds_at_a_chunk_boundary(untrained, speech_clips, conversation, caplog):
