@@ -136,6 +136,28 @@ class LevelMeter:
         return event
 
 
+class ReloadRequest:
+    """A reload asked for from any thread or a signal handler, taken by the loop between chunks:
+    a flag and the new config, both set without a lock (an Event and a plain attribute swap)."""
+
+    def __init__(self) -> None:
+        self._asked = threading.Event()
+        self._cfg: Config | None = None
+
+    def ask(self, cfg: Config | None) -> None:
+        if cfg is not None:
+            self._cfg = cfg
+        self._asked.set()
+
+    def take(self) -> tuple[bool, Config | None]:
+        """(whether a reload was asked for, the config it brought, if any); clears both."""
+        if not self._asked.is_set():
+            return False, None
+        self._asked.clear()
+        cfg, self._cfg = self._cfg, None
+        return True, cfg
+
+
 class RecentAudio:
     """The last ``keep_s`` of a voice's audio: what the speaker-change test embeds."""
 
@@ -217,8 +239,7 @@ class Pipeline:
         self._loader: ProfileLoader = profiles if callable(profiles) else (lambda p=dict(profiles): p)
         self.centroids: dict[str, np.ndarray] = {}
         self.reload_profiles()
-        self._reload_requested = threading.Event()
-        self._pending_cfg: Config | None = None
+        self._reload = ReloadRequest()
         self._audio_listeners: list[AudioListener] = []
         # Deprecated: the service's old hook (it assigns this attribute); use add_audio_listener.
         self.on_audio: AudioListener | None = None
@@ -230,7 +251,6 @@ class Pipeline:
         self.change = ChangeDetector(cfg.change)
         self._compute_mark = 0.0                  # stream.compute_seconds at the last hop
         self.voice = self._new_voice(0.0)
-        self.in_speech = False
         self._ready_sent = False
 
     def add_audio_listener(self, listener: AudioListener) -> None:
@@ -258,12 +278,9 @@ class Pipeline:
         Profiles are always re-read. With ``cfg``, its threshold, min_margin, duration_slope and
         min_confidence replace the current ones at the same boundary (a plain attribute swap).
         """
-        if cfg is not None:
-            self._pending_cfg = cfg
-        self._reload_requested.set()
+        self._reload.ask(cfg)
 
-    def _apply_reload(self) -> events.ProfilesReloadedEvent:
-        new, self._pending_cfg = self._pending_cfg, None
+    def _apply_reload(self, new: Config | None) -> events.ProfilesReloadedEvent:
         if new is not None:
             self.rule = self.rule.reloaded(new.scoring)
             sc = self.rule.scoring
@@ -290,7 +307,6 @@ class Pipeline:
         next_stats = time.monotonic() + interval
         # A service may call run() again with a fresh source after a device failure: start clean.
         self.segmenter = Segmenter(self.cfg.vad)
-        self.in_speech = False
         self._begin_voice(0.0)
         if not self._ready_sent:
             self._ready_sent = True
@@ -303,9 +319,9 @@ class Pipeline:
                 if level is not None:
                     yield level
                 self._tell_listeners(len(chunk))
-                if self._reload_requested.is_set():
-                    self._reload_requested.clear()
-                    yield self._apply_reload()
+                asked, new_cfg = self._reload.take()
+                if asked:
+                    yield self._apply_reload(new_cfg)
                 began = time.perf_counter()
                 totals.audio_s += len(chunk) / SAMPLE_RATE
                 out = self._process(self.segmenter.process(chunk, captured))
@@ -337,7 +353,6 @@ class Pipeline:
         for ev in vad_events:
             if isinstance(ev, SpeechStart):
                 self._begin_voice(ev.t)
-                self.in_speech = True
                 self.totals.segments += 1
                 out.append(events.speech_start(ev.t))
             elif isinstance(ev, SpeechAudio):
@@ -357,7 +372,6 @@ class Pipeline:
                     if d is not None:
                         out.append(d)
             elif isinstance(ev, SpeechEnd):
-                self.in_speech = False
                 if self.voice.embeddings and self.voice.pending_samples() >= TAIL_MIN_S * SAMPLE_RATE:
                     self._push_pending()   # let the turn's last words count in its summary
                     emb = self.stream.embedding()
