@@ -197,7 +197,7 @@ def load(fingerprint: str, profiles_dir: str | os.PathLike | None = None) -> Con
         except StreamsvError as e:
             log.warning("%s; ignoring it", e)
     log.warning("no confidence calibration for model %s: confidence omitted (null); fit one with "
-                "`python tools/fit_confidence.py` or `streamsv calibrate DIR --save`", fingerprint)
+                "`python -m tools.fit_confidence` or `streamsv calibrate DIR --save`", fingerprint)
     return None
 
 

@@ -71,7 +71,7 @@ def test_the_shipped_model_has_a_calibration():
 
     emb = load_embedder()
     m = confidence.load(emb.fingerprint)
-    assert m is not None, "refit for the shipped model: python tools/fit_confidence.py"
+    assert m is not None, "refit for the shipped model: python -m tools.fit_confidence"
     confs = [m.confidence(c, 3.0) for c in (-0.5, 0.2, 0.5, 0.8, 1.0)]
     assert all(0 <= c <= 1 for c in confs) and confs == sorted(confs)
     assert stat.S_IMODE(confidence.SHIPPED_PATH.stat().st_mode) & 0o044 == 0o044   # readable by a service user
