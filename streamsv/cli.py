@@ -316,7 +316,8 @@ def profiles_list(json_out: bool = typer.Option(False, "--json", help="One JSON 
                 typer.echo(json.dumps({"name": n, "speech_s": round(p.speech_s, 2), "embeddings": len(p.embeddings),
                                        "model": p.model, "created": created, "readable": True}))
             else:
-                typer.echo(f"{n:<20} {p.speech_s:>6.1f} s {len(p.embeddings):>4}  {p.model:<16}  {created}")
+                # The model string comes from the file: escaped, it cannot break the line or drive the terminal.
+                typer.echo(f"{n:<20} {p.speech_s:>6.1f} s {len(p.embeddings):>4}  {shown(p.model):<16}  {created}")
         except StreamsvError as e:
             typer.echo(json.dumps({"name": n, "readable": False, "error": str(e)}) if json_out
                        else f"{n:<20} UNREADABLE: {e}")
@@ -337,7 +338,7 @@ def profiles_show(name: str = typer.Argument(..., help="Profile name."),
         typer.echo(json.dumps(info))
     else:
         for k, v in info.items():
-            typer.echo(f"{k:17} {v}")
+            typer.echo(f"{k:17} {shown(v)}")
 
 
 @profiles_app.command("delete")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StreamsvError, shown
-from .safeio import read_bounded
+from .safeio import check_trusted, read_bounded
 from .scoring import MIN_SCORED_SPEECH_S
 
 FORMAT = "streamsv-confidence"
@@ -37,7 +37,7 @@ USER_FILE = ".confidence.json"          # in the profiles folder; the leading do
 MAX_FILE_BYTES = 1 << 20               # a calibration is ~300 bytes per model
 MAX_MODELS = 64
 SHARED_MODE = 0o644                    # the shipped calibration: readable by a service user
-UNSAFE_MODE_BITS = 0o022               # a user calibration writable by group or others is not used
+TRUST_REASON = "a calibration moves accept decisions"   # why one others could write is not used
 N_COEF = 4
 L2 = 1e-6                              # keeps the fit finite on separable data (the loss is weight-normalised)
 NEWTON_STEPS = 50
@@ -142,15 +142,6 @@ def format_reliability(rows: list[dict]) -> str:
 
 # --------------------------------------------------------------------------- storage
 
-def _check_trusted(st: os.stat_result, path: Path) -> None:
-    """A calibration moves accept decisions (``min_confidence``): like a profile, one that others
-    could have written is not used."""
-    if st.st_mode & UNSAFE_MODE_BITS:
-        raise StreamsvError(f"{path}: writable by group or others; refusing it (chmod go-w {path})")
-    if st.st_uid not in (os.getuid(), 0):
-        raise StreamsvError(f"{path}: owned by another user (uid {st.st_uid}); refusing it")
-
-
 def _read(path: Path, trusted_only: bool = False) -> dict:
     """The calibration file's models (empty when absent); bounded and strictly typed."""
     if not os.path.lexists(path):
@@ -158,7 +149,8 @@ def _read(path: Path, trusted_only: bool = False) -> dict:
     # Regular files only, read without blocking and at most MAX_FILE_BYTES (a FIFO or /dev/zero is refused).
     raw, st = read_bounded(path, MAX_FILE_BYTES, f"{shown(path)}: confidence calibration")
     if trusted_only:
-        _check_trusted(st, path)
+        # Like a profile, a calibration others could have written is not used (min_confidence).
+        check_trusted(st, path, shown(path), "the confidence calibration", TRUST_REASON)
     try:
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as e:   # not UTF-8 or JSON, an integer of >4300 digits, nested too deep

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StreamsvError, os_reason, shown
-from .safeio import read_bounded
+from .safeio import check_trusted, read_bounded
 
 FORMAT = "streamsv-profile"
 VERSION = 1
@@ -50,7 +50,7 @@ MAX_TIMESTAMP = 4102444800.0
 MIN_NORM = 1e-6                # a zero vector has no direction: no cosine against it
 TMP_PREFIX = ".tmp-"
 STALE_TMP_S = 60.0             # a writer finishes in milliseconds; an older temp file is a leftover
-UNSAFE_MODE_BITS = stat.S_IWGRP | stat.S_IWOTH
+TRUST_REASON = "profiles decide who is who"   # why a profile another user could write is refused
 
 log = logging.getLogger("streamsv.profiles")
 
@@ -233,18 +233,6 @@ def parse_profile_json(raw: bytes, where: str) -> object:
         raise StreamsvError(f"{where}: corrupt profile file (not valid JSON)") from None
 
 
-def _check_trusted(st: os.stat_result, where: str, kind: str) -> None:
-    """Refuse, as ssh does, what another user could have written."""
-    if st.st_uid not in (os.geteuid(), 0):
-        raise StreamsvError(
-            f"{where}: {kind} is owned by another user (uid {st.st_uid}); refusing to trust it "
-            f"(profiles decide who is who: they must belong to you or root)")
-    if st.st_mode & UNSAFE_MODE_BITS:
-        raise StreamsvError(
-            f"{where}: {kind} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"refusing to trust it (fix: chmod go-w {shown(where)})")
-
-
 def atomic_write(path: Path, text: str, replace: bool = True) -> None:
     """Write ``text`` to ``path`` so readers see the old or the new file, never half of one.
 
@@ -310,7 +298,7 @@ class ProfileStore:
             raise StreamsvError(f"profiles folder {shown(self.dir)}: {reason}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise StreamsvError(f"profiles folder {shown(self.dir)}: not a folder")
-        _check_trusted(st, f"profiles folder {shown(self.dir)}", "it")
+        check_trusted(st, self.dir, f"profiles folder {shown(self.dir)}", "it", TRUST_REASON)
         return st
 
     def _ensure_dir(self) -> None:
@@ -381,7 +369,7 @@ class ProfileStore:
             raise StreamsvError(f"no profile named {name!r} in {shown(self.dir)}")
         where = shown(p)
         raw, st = read_bounded(p, MAX_PROFILE_BYTES, where, follow_symlinks=False)
-        _check_trusted(st, where, "the profile file")
+        check_trusted(st, p, where, "the profile file", TRUST_REASON)
         return Profile.from_json(parse_profile_json(raw, where), where)
 
     def load(self, name: str, fingerprint: str | None = None, dim: int | None = None) -> Profile:

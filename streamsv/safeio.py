@@ -1,4 +1,5 @@
-"""Reading files that may be hostile: bounded in size, regular files only, never blocking.
+"""Reading files that may be hostile: bounded in size, regular files only, never blocking; and
+the one trust check for files that decide who is who (profiles, a user's confidence calibration).
 
 A size check on ``st_size`` is not a bound: it is 0 for ``/dev/zero`` and for a FIFO, and a file
 can grow between the check and the read. So the file is opened without blocking (a FIFO with no
@@ -13,6 +14,7 @@ import stat
 from .errors import StreamsvError, os_reason, shown
 
 READ_STEP = 1 << 20
+UNSAFE_MODE_BITS = stat.S_IWGRP | stat.S_IWOTH    # another user could have written the file
 
 
 def read_bounded(path: str | os.PathLike, limit: int, what: str | None = None,
@@ -57,3 +59,15 @@ def read_bounded(path: str | os.PathLike, limit: int, what: str | None = None,
         raise StreamsvError(f"{label}: cannot read ({os_reason(e)})") from None
     finally:
         os.close(fd)
+
+
+def check_trusted(st: os.stat_result, path: str | os.PathLike, where: str, kind: str, why: str) -> None:
+    """Refuse, as ssh does, what another user could have written: ``st`` (of ``path``) owned by
+    someone other than the effective user or root, or writable by group or others. ``where`` and
+    ``kind`` name it in the message ("profiles folder /x", "it"); ``why`` says what it decides."""
+    if st.st_uid not in (os.geteuid(), 0):
+        raise StreamsvError(f"{where}: {kind} is owned by another user (uid {st.st_uid}); refusing to trust it ({why}: "
+                            f"it must belong to you or root)")
+    if st.st_mode & UNSAFE_MODE_BITS:
+        raise StreamsvError(f"{where}: {kind} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                            f"refusing to trust it (fix: chmod go-w {shown(path)})")

@@ -112,6 +112,24 @@ def speech_clips_of(path):
     return load_audio(path)
 
 
+def test_profiles_list_and_show_escape_the_model_string(capsys, tmp_path):
+    # A profile file's model string is text from disk: a hostile one must not add lines or send
+    # terminal escapes (ESC [2J clears the screen) through `profiles list` / `show`.
+    from streamsv.profiles import ProfileStore, new_profile
+
+    e = np.eye(4, 8, dtype=np.float32)
+    hostile = "m1\x1b[2J\nalice  99.0 s  fake\r"
+    ProfileStore(tmp_path / "profiles").save(new_profile("eve", e, 5.0, hostile))
+    for argv in (("profiles", "list"), ("profiles", "show", "eve")):
+        code, out, err = run(capsys, *argv)
+        assert code == 0, err
+        assert "\x1b" not in out and "\r" not in out and "m1\\x1b[2J\\nalice" in out, out
+    code, out, _ = run(capsys, "profiles", "list")
+    assert len(out.splitlines()) == 2                  # the header and eve, nothing forged
+    code, out, _ = run(capsys, "profiles", "show", "eve", "--json")
+    assert json.loads(out)["model"] == hostile         # JSON carries it exactly (escaped by json)
+
+
 def test_profiles_commands(capsys, clips, tmp_path):
     assert run(capsys, "enroll", "alice", "--from", str(clips[0]), str(clips[1]))[0] == 0
     code, out, _ = run(capsys, "profiles", "list")

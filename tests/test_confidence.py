@@ -94,6 +94,13 @@ def test_user_calibration_wins_and_a_damaged_one_falls_back(tmp_path, caplog):
     assert "writable by group or others" in caplog.text
     user.chmod(0o600)
     assert confidence.load("fp-a", tmp_path) == mine
+    if os.geteuid() == 0:                                      # root can hand the file to someone else
+        os.chown(user, 4321, -1)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert confidence.load("fp-a", tmp_path) is None
+        assert "owned by another user (uid 4321)" in caplog.text
+        os.chown(user, 0, -1)
     for damage in ("{not json", json.dumps({"format": "other"}), "x" * (confidence.MAX_FILE_BYTES + 1),
                    json.dumps({"format": confidence.FORMAT, "version": 1, "models": {"fp-a": {"coef": [1, "x"]}}})):
         user.write_text(damage)

@@ -557,7 +557,7 @@ def test_readme_says_it_is_not_an_anti_spoofing_system():
 
 def test_bench_help_is_the_benchmark_s_own(capsys):
     code, out, err = run(capsys, "bench", "--help")
-    assert code == 0 and "--audio" in out and "--no-teacher" in out, out + err
+    assert code == 0 and "--audio" in out and "--no-startup" in out, out + err   # argparse's help, not typer's
 
 
 def test_readme_setup_works_as_root_without_sudo_and_lists_the_test_packages():

@@ -43,9 +43,10 @@ def test_existing_dir_is_used_as_is_never_chmoded(tmp_path):
     ProfileStore(d).save(prof())
     assert mode(d) == 0o755
     os.chmod(d, 0o777)
-    with pytest.raises(StreamsvError, match="writable by group or others"):
+    with pytest.raises(StreamsvError, match="writable by group or others") as e:
         ProfileStore(d).save(prof(name="bob"))
     assert mode(d) == 0o777 and not (d / "bob.json").exists()
+    assert str(e.value).endswith(f"(fix: chmod go-w {d})")        # the folder, runnable as shown
 
 
 def test_replace_needs_force(tmp_path):
