@@ -66,7 +66,7 @@ def run_service(cfg, emb, realtime: bool = False, reload_config=None, turns: boo
     """``listen`` under streamsv.service.ServiceRunner; returns the exit status (0 after SIGTERM).
 
     READY=1 goes out once the model is loaded and the first audio chunk was consumed; the
-    watchdog is fed from the pipeline's consumer loop (``on_audio``), so a stalled capture or a
+    watchdog is fed from the pipeline's consumer loop (an audio listener), so a stalled capture or a
     hung loop both stop the pings. A microphone that fails mid-run is reopened with backoff; a
     file or stdin that ends stops the service with status 0.
     """

@@ -12,8 +12,8 @@ The pieces are small and separately testable; ``ServiceRunner`` ties them to a p
 * ``Backoff``: capped exponential delays for reopening a microphone that failed mid-run.
 
 The pipeline contract ``ServiceRunner`` relies on (streamsv.pipeline.Pipeline meets it):
-``run(stop) -> Iterator[dict]`` whose last event is a stats event, an ``on_audio(n_samples)``
-attribute called for every chunk the loop consumes, ``request_reload(cfg=None)`` safe from any
+``run(stop) -> Iterator[dict]`` whose last event is a stats event, ``add_audio_listener(fn)`` that
+has ``fn(n_samples)`` called for every chunk the loop consumes, ``request_reload(cfg=None)`` safe from any
 thread (with a Config it also takes the new threshold, min_margin and duration_slope), and a
 ``source`` attribute that may be replaced between runs after a device failure.
 
@@ -309,9 +309,7 @@ class ServiceRunner:
         self._monitor: threading.Thread | None = None
         self._finished = False
         self._reload_pending_since: float | None = None   # RELOADING=1 sent, READY=1 not yet
-        previous = getattr(self.pipeline, "on_audio", None)
-        self._chained = previous if callable(previous) else None
-        self.pipeline.on_audio = self.heartbeat
+        self.pipeline.add_audio_listener(self.heartbeat)
 
     # -- hooks called from other threads / signal handlers
 
@@ -324,8 +322,6 @@ class ServiceRunner:
                 self._policy.heartbeat(now)
         if not self.ready_sent:
             self._wake.set()
-        if self._chained is not None:
-            self._chained(n_samples)
 
     def request_reload(self) -> None:
         """Signal-safe: only sets a flag; the monitor thread does the work."""

@@ -405,12 +405,19 @@ class PacedPipeline:
         self.fail_generations = fail_generations
         self.fail_at_chunk = fail_at_chunk
         self.limit_chunks = limit_chunks
-        self.on_audio = None
+        self.listeners = []
         self.source = 0  # generation number of the "device"
         self.chunks_in = 0
         self.reload_calls = 0
         self.reload_wanted = False
         self.runs = 0
+
+    def add_audio_listener(self, fn) -> None:
+        self.listeners.append(fn)
+
+    def on_audio(self, n_samples: int) -> None:
+        for fn in self.listeners:
+            fn(n_samples)
 
     def request_reload(self) -> None:
         # Like the real pipeline: applied at the next chunk, announced by a profiles_reloaded event.
