@@ -31,10 +31,12 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .config import Config
 from .errors import StreamsvError
+
+if TYPE_CHECKING:             # a type hint only: the MQTT sink imports this module, and config imports the sink
+    from .config import Config
 
 log = logging.getLogger("streamsv.service")
 
