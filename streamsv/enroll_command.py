@@ -63,7 +63,7 @@ def hint_for(clip_chunks: int, since_voice_s: float, quiet_frames: int) -> tuple
 def collect(chunks: Iterator[tuple[np.ndarray, float]], vad_cfg, seconds: float,
             report: Callable[[MicProgress], None], clock: Callable[[], float] = time.monotonic) -> Collected:
     """Voiced audio from live chunks until ``seconds`` of it, or a deadline of 4x that plus 30 s."""
-    from .vad import Segmenter, SpeechAudio
+    from .vad import Segmenter, SpeechAudio, frame_dbfs
 
     seg = Segmenter(vad_cfg)
     out = Collected()
@@ -77,7 +77,7 @@ def collect(chunks: Iterator[tuple[np.ndarray, float]], vad_cfg, seconds: float,
             out.raw.append(chunk)
             raw_n += len(chunk)
         if len(chunk):
-            progress.level_dbfs = float(10 * np.log10(np.mean(chunk.astype(np.float64) ** 2) + 1e-12))
+            progress.level_dbfs = frame_dbfs(chunk)
             peak = float(np.abs(chunk).max())
             clip_chunks = clip_chunks + 1 if peak >= enrollment.CLIP_LEVEL else max(0, clip_chunks - 1)
         for ev in seg.process(chunk, captured):
@@ -89,8 +89,7 @@ def collect(chunks: Iterator[tuple[np.ndarray, float]], vad_cfg, seconds: float,
             progress.voiced_s += len(ev.audio) / SAMPLE_RATE
             if ev.voiced:
                 last_voice = clock()
-                rms = float(np.sqrt(np.mean(ev.audio ** 2)) + 1e-12)
-                quiet_frames = quiet_frames + 1 if 20 * np.log10(rms) < enrollment.QUIET_DBFS else 0
+                quiet_frames = quiet_frames + 1 if frame_dbfs(ev.audio) < enrollment.QUIET_DBFS else 0
         progress.hint, progress.hint_kind = hint_for(clip_chunks, clock() - last_voice, quiet_frames)
         report(progress)
         if progress.voiced_s >= seconds or clock() > deadline:

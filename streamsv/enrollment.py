@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .features import SAMPLE_RATE
+from .vad import frame_dbfs
 
 # --- how much speech is enough: one standard for the microphone and for files
 GOOD_SPEECH_S = 20.0          # the microphone asks for this much by default
@@ -122,7 +123,7 @@ def measure(speech: list[np.ndarray], raw: list[np.ndarray]) -> Quality:
     if len(frames) == 0:
         return Quality(len(voiced) / SAMPLE_RATE, None, clipped, None, None, None)
     db = _frame_db(frames)
-    level = float(10.0 * np.log10(np.mean(voiced.astype(np.float64) ** 2) + 1e-20))
+    level = frame_dbfs(voiced)
     loud = frames[db >= db.max() - LOUD_FRAME_DB]
     flatness = float(np.median(spectral_flatness(loud)))
     active = db[db >= db.max() - LOUD_FRAME_DB]
