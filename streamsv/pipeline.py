@@ -241,8 +241,6 @@ class Pipeline:
         self.reload_profiles()
         self._reload = ReloadRequest()
         self._audio_listeners: list[AudioListener] = []
-        # Deprecated: the service's old hook (it assigns this attribute); use add_audio_listener.
-        self.on_audio: AudioListener | None = None
         self.levels = LevelMeter(level_interval_s)
         self.totals = Totals()
         self.segmenter: Segmenter | None = None   # built by run(): silero's session costs ~16 ms
@@ -342,8 +340,6 @@ class Pipeline:
         yield self.stats_event(final=True)
 
     def _tell_listeners(self, n_samples: int) -> None:
-        if self.on_audio is not None:
-            self.on_audio(n_samples)
         for listener in self._audio_listeners:
             listener(n_samples)
 
