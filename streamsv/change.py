@@ -39,8 +39,8 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 class ChangeDetector:
-    """Feed ``reference(t, window_embedding)`` at every hop and ``test(t, recent_embedding)``;
-    ``reset()`` at a segment start and after a change."""
+    """Feed ``remember(t, window_embedding)`` at every hop and ``test(t, recent_embedding)``
+    half-way between hops; ``reset()`` at a segment start and after a change."""
 
     def __init__(self, settings: ChangeConfig = ChangeConfig()) -> None:
         self.settings = settings

@@ -396,12 +396,12 @@ class Pipeline:
         """Its own window, smoother, change reference and summary, from ``start`` on."""
         self.stream.reset()
         self.smoother.reset()
+        self.change.reset()
         self.voice = self._new_voice(start, carried)
         if carried is None:
-            self.change.reset()
+            # A new segment: the last one's closing push is not its first hop's model time. (After a
+            # change, the model time since the last hop, the change test's included, still counts.)
             self._compute_mark = self.stream.compute_seconds
-        else:
-            self.change.reset(0.0)   # model time since the last hop still counts for the next one
 
     def _push_pending(self) -> None:
         audio = self.voice.take_pending()
