@@ -62,6 +62,26 @@ def check_listen_inputs(cfg) -> None:
         FileSource(cfg.audio.source).close()     # so does a missing or unreadable file
 
 
+def open_audio(cfg, realtime: bool = False):
+    """The configured audio source: the microphone, a file (``realtime``: paced like a microphone)
+    or raw samples on stdin, at the configured rate."""
+    from .sources import open_source
+
+    return open_source(cfg.audio.source, cfg.audio.device, realtime, cfg.audio.block_ms, cfg.audio.queue_s,
+                       rate=cfg.audio.sample_rate)
+
+
+def _listening_pipeline(cfg, emb, source, sinks):
+    """A pipeline on ``source`` scoring against the store's profiles (a warning when there are none)."""
+    from .pipeline import Pipeline
+
+    store = open_store(cfg)
+    pipe = Pipeline(emb, source, cfg, profile_loader(store, emb), level_interval_s=sinks.level_interval_s)
+    if not pipe.centroids:
+        log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
+    return pipe
+
+
 def run_service(cfg, emb, realtime: bool = False, reload_config=None, turns: bool = False) -> int:
     """``listen`` under streamsv.service.ServiceRunner; returns the exit status (0 after SIGTERM).
 
@@ -70,24 +90,14 @@ def run_service(cfg, emb, realtime: bool = False, reload_config=None, turns: boo
     hung loop both stop the pings. A microphone that fails mid-run is reopened with backoff; a
     file or stdin that ends stops the service with status 0.
     """
-    from .pipeline import Pipeline
     from .service import ServiceRunner
     from .sinks import open_sinks
-    from .sources import open_source
 
-    store = open_store(cfg)
     mic = cfg.audio.source in (None, "mic")
-
-    def open_audio():
-        return open_source(cfg.audio.source, cfg.audio.device, realtime, cfg.audio.block_ms, cfg.audio.queue_s,
-                           rate=cfg.audio.sample_rate)
-
     sinks = open_sinks(cfg, title="streamsv listen (service)", turns=turns)
-    pipe = Pipeline(emb, open_audio(), cfg, profile_loader(store, emb), level_interval_s=sinks.level_interval_s)
-    if not pipe.centroids:
-        log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
+    pipe = _listening_pipeline(cfg, emb, open_audio(cfg, realtime), sinks)
     with sinks:
-        runner = ServiceRunner(pipe, sinks.consume, reopen_source=open_audio if mic else None,
+        runner = ServiceRunner(pipe, sinks.consume, reopen_source=(lambda: open_audio(cfg, realtime)) if mic else None,
                                reload_config=reload_config)
         return runner.run()
 
@@ -95,17 +105,10 @@ def run_service(cfg, emb, realtime: bool = False, reload_config=None, turns: boo
 def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
                stop: threading.Event | None = None, on_event=None, turns: bool = False) -> dict:
     """Build source + pipeline + sinks from a Config and run to the end; returns the final stats."""
-    from .pipeline import Pipeline
     from .sinks import open_sinks
-    from .sources import open_source
 
-    store = open_store(cfg)
     sinks = open_sinks(cfg, title=title, turns=turns)
-    src = open_source(cfg.audio.source, cfg.audio.device, realtime, cfg.audio.block_ms, cfg.audio.queue_s,
-                      rate=cfg.audio.sample_rate)
-    pipe = Pipeline(emb, src, cfg, profile_loader(store, emb), level_interval_s=sinks.level_interval_s)
-    if not pipe.centroids:
-        log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
+    pipe = _listening_pipeline(cfg, emb, open_audio(cfg, realtime), sinks)
     final: dict = {}
     stop = stop or threading.Event()
     with sinks:

@@ -202,14 +202,16 @@ def listen(
                  "scoring.min_confidence": min_confidence, "profiles.dir": profiles_dir, "model.path": model, "mqtt.url": mqtt, "mqtt.room": room}
     cfg = _config(config, **overrides)
     application.check_listen_inputs(cfg)
-    if service or os.environ.get("NOTIFY_SOCKET"):
+    from .service import NOTIFY_ENV
+
+    if service or os.environ.get(NOTIFY_ENV):
         from .logs import setup_logging
 
         setup_logging(cfg.output.log_level)      # one line per record; journald adds the time
         emb = application.load_model(cfg.model)
         # SIGHUP re-reads the same file with the same flags on top: flags keep winning.
         code = application.run_service(cfg, emb, realtime=realtime, reload_config=lambda: _load_config(config, overrides),
-                           turns=turns)
+                                       turns=turns)
         if FAST_SERVICE_EXIT:
             _exit_now(code)
         raise typer.Exit(code)
