@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")    # training/eval.py runs the torch teacher and student: training-side tooling
+pytestmark = pytest.mark.torch
 from training import datasets  # noqa: E402
 from training import eval as ev  # noqa: E402
 from training import teacher  # noqa: E402

@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("scipy")
+pytestmark = pytest.mark.torch  # the training side: runs where torch is installed
 from training import datasets  # noqa: E402
 from training import train  # noqa: E402
 
