@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import importlib.util
 import os
 import re
 import shutil
@@ -13,15 +12,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SOAK = REPO / "tools" / "soak.py"
 
 
 def load_soak():
-    spec = importlib.util.spec_from_file_location("soak", SOAK)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["soak"] = mod  # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
-    return mod
+    from tools import soak
+
+    return soak
 
 
 def have_speech() -> bool:
@@ -31,9 +27,8 @@ def have_speech() -> bool:
 
 @pytest.mark.skipif(not have_speech(), reason="needs ../shared/data or espeak-ng for speech")
 def test_ten_minute_soak_passes():
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    res = subprocess.run([sys.executable, str(SOAK), "--minutes", "10"], capture_output=True, text=True,
-                         env=env, timeout=600)
+    res = subprocess.run([sys.executable, "-m", "tools.soak", "--minutes", "10"], capture_output=True, text=True,
+                         cwd=REPO, timeout=600)
     out = res.stdout
     assert res.returncode == 0, out + res.stderr
     assert out.rstrip().endswith("soak: PASS"), out

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-SR = 16000
+from streamsv.features import SAMPLE_RATE
+
 TARGET_P95_MS = 100.0
 WAIT_S = 10.0
 BASELINE_TOPIC = "bench/baseline"
@@ -71,7 +72,7 @@ def material(folder: Path, repeat: int) -> tuple[Path, Path]:
 
     list(enroll_household(load_embedder(), ProfileStore(folder / "profiles"), folder))
     wave, _ = build_conversation(folder)
-    sf.write(folder / "conversation.wav", np.tile(wave, repeat), SR)
+    sf.write(folder / "conversation.wav", np.tile(wave, repeat), SAMPLE_RATE)
     return folder / "profiles", folder / "conversation.wav"
 
 

@@ -33,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from streamsv.features import SAMPLE_RATE
+
 REPO = Path(__file__).resolve().parents[1]
 
-SR = 16000
 CHUNK = 480  # 30 ms, what the microphone source delivers
 GAP_S = (1.5, 4.0)  # silence between utterances: long enough for the VAD to close segments
 NOISE_RMS = 0.002  # quiet room noise in the gaps, so "silence" is not digital zero
@@ -108,7 +109,7 @@ def build_loop(speech: dict[str, list[np.ndarray]], seed: int = 0) -> np.ndarray
         for utts in speech.values():
             if i < len(utts):
                 parts.append(utts[i])
-                gap = int(rng.uniform(*GAP_S) * SR)
+                gap = int(rng.uniform(*GAP_S) * SAMPLE_RATE)
                 parts.append((NOISE_RMS * rng.standard_normal(gap)).astype(np.float32))
     return np.concatenate(parts).astype(np.float32)
 
@@ -127,7 +128,7 @@ def loop_source_class():
         def __init__(self, loop: np.ndarray, total_s: float) -> None:
             super().__init__()
             self.loop = loop
-            self.total = int(total_s * SR)
+            self.total = int(total_s * SAMPLE_RATE)
 
         def chunks(self, stop=None):
             pos = 0  # position in the loop
@@ -231,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     soak = Soak(args.minutes, args.sample_s, min(args.warmup_s, total_s / 4), args.reload_every_s)
     source = loop_source_class()(loop, total_s)
     pipe = Pipeline(emb, source, Config(), profiles)
-    print(f"soak: {args.minutes:g} min of audio; loop {len(loop) / SR:.1f} s from {origin} "
+    print(f"soak: {args.minutes:g} min of audio; loop {len(loop) / SAMPLE_RATE:.1f} s from {origin} "
           f"({len(speech)} speakers); model {model}")
     print(f"soak: sampling every {args.sample_s:g} s of audio, warm-up {soak.warmup_s:g} s, "
           f"profile reload every {args.reload_every_s:g} s")
@@ -241,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
 
     def on_audio(n: int) -> None:
         state["audio"] += n
-        audio_s = state["audio"] / SR
+        audio_s = state["audio"] / SAMPLE_RATE
         if audio_s >= state["next_sample"]:
             state["next_sample"] += args.sample_s
             s = Sample(audio_s, time.monotonic() - t0, rss_mb(), container_sizes(pipe))
@@ -260,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
             soak.bytes_out += sink.write(line + "\n")
             soak.events[event.get("event", "?")] += 1
     wall = time.monotonic() - t0
-    final = Sample(state["audio"] / SR, wall, rss_mb(), container_sizes(pipe))
+    final = Sample(state["audio"] / SAMPLE_RATE, wall, rss_mb(), container_sizes(pipe))
     soak.samples.append(final)
     return report(soak, final, wall, args.max_rss_growth_mb)
 
