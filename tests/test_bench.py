@@ -3,6 +3,9 @@ against a target) and the detection benchmark's frame bookkeeping. No torch need
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from tools import bench as tools_bench
 from tools import bench_detection as bd
 from tools import make_conversations as mc
 
+REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("hop_p50_ms", "hop_p95_ms", "hop_p99_ms", "rtf", "latency_p50_ms", "latency_p95_ms", "stage_step_ms")
 QUICK = ["--seconds", "3", "--realtime-s", "2", "--warmup-s", "1", "--no-startup", "--json"]
 
@@ -96,10 +100,17 @@ def test_tools_bench_adds_the_numpy_baseline_on_the_same_audio(capsys, tmp_path)
 
 
 def test_tools_bench_without_dev_speech_says_so(monkeypatch, tmp_path):
-    """No shared data and no --audio: one clear error, not a silent switch to synthetic audio."""
-    monkeypatch.setenv("STREAMSV_DATA", str(tmp_path / "missing"))
-    with pytest.raises(StreamsvError, match=r"no dev speech .* pass --audio FILE, or --synthetic"):
-        tools_bench.main(["--systems", "fp32", *QUICK])
+    """No shared data (or a data folder without the set) and no --audio: one clear error line and
+    exit status 2, not a silent switch to synthetic audio."""
+    (tmp_path / "empty").mkdir()
+    for data in (tmp_path / "missing", tmp_path / "empty"):
+        monkeypatch.setenv("STREAMSV_DATA", str(data))
+        with pytest.raises(StreamsvError, match=r"no dev speech .*; pass --audio FILE, or --synthetic"):
+            tools_bench.main(["--systems", "fp32", *QUICK])
+    out = subprocess.run([sys.executable, "-m", "tools.bench", "--systems", "fp32", "--no-startup"],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("error: bench: no dev speech") and out.stderr.count("\n") == 1, out.stderr
 
 
 def test_report_shows_ratios_against_the_first_system():

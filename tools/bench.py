@@ -32,11 +32,17 @@ def dev_speech(seconds: float) -> tuple[np.ndarray, str]:
     when the shared data is not there."""
     from training import datasets
 
+    advice = "pass --audio FILE, or --synthetic for synthetic voiced audio"
     if datasets.data_root(required=False) is None:
-        raise StreamsvError("bench: no dev speech (../shared/data or $STREAMSV_DATA not found); "
-                            "pass --audio FILE, or --synthetic for synthetic voiced audio")
+        raise StreamsvError(f"bench: no dev speech (../shared/data or $STREAMSV_DATA not found); {advice}")
+    try:
+        utterances = datasets.dev_set(DEV_SPEECH_SET)
+    except OSError as exc:  # the folder is there but not this set
+        raise StreamsvError(f"bench: no dev speech ({DEV_SPEECH}: {exc.strerror}: {exc.filename}); {advice}") from None
+    if not utterances:
+        raise StreamsvError(f"bench: no dev speech ({DEV_SPEECH} is empty); {advice}")
     clips, total = [], 0
-    for utt in datasets.dev_set(DEV_SPEECH_SET):
+    for utt in utterances:
         clips.append(datasets.read_audio(utt.path))
         total += len(clips[-1])
         if total >= seconds * SAMPLE_RATE:
