@@ -115,7 +115,7 @@ def synthetic_audio(seconds: float) -> tuple[np.ndarray, str]:
 class System:
     """One way of running speaker embedding that the bench can measure. ``load(model)`` ->
     (embedder-like, description); ``model`` is --model (a student step graph) or None.
-    ``available()`` -> None, or why it is skipped. ``counts(system)`` -> parameters and MACs."""
+    ``available(model)`` -> None, or why it is skipped. ``counts(system)`` -> parameters and MACs."""
 
     load: Callable[[str | None], tuple[Any, str]]
     available: Callable[[str | None], str | None] = lambda model: None
