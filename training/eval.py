@@ -18,6 +18,8 @@ the clip's path, so runs and systems see the same audio. Embeddings (teacher's i
 cached per (system, set, condition, duration) under cache/eval (gitignored).
 The last line sums up each student against the teacher: the worst-case and the mean ratio of its
 EER to the teacher's, per protocol, over every set x condition x duration in the run.
+--snorm K adds, beside each student's and the teacher's rows, the same embeddings scored with
+adaptive s-norm (top-K) against a cohort of training speakers (training/cohort.py): rows "X+snorm".
 """
 from __future__ import annotations
 
@@ -92,16 +94,20 @@ def min_dcf(scores: np.ndarray, labels: np.ndarray, p_target: float = P_TARGET) 
 # ---------------------------------------------------------------- protocols
 
 
-def pairs_trials(emb: np.ndarray, speakers: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine score and same-speaker label of every unordered pair."""
+def pairs_trials(emb: np.ndarray, speakers: list[str], normalise=None) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine score and same-speaker label of every unordered pair. `normalise(scores, left, right)`,
+    when given, maps the cosine matrix of `left` x `right` embeddings to normalised scores (s-norm)."""
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     i, j = np.triu_indices(len(emb), k=1)
     spk = np.asarray(speakers)
-    return np.einsum("nd,nd->n", emb[i], emb[j]), spk[i] == spk[j]
+    if normalise is None:
+        return np.einsum("nd,nd->n", emb[i], emb[j]), spk[i] == spk[j]
+    return normalise(emb @ emb.T, emb, emb)[i, j], spk[i] == spk[j]
 
 
-def enroll_trials(emb: np.ndarray, speakers: list[str], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Profiles from each speaker's first ENROLL_UTTERANCES files by name; the rest are tests."""
+def enroll_trials(emb: np.ndarray, speakers: list[str], names: list[str], normalise=None) -> tuple[np.ndarray, np.ndarray]:
+    """Profiles from each speaker's first ENROLL_UTTERANCES files by name; the rest are tests.
+    `normalise`: as in pairs_trials (left: the tests, right: the profiles)."""
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     by_speaker: dict[str, list[int]] = {}
     for idx in sorted(range(len(names)), key=lambda k: (speakers[k], names[k])):
@@ -113,6 +119,8 @@ def enroll_trials(emb: np.ndarray, speakers: list[str], names: list[str]) -> tup
         profile_spk.append(spk)
         tests += idxs[ENROLL_UTTERANCES:]
     scores = emb[tests] @ np.stack(profiles).T  # (tests, profiles)
+    if normalise is not None:
+        scores = normalise(scores, emb[tests], np.stack(profiles))
     labels = np.asarray(speakers)[tests][:, None] == np.asarray(profile_spk)[None, :]
     return scores.ravel(), labels.ravel()
 
@@ -348,23 +356,40 @@ def embeddings(system: System, set_name: str, condition: str, duration: str, utt
     return emb
 
 
-def score_set(system: System, emb: np.ndarray, utts) -> dict[str, float]:
+def score_set(system: System, emb: np.ndarray, utts, normalise=None) -> dict[str, float]:
     if system.label == "mfcc":
         emb = znorm(emb)
     speakers = [u.speaker for u in utts]
     names = [u.path.name for u in utts]
     out = {}
     for protocol, (s, l) in (
-        ("pairs", pairs_trials(emb, speakers)),
-        ("enroll", enroll_trials(emb, speakers, names)),
+        ("pairs", pairs_trials(emb, speakers, normalise)),
+        ("enroll", enroll_trials(emb, speakers, names, normalise)),
     ):
         out[f"{protocol}_eer"] = 100 * eer(s, l)
         out[f"{protocol}_mindcf"] = min_dcf(s, l)
     return out
 
 
-def run(systems: list[System], sets, conditions, durations, use_cache: bool = True, log=print) -> list[dict]:
+def snorm_for(system: System, cohort_kind: str, top_k: int, use_cache: bool):
+    """The s-norm `normalise` callable for one system, or None for the MFCC baseline (its features
+    are z-normalised over the evaluated set, not embeddings a training cohort could describe)."""
+    if system.label == "mfcc":
+        return None
+    from training import cohort  # cohort imports this module's degradations and cache
+
+    matrix = cohort.cohort_embeddings(system, cohort_kind, use_cache)
+    if top_k > len(matrix):
+        raise ValueError(f"--snorm {top_k} exceeds the {cohort_kind} cohort's {len(matrix)} entries")
+    return lambda scores, left, right: cohort.as_norm(scores, left, right, matrix, top_k)
+
+
+def run(systems: list[System], sets, conditions, durations, use_cache: bool = True, log=print,
+        snorm_top_k: int | None = None, cohort_kind: str = "channels") -> list[dict]:
+    """`snorm_top_k`: also score each neural system with adaptive s-norm (top-K) against the
+    `cohort_kind` cohort, as an extra row labelled "<system>+snorm"."""
     noise = NoiseBank() if any(c in NOISY_CONDITIONS for c in conditions) else None
+    snorms = {} if snorm_top_k is None else {s.label: snorm_for(s, cohort_kind, snorm_top_k, use_cache) for s in systems}
     rows = []
     for set_name in sets:
         utts = datasets.dev_set(set_name)
@@ -385,6 +410,12 @@ def run(systems: list[System], sets, conditions, durations, use_cache: bool = Tr
                     rows.append(row)
                     log(f"  {set_name} {condition} {duration} {system.label}: pairs {row['pairs_eer']:.2f}% "
                         f"enroll {row['enroll_eer']:.2f}% ({time.perf_counter() - started:.1f} s)")
+                    if snorms.get(system.label) is not None:
+                        normed = {**row, "system": f"{system.label}+snorm",
+                                  **score_set(system, emb, utts, snorms[system.label])}
+                        rows.append(normed)
+                        log(f"  {set_name} {condition} {duration} {normed['system']}: pairs {normed['pairs_eer']:.2f}% "
+                            f"enroll {normed['enroll_eer']:.2f}%")
     return rows
 
 
@@ -479,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON ('-' for stdout)")
     p.add_argument("--wide", action="store_true", help="compact table: pairs / enroll EER per system")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: share the machine)")
+    p.add_argument("--snorm", type=int, metavar="K", help="also score with adaptive s-norm, top-K of the cohort")
+    p.add_argument("--cohort", default="channels", help="s-norm cohort: clean or channels (training/cohort.py)")
     a = p.parse_args(argv)
 
     import torch
@@ -488,6 +521,12 @@ def main(argv: list[str] | None = None) -> int:
     sets = _csv(a.sets, datasets.DEV_SETS)
     conditions = _csv(a.conditions, CONDITIONS)
     durations = _csv(a.durations, tuple(DURATIONS))
+    if a.snorm is not None:
+        from training import cohort
+
+        _csv(a.cohort, cohort.COHORT_KINDS)
+        if a.snorm < 1:
+            raise SystemExit(f"error: --snorm K must be at least 1, not {a.snorm}")
     if datasets.data_root(required=False) is None:
         raise SystemExit("error: shared data not found (set STREAMSV_DATA)")
 
@@ -504,7 +543,11 @@ def main(argv: list[str] | None = None) -> int:
         systems.append(mfcc_system())
 
     log = (lambda *x: print(*x, file=sys.stderr)) if a.json == "-" else print
-    rows = run(systems, sets, conditions, durations, use_cache=not a.no_cache, log=log)
+    try:
+        rows = run(systems, sets, conditions, durations, use_cache=not a.no_cache, log=log,
+                   snorm_top_k=a.snorm, cohort_kind=a.cohort)
+    except ValueError as e:  # a top-K larger than the cohort, a cohort holding a dev speaker
+        raise SystemExit(f"error: {e}")
     summary = ratio_summary(rows) if "teacher" in names else []
     if a.json == "-":
         print(json.dumps(rows, indent=1))
