@@ -23,9 +23,10 @@ from .errors import StreamsvError, os_reason, shown
 EXIT_ERROR = 2
 EXIT_REJECT = 1
 MAX_ENROLL_SECONDS = 600.0    # --seconds: ten minutes of voice is far more than a profile needs
-# After a service stops, skip the interpreter's teardown: with a torch model loaded, unloading torch alone costs ~1 s of CPU
-# (8 s of wall time measured on a loaded 2-core box), which would break the promise that SIGTERM
-# ends the process within 2 s. Everything is flushed first. In-process tests turn it off.
+# After a service stops, skip the interpreter's teardown, which stands between SIGTERM and the
+# promised exit within 2 s: it cost ~1 s of CPU (8 s wall on a loaded 2-core box) when the daemon
+# still loaded torch; with the ONNX model it is ~0.2 s on an idle box. Everything is flushed
+# first. In-process tests turn it off.
 FAST_SERVICE_EXIT = True
 
 
