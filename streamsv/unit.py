@@ -16,7 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import StreamsvError, os_reason
+from .errors import StreamsvError, shown
+from .safeio import read_bounded
 
 UNIT_NAME = "streamsv.service"
 UNIT_FILE = Path(__file__).parent / "systemd" / UNIT_NAME     # package data: the unit with its defaults
@@ -35,11 +36,12 @@ NETWORK_DIRECTIVES = {"RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6", "Pr
 def shipped_unit() -> str:
     """The unit file as shipped (the defaults: /usr/local/bin/streamsv, no network)."""
     try:
-        with open(UNIT_FILE, encoding="utf-8") as f:
-            return f.read(MAX_UNIT_BYTES)
-    except OSError as e:
-        raise StreamsvError(f"service: the shipped unit file {UNIT_FILE} cannot be read ({os_reason(e)}); "
-                            f"reinstall streamsv") from None
+        raw, _ = read_bounded(UNIT_FILE, MAX_UNIT_BYTES, f"service: the shipped unit file {shown(UNIT_FILE)}")
+        return raw.decode("utf-8")
+    except StreamsvError as e:
+        raise StreamsvError(f"{e}; reinstall streamsv") from None
+    except UnicodeDecodeError:
+        raise StreamsvError(f"service: the shipped unit file {shown(UNIT_FILE)} is not UTF-8 text; reinstall streamsv") from None
 
 
 def directive(text: str, key: str) -> str:

@@ -302,7 +302,7 @@ def test_a_damaged_shipped_unit_is_one_clear_error(tmp_path, monkeypatch):
         unit_text("/usr/bin/streamsv")
     assert "\n" not in str(e.value)
     monkeypatch.setattr(unit, "UNIT_FILE", tmp_path / "gone.service")
-    with pytest.raises(StreamsvError, match=r"cannot be read"):
+    with pytest.raises(StreamsvError, match=r"no such file; reinstall streamsv"):
         unit_text("/usr/bin/streamsv")
 
 
