@@ -95,12 +95,10 @@ def collect(chunks: Iterator[tuple[np.ndarray, float]], vad_cfg, seconds: float,
         if progress.voiced_s >= seconds or clock() > deadline:
             break
     if voiced:
+        from .profiles import piece_bounds
+
         audio = np.concatenate(voiced)
-        step = int(PIECE_S * SAMPLE_RATE)
-        out.pieces = [audio[i:i + step] for i in range(0, len(audio), step)]
-        if len(out.pieces) > 1 and len(out.pieces[-1]) < step // 2:
-            tail = out.pieces.pop()
-            out.pieces[-1] = np.concatenate([out.pieces[-1], tail])
+        out.pieces = [audio[a:b] for a, b in piece_bounds(len(audio), int(PIECE_S * SAMPLE_RATE))]
     return out
 
 

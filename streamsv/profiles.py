@@ -498,17 +498,22 @@ EMBED_CHUNK_S = 30.0   # longer audio is embedded in pieces: the model's memory 
 MIN_ENROLL_S = 3.0     # total voiced seconds below which a profile is refused
 
 
+def piece_bounds(n: int, step: int) -> list[tuple[int, int]]:
+    """``[a, b)`` bounds that cut ``n`` samples into pieces of ``step``; a last piece shorter than
+    half a step is folded into the one before (too little audio for an embedding of its own)."""
+    starts = list(range(0, n, step))
+    if len(starts) > 1 and n - starts[-1] < step // 2:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+
 def embed_bounded(embedder, wave: np.ndarray, chunk_s: float = EMBED_CHUNK_S) -> np.ndarray:
     """``embedder.embed`` with bounded memory: audio longer than ``chunk_s`` is embedded in
     ``chunk_s`` pieces whose unit embeddings are averaged (identical to ``embed`` up to that length)."""
     step = int(chunk_s * embedder.sample_rate)
     if len(wave) <= step:
         return embedder.embed(wave)
-    starts = list(range(0, len(wave), step))
-    if len(wave) - starts[-1] < step // 2:
-        starts.pop()                 # fold a short tail into the previous piece
-    bounds = starts[1:] + [len(wave)]
-    return centroid_of(np.stack([embedder.embed(wave[a:b]) for a, b in zip(starts, bounds)]))
+    return centroid_of(np.stack([embedder.embed(wave[a:b]) for a, b in piece_bounds(len(wave), step)]))
 
 
 ENROLL_PREFIXES_S = (1.0, 1.5, 2.0, 3.0)

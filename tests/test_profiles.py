@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from streamsv.errors import StreamsvError
-from streamsv.profiles import ProfileStore, check_name, enroll, new_profile
+from streamsv.profiles import ProfileStore, check_name, enroll, new_profile, piece_bounds
 
 
 def prof(name="alice", model="m1", n=4, dim=8, seed=0):
@@ -136,3 +136,11 @@ def test_enroll_from_recordings(untrained, speech_clips):
     assert 2.0 < p.speech_s <= sum(len(c) for c in speech_clips) / 16000 + 1e-6
     with pytest.raises(StreamsvError, match="no usable speech"):
         enroll(untrained, "spk", [silence])
+
+
+def test_piece_bounds_fold_a_short_tail_into_the_piece_before():
+    assert piece_bounds(0, 10) == []
+    assert piece_bounds(7, 10) == [(0, 7)]
+    assert piece_bounds(14, 10) == [(0, 14)]                  # 4 < 5: folded
+    assert piece_bounds(15, 10) == [(0, 10), (10, 15)]        # half a step: its own piece
+    assert piece_bounds(34, 10) == [(0, 10), (10, 20), (20, 34)]
