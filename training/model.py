@@ -319,21 +319,38 @@ def count_parameters(model: nn.Module) -> int:
 #
 # SpeakerEncoder.encode carries its stream state as Python structures whose shapes change from push
 # to push. ExportStep computes the same function for one push with every piece of state in one
-# fixed-size tensor (rows of ``width``) plus the frame position, and no data-dependent Python: the
-# token-mixing matrices of the new frames are gathered from the weights by position, the half-rate
-# branch picks each frame's latest complete pair by index. torch.onnx traces it into the graph the
-# daemon runs (training/export_weights.py); tests hold it to SpeakerEncoder.forward.
+# fixed-size tensor (rows of ``width``) plus the frame position, and no data-dependent Python.
+# torch.onnx traces it into the graph the daemon runs (training/export_weights.py); tests hold it to
+# SpeakerEncoder.forward.
+#
+# The graph is written for ONNX Runtime on one thread, where a step pays for its node count:
+# measured here, a 1-frame push costs about a fifth of a 25-frame one (0.37 vs 2.0 ms), and a
+# 25-frame push spends about as long outside its matmuls as in them. So it keeps nodes few
+# (~420 after ORT's optimisation, was ~550): the mel normalisation is folded
+# into the stem's linear and the narrow convolution's bias into the running-mean projection's;
+# every position-dependent index or mixing matrix is computed once per push and shared by all
+# blocks; the state is one Split in and one Concat out; a block's token mixing is one gather from
+# its weights and one matmul per layer, its bias gathered as a column against a row of ones; the
+# half-rate branch's pairing, pair selection and state update are one small matmul; the wide
+# convolution reads its history from the token-mixing history. Depthwise convolutions stay a
+# gather, a product and a sum: ORT's Conv beat them here by 1-5% of a push only through its x86
+# NCHWc kernels, which a Pi's aarch64 build does not have.
 
 STATE_ROWS_STEM = "stem_conv"
+STEM_KERNEL = 5  # Stem's CausalDepthwiseConv
+NARROW_KERNEL = 3  # MixerBlock.local_narrow
 
 
 def _state_layout(cfg: ModelDimensions) -> list[tuple[str, int]]:
-    """(name, rows) of every piece of the stream state, in the order of the state tensor's rows."""
-    layout = [(STATE_ROWS_STEM, 4)]  # the stem's kernel-5 convolution history
+    """(name, rows) of every piece of the stream state, in the order of the state tensor's rows.
+    Pieces are opaque to the daemon: zeros at the start of an utterance, then whatever the step
+    wrote (``half`` holds the (groups, 2, width/groups) pair state in a (2, width) slot)."""
+    layout = [(STATE_ROWS_STEM, STEM_KERNEL - 1)]
     history = cfg.chunk_frames - 1  # the most frames an unfinished chunk holds before a push
     for i in range(cfg.n_blocks):
-        layout += [(f"{i}.wide", cfg.conv_kernel - 1), (f"{i}.narrow", 2), (f"{i}.mix_inputs", history),
-                   (f"{i}.mix_hidden", history), (f"{i}.total", 1), (f"{i}.half_prev", 1), (f"{i}.half_last", 1)]
+        layout += [(f"{i}.inputs", history),  # the block's last normed inputs: token mixing and the wide conv
+                   (f"{i}.narrow", NARROW_KERNEL - 1), (f"{i}.hidden", history), (f"{i}.total", 1),
+                   (f"{i}.half", 2)]  # the half-rate branch's last output and last frame's pair value
     return layout
 
 
@@ -342,13 +359,10 @@ def state_rows(cfg: ModelDimensions) -> int:
     return sum(rows for _, rows in _state_layout(cfg))
 
 
-def _depthwise(x: torch.Tensor, history: torch.Tensor, conv: nn.Conv1d, taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal depthwise convolution of (frames, channels) with its (kernel-1, channels) history.
-    ``taps`` (frames, kernel) indexes each output's inputs in [history; x]: a gather, a product
-    and a sum, where ONNX Runtime's Conv costs several times more at a push's size."""
-    padded = torch.cat([history, x], dim=0)
-    y = (padded[taps] * conv.weight[:, 0].t()).sum(dim=1) + conv.bias
-    return y, padded[-history.shape[0]:]
+def _depthwise(padded: torch.Tensor, taps: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Causal depthwise convolution of (frames + kernel - 1, channels) by ``weight`` (kernel,
+    channels); ``taps`` (frames, kernel) indexes each output's inputs: a gather, a product, a sum."""
+    return (padded[taps] * weight).sum(dim=1)
 
 
 def _grouped(parts: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -356,105 +370,150 @@ def _grouped(parts: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([p.weight.t() for p in parts]), torch.stack([p.bias[None] for p in parts])
 
 
+def _token_table(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A token-mixing layer as one gatherable vector: its (chunk, chunk) weights row-major, then
+    its per-row biases, then a zero (what a frame may not see)."""
+    return torch.cat([w.reshape(-1), b, w.new_zeros(1)])
+
+
 class ExportStep(nn.Module):
     """One streaming push of a SpeakerEncoder, with explicit fixed-size state.
 
     forward(mel (2n, n_mels), position (), state (rows, width)) -> features (n, width),
     attention logits (n, width), new state. ``position`` counts the 20 ms frames encoded before
-    the push (int64); the caller keeps it and any odd 10 ms mel frame. The grouped linears run
-    as batched matmuls over their groups; the multi-scale branch's two group-linears on the
-    same input are one matmul (pair-averaging commutes with an affine map)."""
+    the push (int64); the caller keeps it and any odd 10 ms mel frame. The folded weights are a
+    snapshot of the encoder's at construction."""
 
     def __init__(self, encoder: SpeakerEncoder):
         super().__init__()
         cfg = encoder.cfg
         if cfg.arch != "mixer":
             raise ValueError(f"the streaming export runs the SV-Mixer only, not {cfg.arch!r}")
+        if cfg.chunk_frames < cfg.conv_kernel:
+            raise ValueError("the wide convolution's history is read from the token-mixing history: "
+                             f"chunk_frames ({cfg.chunk_frames}) must be at least conv_kernel ({cfg.conv_kernel})")
         self.encoder, self.cfg = encoder, cfg
         self.layout = _state_layout(cfg)
+        self.history = cfg.chunk_frames - 1
+        with torch.no_grad():
+            stem = encoder.stem
+            mean, std = stem.mel_mean.repeat(2), stem.mel_std.repeat(2)  # a stacked row is two mel frames
+            self.register_buffer("stem_w", (stem.stack.weight / std).t().clone())
+            self.register_buffer("stem_b", stem.stack.bias - stem.stack.weight @ (mean / std))
+            self.register_buffer("stem_conv_w", stem.conv.conv.weight[:, 0].t().clone())
+            self.register_buffer("stem_conv_b", stem.conv.conv.bias.clone())
+            self.folded = nn.ModuleList(self._fold(blk) for blk in encoder.blocks)
+
+    @staticmethod
+    def _fold(blk: MixerBlock) -> nn.Module:
+        """One block's weights in the shapes the step uses (a module of buffers)."""
+        f = nn.Module()
+        put = lambda name, value: f.register_buffer(name, value.detach().clone())  # noqa: E731
+        put("wide_w", blk.local_wide.conv.weight[:, 0].t())
+        put("wide_b", blk.local_wide.conv.bias)
+        put("narrow_w", blk.local_narrow.conv.weight[:, 0].t())
+        put("mix1", _token_table(blk.chunk_mix.w1, blk.chunk_mix.b1))
+        put("mix2", _token_table(blk.chunk_mix.w2, blk.chunk_mix.b2))
+        proj = blk.utterance_mix.proj
+        put("mean_w", proj.weight.t())
+        put("mean_b", proj.bias + blk.local_narrow.conv.bias)  # the narrow conv's bias, added once here
+        w_full, b_full = _grouped(list(blk.full_rate.parts))
+        w_half, b_half = _grouped(list(blk.half_rate.fn.parts))
+        put("scale_w", torch.cat([w_full, w_half], dim=2))  # both branches read the same input
+        put("scale_b", torch.cat([b_full, b_half], dim=2))
+        w, b = _grouped(list(blk.scale_out.parts))
+        put("scale_out_w", w)
+        put("scale_out_b", b)
+        w, b = _grouped(list(blk.channel_in.parts))
+        put("channel_in_w", w)
+        put("channel_in_b", b)
+        w, b = _grouped(list(blk.channel_out.parts))
+        put("channel_out_w", w)
+        put("channel_out_b", b)
+        return f
 
     def _split_state(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
-        pieces, row = {}, 0
-        for name, rows in self.layout:
-            pieces[name] = state[row:row + rows]
-            row += rows
-        return pieces
+        pieces = state.split([rows for _, rows in self.layout], dim=0)
+        return {name: piece for (name, _), piece in zip(self.layout, pieces)}
 
     def _step_index(self, position: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
-        """What every block of a push of ``n`` frames after ``position`` shares: where each new
-        frame's token-mixing row lives in the (chunk, chunk) weights over the columns [history;
-        new], and which of those it may see (its own chunk, not the future); the running mean's
-        divisors; each frame's latest complete pair; the convolutions' taps."""
-        c = self.cfg.chunk_frames
+        """What every block of a push of ``n`` frames after ``position`` shares.
+
+        ``mix`` (n, history + n + 1): for each new frame, where its token-mixing weights over
+        the columns [history; new; ones] lie in a block's _token_table (its own chunk's row, the
+        zero for frames it may not see, its bias for the ones column). ``mean``: the running
+        mean's divisors. ``half`` (n + 2, n + 2): the half-rate branch on [last output; last
+        frame's value; new values] -> [each new frame's latest complete pair; the new last
+        output; the new last value]. The convolutions' taps into their padded inputs."""
+        c, history, k = self.cfg.chunk_frames, self.history, self.cfg.conv_kernel
         steps = torch.arange(n)
         new = position + c + steps  # shifted by one chunk: every index stays non-negative
-        seen = position + 1 + torch.arange(c - 1 + n)  # = new's first - (chunk - 1) + j
-        rows, cols = new % c, seen % c
+        seen = position + 1 + torch.arange(history + n)  # = new's first - history + j
+        rows = new % c
         visible = ((seen[None] // c) == (new[:, None] // c)) & (seen[None] <= new[:, None])
-        taps = {k: steps[:, None] + torch.arange(k)[None] for k in {self.cfg.conv_kernel, 3}}
-        return {"rows": rows, "flat": rows[:, None] * c + cols[None], "visible": visible.float(),
-                "inverse_counts": 1.0 / (position + 1 + steps).float()[:, None],
-                "latest": steps + (position + steps) % 2,  # odd frames complete a pair
-                "taps": taps}
+        weights = torch.where(visible, rows[:, None] * c + (seen % c)[None], c * c + c)
+        mix = torch.cat([weights, (c * c + rows)[:, None]], dim=1)
+        # Frame q = position + t completes a pair when q is odd: its pair is (q-1, q), i.e. columns
+        # t+1, t+2 of [last; value; new]; an even frame repeats the pair before it (columns t, t+1),
+        # or, as the push's first frame, the last output (column 0).
+        odd = (position + steps) % 2
+        first = steps + odd
+        second = torch.where((steps == 0) & (odd == 0), 0, steps + 1 + odd)
+        end = torch.zeros(1, dtype=torch.long) + n + 1  # the new last value: the push's last frame
+        first, second = torch.cat([first, first[-1:], end]), torch.cat([second, second[-1:], end])
+        columns = torch.arange(n + 2)[None]
+        half = ((columns == first[:, None]).float() + (columns == second[:, None]).float()) * 0.5
+        return {"mix": mix, "mean": 1.0 / (position + 1 + steps).float()[:, None], "half": half,
+                "wide": (history - (k - 1)) + steps[:, None] + torch.arange(k)[None],
+                "narrow": steps[:, None] + torch.arange(NARROW_KERNEL)[None],
+                "stem": steps[:, None] + torch.arange(STEM_KERNEL)[None]}
 
-    def block(self, i: int, x: torch.Tensor, position: torch.Tensor, s: dict[str, torch.Tensor],
+    def block(self, i: int, x: torch.Tensor, s: dict[str, torch.Tensor],
               index: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Block ``i`` on a push's frames (n, width); returns its output and its new state pieces
         in layout order."""
         blk: MixerBlock = self.encoder.blocks[i]
-        g, n = self.cfg.groups, x.shape[0]
-        rows, flat, visible, taps = index["rows"], index["flat"], index["visible"], index["taps"]
+        f = self.folded[i]
+        h, g, history = self.cfg.width, self.cfg.groups, self.history
+        ones = x.new_ones(1, h)
         # Local-Global Mixing
         u = blk.norm_lgm(x)
-        local, wide = _depthwise(u, s[f"{i}.wide"], blk.local_wide.conv, taps[self.cfg.conv_kernel])
-        local, narrow = _depthwise(F.gelu(local), s[f"{i}.narrow"], blk.local_narrow.conv, taps[3])
-        mix = blk.chunk_mix
-        inputs = torch.cat([s[f"{i}.mix_inputs"], u], dim=0)
-        hidden = F.gelu((mix.w1.reshape(-1)[flat] * visible) @ inputs + mix.b1[rows][:, None])
-        hiddens = torch.cat([s[f"{i}.mix_hidden"], hidden], dim=0)
-        chunk = (mix.w2.reshape(-1)[flat] * visible) @ hiddens + mix.b2[rows][:, None]
-        history = self.cfg.chunk_frames - 1
+        inputs = torch.cat([s[f"{i}.inputs"], u, ones], dim=0)
+        wide = F.gelu(_depthwise(inputs, index["wide"], f.wide_w) + f.wide_b)
+        narrow_in = torch.cat([s[f"{i}.narrow"], wide], dim=0)
+        local = _depthwise(narrow_in, index["narrow"], f.narrow_w)
+        hidden = F.gelu(f.mix1[index["mix"]] @ inputs)
+        hiddens = torch.cat([s[f"{i}.hidden"], hidden, ones], dim=0)
+        chunk = f.mix2[index["mix"]] @ hiddens
         sums = s[f"{i}.total"] + u.cumsum(dim=0)
-        utterance = blk.utterance_mix.proj(sums * index["inverse_counts"])
-        x = x + local + chunk + utterance
+        x = x + local + chunk + ((sums * index["mean"]) @ f.mean_w + f.mean_b)
         # Multi-Scale Mixing, on grouped activations (groups, n, width/g)
-        u = blk.norm_msm(x).reshape(n, g, -1).transpose(0, 1)
-        w_full, b_full = _grouped(list(blk.full_rate.parts))
-        w_half, b_half = _grouped(list(blk.half_rate.fn.parts))
-        both = u @ torch.cat([w_full, w_half], dim=2) + torch.cat([b_full, b_half], dim=2)
-        full, half = both.split(w_full.shape[2], dim=2)
-        prev = s[f"{i}.half_prev"].reshape(g, 1, -1)
-        with_prev = torch.cat([prev, half], dim=1)
-        pairs = (with_prev[:, :-1] + with_prev[:, 1:]) * 0.5  # the pair ending at each new frame
-        outputs = torch.cat([s[f"{i}.half_last"].reshape(g, 1, -1), pairs], dim=1)
-        low = outputs.index_select(1, index["latest"])
-        w_out, b_out = _grouped(list(blk.scale_out.parts))
-        x = x + (F.gelu(full + low) @ w_out + b_out).transpose(0, 1).reshape(n, -1)
+        k = h // g
+        both = blk.norm_msm(x).reshape(-1, g, k).transpose(0, 1) @ f.scale_w + f.scale_b
+        values = torch.cat([s[f"{i}.half"].reshape(g, 2, k), both[:, :, k:]], dim=1)
+        paired = index["half"] @ values
+        scales = F.gelu(both[:, :, :k] + paired[:, :-2]) @ f.scale_out_w + f.scale_out_b  # full rate + half rate
+        x = x + scales.transpose(0, 1).reshape(-1, h)
         # Group Channel Mixing
-        u = blk.norm_gcm(x).reshape(n, g, -1).transpose(0, 1)
-        w_in, b_in = _grouped(list(blk.channel_in.parts))
-        w_co, b_co = _grouped(list(blk.channel_out.parts))
-        x = x + blk.group_mix((F.gelu(u @ w_in + b_in) @ w_co + b_co).transpose(0, 1).reshape(n, -1))
-        new_state = [wide, narrow, inputs[-history:], hiddens[-history:], sums[-1:],
-                     half[:, -1:].transpose(0, 1).reshape(1, -1),
-                     low[:, -1:].transpose(0, 1).reshape(1, -1)]
+        u = blk.norm_gcm(x).reshape(-1, g, k).transpose(0, 1)
+        grouped = F.gelu(u @ f.channel_in_w + f.channel_in_b) @ f.channel_out_w + f.channel_out_b
+        x = x + blk.group_mix(grouped.transpose(0, 1).reshape(-1, h))
+        new_state = [inputs[-history - 1:-1], narrow_in[-(NARROW_KERNEL - 1):], hiddens[-history - 1:-1],
+                     sums[-1:], paired[:, -2:].reshape(2, h)]
         return x, new_state
 
     def forward(self, mel: torch.Tensor, position: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        enc, s = self.encoder, self._split_state(state)
-        stem = enc.stem
-        stacked = ((mel - stem.mel_mean) / stem.mel_std).reshape(-1, 2 * self.cfg.n_mels)
-        n = stacked.shape[0]
-        stem_taps = torch.arange(n)[:, None] + torch.arange(stem.conv.context + 1)[None]
-        y, stem_conv = _depthwise(stem.stack(stacked), s[STATE_ROWS_STEM], stem.conv.conv, stem_taps)
-        x = stem.out(F.gelu(y))
-        index = self._step_index(position, n)
-        layers, pieces = [], [stem_conv]
-        for i in range(len(enc.blocks)):
-            x, block_state = self.block(i, x, position, s, index)
+        s = self._split_state(state)
+        stacked = mel.reshape(-1, 2 * self.cfg.n_mels)
+        index = self._step_index(position, stacked.shape[0])
+        padded = torch.cat([s[STATE_ROWS_STEM], stacked @ self.stem_w + self.stem_b], dim=0)
+        x = self.encoder.stem.out(F.gelu(_depthwise(padded, index["stem"], self.stem_conv_w) + self.stem_conv_b))
+        layers, pieces = [], [padded[-(STEM_KERNEL - 1):]]
+        for i in range(len(self.folded)):
+            x, block_state = self.block(i, x, s, index)
             layers.append(x)
             pieces += block_state
-        features, logits = enc.head.frame_features(layers)
+        features, logits = self.encoder.head.frame_features(layers)
         return features, logits, torch.cat(pieces, dim=0)
 
 
