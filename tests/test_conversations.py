@@ -93,3 +93,13 @@ def test_variant_specs_parse():
         "x", {"change.threshold": 0.4, "vad.engine": "silero"})
     with pytest.raises(SystemExit):
         bd._parse_variant("x:change.threshold")
+
+
+@pytest.mark.skipif(bd.datasets.data_root(required=False) is None, reason="shared data not present")
+def test_model_spec_needs_a_label_and_a_path_and_an_existing_model():
+    from streamsv.errors import StreamsvError
+
+    with pytest.raises(SystemExit, match="^error: --model 'runs/x.onnx': expected LABEL=PATH"):
+        bd.main(["--no-teacher", "--model", "runs/x.onnx"])
+    with pytest.raises(StreamsvError, match="model file not found"):
+        bd.main(["--no-teacher", "--model", "new=runs/does-not-exist/student.onnx"])

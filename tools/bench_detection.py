@@ -25,6 +25,13 @@ are tuned with ``--split tuning`` and reported on ``--split reporting`` (other s
     taskset -c 0 python -m tools.bench_detection                          # every condition, reporting split
     taskset -c 0 python -m tools.bench_detection --condition floor-50 --variant x:change.threshold=0.4 --split tuning
     taskset -c 0 python -m tools.bench_detection --latency     # capture-to-decision of the variants side by side
+    taskset -c 0 python -m tools.bench_detection --condition floor-50 --no-teacher --variant student \
+        --model shipped=streamsv/weights/student.onnx --model new=runs/x/onnx/student.onnx   # models side by side
+
+``--model LABEL=PATH[:key=value,...]`` adds another student model (an exported step graph; its pool
+graph beside it) with the default pipeline and, as the teacher gets, its own EER threshold on the
+tuning speakers (a model trained differently has its own score scale), unless the overrides set
+``scoring.threshold`` themselves.
 """
 from __future__ import annotations
 
@@ -299,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-overrides", default="", metavar="key=value,...",
                    help="config overrides for the teacher's pipeline (e.g. its own change.threshold)")
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--model", action="append", default=[], metavar="LABEL=PATH[:key=value,...]",
+                   help="another student model (step .onnx), with its own calibrated threshold unless set (repeatable)")
     p.add_argument("--latency", action="store_true",
                    help="instead: capture-to-decision and CPU of the student variants on continuous speech (streamsv.bench)")
     a = p.parse_args(argv)
@@ -314,6 +323,17 @@ def main(argv: list[str] | None = None) -> int:
         print(latency_table(variants))
         return 0
     systems = [(label, student, overrides) for label, overrides in variants.items()]
+    for spec in a.model:
+        label, eq, rest = spec.partition("=")
+        path, _, settings = rest.partition(":")
+        if not eq or not label or not path:
+            raise SystemExit(f"error: --model {spec!r}: expected LABEL=PATH[:key=value,...]")
+        model, overrides = load_embedder(path), _parse_variant(f"{label}:{settings}")[1]
+        if "scoring.threshold" not in overrides:
+            overrides["scoring.threshold"] = float(calibrate_threshold(model))
+            print(f"{label} ({model.fingerprint}) threshold {overrides['scoring.threshold']:.4f} "
+                  f"(EER on tuning speakers of {mc.DEFAULT_SET})", file=sys.stderr)
+        systems.append((label, model, overrides))
     if not a.no_teacher:
         from training import teacher as teacher_mod
 
