@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StreamsvError, shown
-from .safeio import check_trusted, read_bounded
+from .safeio import PRIVATE_MODE, atomic_write, check_trusted, read_bounded
 from .scoring import MIN_SCORED_SPEECH_S
 
 FORMAT = "streamsv-confidence"
@@ -199,8 +199,6 @@ def save(path: str | os.PathLike, fingerprint: str, model: ConfidenceModel, forc
 
     0600 like the profiles it sits beside (it was fitted on the user's voices), or 0644 when
     ``shared`` (the shipped file, which a service user must be able to read once installed)."""
-    from .profiles import atomic_write
-
     path = Path(path)
     models = dict(_read(path))
     if fingerprint in models and not force:
@@ -209,7 +207,6 @@ def save(path: str | os.PathLike, fingerprint: str, model: ConfidenceModel, forc
     if len(models) > MAX_MODELS:
         raise StreamsvError(f"{path}: more than {MAX_MODELS} models; remove old entries")
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps({"format": FORMAT, "version": VERSION, "models": models}, indent=1, sort_keys=True) + "\n")
-    if shared:
-        os.chmod(path, SHARED_MODE)
+    atomic_write(path, json.dumps({"format": FORMAT, "version": VERSION, "models": models}, indent=1, sort_keys=True) + "\n",
+                 mode=SHARED_MODE if shared else PRIVATE_MODE)
     return path

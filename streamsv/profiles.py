@@ -17,14 +17,12 @@ Profile files are also untrusted input (hand-edited, planted, damaged):
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
 import os
 import re
 import stat
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StreamsvError, os_reason, shown
-from .safeio import check_trusted, read_bounded
+from .safeio import TMP_PREFIX, atomic_write, check_trusted, read_bounded
 
 FORMAT = "streamsv-profile"
 VERSION = 1
 SUFFIX = ".json"
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-FILE_MODE = 0o600
 DIR_MODE = 0o700
 MAX_PROFILE_BYTES = 16 << 20   # ~thousands of embeddings; anything bigger is not ours
 MAX_NUMBER_CHARS = 40          # a float32 written by json is ~20 characters
@@ -48,7 +45,6 @@ MAX_SPEECH_S = 1e6
 # created: 1970 .. 2100. Beyond it time.localtime overflows and one profile breaks `profiles list`.
 MAX_TIMESTAMP = 4102444800.0
 MIN_NORM = 1e-6                # a zero vector has no direction: no cosine against it
-TMP_PREFIX = ".tmp-"
 STALE_TMP_S = 60.0             # a writer finishes in milliseconds; an older temp file is a leftover
 TRUST_REASON = "profiles decide who is who"   # why a profile another user could write is refused
 
@@ -231,52 +227,6 @@ def parse_profile_json(raw: bytes, where: str) -> object:
         raise StreamsvError(f"{where}: malformed profile (JSON nested too deeply)") from None
     except (json.JSONDecodeError, ValueError):
         raise StreamsvError(f"{where}: corrupt profile file (not valid JSON)") from None
-
-
-def atomic_write(path: Path, text: str, replace: bool = True) -> None:
-    """Write ``text`` to ``path`` so readers see the old or the new file, never half of one.
-
-    ``replace=False`` creates ``path`` exclusively: if it exists (even if it appeared a moment
-    ago, from another process) FileExistsError is raised and nothing is changed.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=SUFFIX, dir=path.parent)  # mkstemp: 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        if replace:
-            os.replace(tmp, path)
-        else:
-            _link_exclusive(tmp, path, text)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _link_exclusive(tmp: str, path: Path, text: str) -> None:
-    """A hard link fails with EEXIST if ``path`` exists: an atomic create-if-absent of a whole file."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
-        # A file system without hard links (FAT): still exclusive, though written in place.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 class ProfileStore:

@@ -1,5 +1,8 @@
-"""Reading files that may be hostile: bounded in size, regular files only, never blocking; and
-the one trust check for files that decide who is who (profiles, a user's confidence calibration).
+"""Files that may be hostile, and files that must never be seen half-written.
+
+Reading: bounded in size, regular files only, never blocking; the one trust check for files that
+decide who is who (profiles, a user's confidence calibration). Writing: ``atomic_write`` (temp
+file, fsync, rename), for profiles, the confidence calibration and the systemd unit.
 
 A size check on ``st_size`` is not a bound: it is 0 for ``/dev/zero`` and for a FIFO, and a file
 can grow between the check and the read. So the file is opened without blocking (a FIFO with no
@@ -8,13 +11,18 @@ writer would otherwise hang ``open``), refused unless it is a regular file, and 
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import tempfile
+from pathlib import Path
 
 from .errors import StreamsvError, os_reason, shown
 
 READ_STEP = 1 << 20
 UNSAFE_MODE_BITS = stat.S_IWGRP | stat.S_IWOTH    # another user could have written the file
+PRIVATE_MODE = 0o600                              # what atomic_write gives a file unless told otherwise
+TMP_PREFIX = ".tmp-"                              # atomic_write's temporary files
 
 
 def read_bounded(path: str | os.PathLike, limit: int, what: str | None = None,
@@ -71,3 +79,51 @@ def check_trusted(st: os.stat_result, path: str | os.PathLike, where: str, kind:
     if st.st_mode & UNSAFE_MODE_BITS:
         raise StreamsvError(f"{where}: {kind} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
                             f"refusing to trust it (fix: chmod go-w {shown(path)})")
+
+
+def atomic_write(path: Path, text: str, replace: bool = True, mode: int = PRIVATE_MODE) -> None:
+    """Write ``text`` to ``path`` so readers see the old or the new file, never half of one;
+    the file gets ``mode`` before it appears under its name.
+
+    ``replace=False`` creates ``path`` exclusively: if it exists (even if it appeared a moment
+    ago, from another process) FileExistsError is raised and nothing is changed. The temporary
+    file beside it is ``.tmp-*`` with ``path``'s suffix (the profile store sweeps up leftovers).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)  # mkstemp: 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_exclusive(tmp, path, text, mode)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _link_exclusive(tmp: str, path: Path, text: str, mode: int) -> None:
+    """A hard link fails with EEXIST if ``path`` exists: an atomic create-if-absent of a whole file."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        # A file system without hard links (FAT): still exclusive, though written in place.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())

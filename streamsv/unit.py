@@ -13,11 +13,10 @@ import re
 import shutil
 import stat
 import sys
-import tempfile
 from pathlib import Path
 
 from .errors import StreamsvError, shown
-from .safeio import read_bounded
+from .safeio import atomic_write, read_bounded
 
 UNIT_NAME = "streamsv.service"
 UNIT_FILE = Path(__file__).parent / "systemd" / UNIT_NAME     # package data: the unit with its defaults
@@ -134,17 +133,7 @@ def install_unit(path: str | os.PathLike = UNIT_PATH, print_only: bool = False, 
         # The temp-and-rename write would replace a device node, FIFO or symlink with a file.
         raise StreamsvError(f"service: {target}: exists and is not a regular file; refusing to replace it")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=str(target.parent))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, UNIT_MODE)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, text, mode=UNIT_MODE)
     except PermissionError:
         raise StreamsvError(f"service: cannot write {target}: permission denied (run with sudo, or use --print)") from None
     except OSError as exc:
