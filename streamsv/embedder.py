@@ -151,11 +151,21 @@ class EmbeddingStream:
             self._logits.popleft()
 
     def embedding(self) -> np.ndarray | None:
-        if self._frames < MIN_AUDIO_S * FRAMES_PER_SECOND:
+        return self._pool(self._max_frames)
+
+    def recent_embedding(self, seconds: float) -> np.ndarray | None:
+        """The embedding of the stream's last ``seconds`` (at most its window), pooled from the
+        frames already encoded: one pooling and no model step, where ``Embedder.embed`` on that
+        audio costs a step over all of it. Not the same function: these frames carry the context
+        of the segment before them (the running mean, the chunk and convolution history)."""
+        return self._pool(min(self._max_frames, max(1, round(seconds * FRAMES_PER_SECOND))))
+
+    def _pool(self, frames: int) -> np.ndarray | None:
+        if min(frames, self._frames) < MIN_AUDIO_S * FRAMES_PER_SECOND:
             return None
         started = time.perf_counter()
-        features = np.concatenate(self._features)[-self._max_frames:]
-        logits = np.concatenate(self._logits)[-self._max_frames:]
+        features = np.concatenate(self._features)[-frames:]
+        logits = np.concatenate(self._logits)[-frames:]
         vector = self._encoder.embed_window(features, logits)
         self.compute_seconds += time.perf_counter() - started
         return vector

@@ -84,6 +84,25 @@ def test_rolling_window_pools_only_recent_frames(shipped):
     assert float(everything @ streamed) < MIN_COSINE
 
 
+def test_recent_embedding_pools_the_last_frames_already_encoded(shipped):
+    """recent_embedding(s) is the pool of the stream's last s of frames (no new model step), the
+    window's embedding when s covers it, and None below the minimum audio."""
+    wave = _speechlike(4.0, seed=13)
+    stream = shipped.stream(window_s=3.0)
+    stream.push(wave)
+    encoder = shipped.encoder
+    features, logits = encoder.encode(log_mel(wave), encoder.new_state())
+    last_second = encoder.embed_window(features[-FRAMES_PER_SECOND:], logits[-FRAMES_PER_SECOND:])
+    assert float(stream.recent_embedding(1.0) @ last_second) >= MIN_COSINE
+    assert float(stream.recent_embedding(1.0) @ stream.embedding()) < MIN_COSINE
+    assert float(stream.recent_embedding(10.0) @ stream.embedding()) >= MIN_COSINE
+    # Its frames carry the segment before them: not the offline embedding of that second's audio.
+    assert float(stream.recent_embedding(1.0) @ shipped.embed(wave[-16000:])) < MIN_COSINE
+    short = shipped.stream()
+    short.push(wave[:800])
+    assert short.recent_embedding(1.0) is None
+
+
 @pytest.mark.parametrize("first", [160, 400, 480, 560, 720])
 def test_tiny_first_pushes_carry_state(shipped, first):
     """Pushes that complete a mel frame but not a 20 ms model frame must only advance the stem."""
