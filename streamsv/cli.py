@@ -393,12 +393,13 @@ def service_install(
     executable: Optional[str] = typer.Option(None, "--executable", help="Absolute path of streamsv for ExecStart (default: this one)."),
     network: bool = typer.Option(False, "--network", help="Let the service reach an MQTT broker over IP "
                                  "(the default unit has no network at all)."),
+    force: bool = typer.Option(False, "--force", help="Replace a unit file already there with other contents."),
 ) -> None:
     """Install the systemd unit that runs `streamsv listen --service` at boot."""
     from .unit import UNIT_PATH, install_hints, install_unit
 
     target = path or UNIT_PATH
-    text = install_unit(target, print_only=print_only, executable=executable, network=network)
+    text = install_unit(target, print_only=print_only, executable=executable, network=network, force=force)
     if print_only:
         typer.echo(text, nl=False)
     else:

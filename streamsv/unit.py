@@ -115,8 +115,10 @@ def _open_network(lines: list[str]) -> None:
 
 
 def install_unit(path: str | os.PathLike = UNIT_PATH, print_only: bool = False, executable: str | None = None,
-                 network: bool = False) -> str:
-    """Write the unit file atomically (0644) unless ``print_only``; returns its text."""
+                 network: bool = False, force: bool = False) -> str:
+    """Write the unit file atomically (0644) unless ``print_only``; returns its text. A unit already
+    there with other contents (an older install, or the admin's own edits) is replaced only with
+    ``force``; the same contents are left as they are."""
     text = unit_text(executable, network=network)
     if print_only:
         return text
@@ -132,6 +134,15 @@ def install_unit(path: str | os.PathLike = UNIT_PATH, print_only: bool = False, 
     if existing is not None and not stat.S_ISREG(existing.st_mode):
         # The temp-and-rename write would replace a device node, FIFO or symlink with a file.
         raise StreamsvError(f"service: {target}: exists and is not a regular file; refusing to replace it")
+    if existing is not None and not force:
+        try:
+            same = read_bounded(target, MAX_UNIT_BYTES)[0].decode("utf-8", "replace") == text
+        except (OSError, StreamsvError):
+            same = False
+        if same:
+            return text
+        raise StreamsvError(f"service: {target} exists with other contents; use --force to replace it "
+                            "(or --print to compare)")
     try:
         atomic_write(target, text, mode=UNIT_MODE)
     except PermissionError:

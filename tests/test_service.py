@@ -360,6 +360,19 @@ def test_install_unit_writes_atomically_with_mode_0644(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["streamsv.service"]  # no temp file left behind
 
 
+def test_install_unit_replaces_other_contents_only_with_force(tmp_path):
+    target = tmp_path / "streamsv.service"
+    text = install_unit(target, executable="/opt/streamsv/bin/streamsv")
+    assert install_unit(target, executable="/opt/streamsv/bin/streamsv") == text   # same contents: a no-op
+    edited = text.replace("WatchdogSec=", "# the admin's note\nWatchdogSec=")
+    target.write_text(edited)
+    with pytest.raises(StreamsvError, match=r"exists with other contents; use --force") as e:
+        install_unit(target, executable="/opt/streamsv/bin/streamsv")
+    assert "\n" not in str(e.value) and target.read_text() == edited             # nothing lost
+    assert install_unit(target, executable="/opt/streamsv/bin/streamsv", force=True) == text
+    assert target.read_text() == text
+
+
 def test_install_unit_print_only_writes_nothing(tmp_path):
     target = tmp_path / "streamsv.service"
     text = install_unit(target, print_only=True, executable="/usr/bin/streamsv")
