@@ -229,12 +229,17 @@ def test_a_known_voice_under_a_new_name_warns(capsys, shipped_cli, clips, tmp_pa
     assert (tmp_path / "profiles" / "bob.json").exists()
 
 
-def test_another_voice_does_not_collide(capsys, shipped_cli, clips, tmp_path):
+def second_speaker_clips(n: int) -> list[str]:
+    """The first ``n`` recordings of a second real speaker (skips without ../shared/data)."""
     spk = dev_speakers()
     if len(spk) < 2:
         pytest.skip("needs ../shared/data for a second real speaker")
+    return [str(p) for p in dev_utterances(spk[1])[:n]]
+
+
+def test_another_voice_does_not_collide(capsys, shipped_cli, clips, tmp_path):
+    other = second_speaker_clips(3)
     assert run_cli(capsys, "enroll", "alice", "--from", str(clips[0]), str(clips[1]))[0] == 0
-    other = [str(p) for p in dev_utterances(spk[1])[:3]]
     code, out, err = run_cli(capsys, "enroll", "carol", "--from", *other, "--json")
     assert code == 0, err
     assert json.loads(out)["similar"] == [] and "sounds like" not in err
@@ -271,11 +276,8 @@ def test_append_warning_on_a_lookalike_does_not_claim_force(capsys, shipped_cli,
 
 
 def test_append_refuses_another_voice_without_force(capsys, shipped_cli, clips, tmp_path):
-    spk = dev_speakers()
-    if len(spk) < 2:
-        pytest.skip("needs ../shared/data for a second real speaker")
+    other = second_speaker_clips(2)
     assert run_cli(capsys, "enroll", "alice", "--from", str(clips[0]), str(clips[1]))[0] == 0
-    other = [str(p) for p in dev_utterances(spk[1])[:2]]
     code, _, err = run_cli(capsys, "enroll", "alice", "--append", "--from", *other)
     assert code == 2 and "does not sound like alice" in err
     assert run_cli(capsys, "enroll", "alice", "--append", "--force", "--from", *other)[0] == 0

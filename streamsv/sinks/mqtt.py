@@ -117,35 +117,23 @@ def read_password(settings: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Topics:
-    """Every topic of one room."""
+    """Every topic of one room: state topics under ``<topic_prefix>/<room>/``, discovery configs
+    under ``<discovery_prefix>/<component>/streamsv_<room>/``."""
 
     base: str
     discovery_prefix: str
     node: str                 # the discovery node id, streamsv_<room>
+    availability: str
+    speaker: str
+    speech: str
+    event: str
+    stats: str
 
     @classmethod
     def of(cls, topic_prefix: str, discovery_prefix: str, room: str) -> "Topics":
-        return cls(f"{topic_prefix}/{room}", discovery_prefix, f"streamsv_{room}")
-
-    @property
-    def availability(self) -> str:
-        return f"{self.base}/availability"
-
-    @property
-    def speaker(self) -> str:
-        return f"{self.base}/speaker"
-
-    @property
-    def speech(self) -> str:
-        return f"{self.base}/speech"
-
-    @property
-    def event(self) -> str:
-        return f"{self.base}/event"
-
-    @property
-    def stats(self) -> str:
-        return f"{self.base}/stats"
+        base = f"{topic_prefix}/{room}"
+        states = {name: f"{base}/{name}" for name in ("availability", "speaker", "speech", "event", "stats")}
+        return cls(base, discovery_prefix, f"streamsv_{room}", **states)
 
     def config(self, component: str, obj: str) -> str:
         return f"{self.discovery_prefix}/{component}/{self.node}/{obj}/config"
