@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .features import SAMPLE_RATE
+from .features import HOP, N_FFT, SAMPLE_RATE
+from .features import WINDOW as FRAME  # the quality measures use the log-mel's 25 ms frames
 from .vad import frame_dbfs
 
 # --- how much speech is enough: one standard for the microphone and for files
@@ -56,9 +57,6 @@ CONSISTENCY_USABLE = 0.60
 COLLISION_THRESHOLD = 0.70
 
 # --- analysis frames
-FRAME = 400                   # 25 ms
-HOP = 160                     # 10 ms
-N_FFT = 512
 LOUD_FRAME_DB = 30.0          # frames within this of the loudest count as "loud" for flatness
 FLOOR_DB = -100.0             # digital silence is clamped here
 SNR_CAP_DB = 60.0             # beyond this the noise floor is digital silence, not a room

@@ -24,7 +24,7 @@ import numpy as np
 from streamsv import enrollment
 from streamsv.features import SAMPLE_RATE
 from streamsv.profiles import MIN_ENROLL_S
-from streamsv.vad import voiced
+from streamsv.vad import voiced_speech
 from training.datasets import TUNING_SETS, _audio_files, data_root, dev_set, noise_files, read_audio
 
 ENROLL_FILES = {"asc-val": 20}
@@ -35,7 +35,7 @@ SEED = 7
 
 
 def judge(waves: list[np.ndarray]) -> tuple[enrollment.Verdict, enrollment.Quality]:
-    speech = [np.concatenate(v) for w in waves if (v := voiced(w))]
+    speech = [s for w in waves if len(s := voiced_speech(w))]
     q = enrollment.measure(speech, waves)
     return enrollment.judge(q, None, min_speech_s=MIN_ENROLL_S), q
 

@@ -28,7 +28,7 @@ from streamsv import confidence, load_embedder
 from streamsv.features import SAMPLE_RATE
 from streamsv.profiles import enroll
 from streamsv.scoring import cosine_scores
-from streamsv.vad import voiced
+from streamsv.vad import voiced_speech
 from training.datasets import TUNING_SETS, dev_set, noise_files, read_audio
 
 ENROLL_N = 3
@@ -38,11 +38,6 @@ NOISY_SNR_DB = 10.0
 NOISY_SHARE = 0.5
 WINDOW_S = 3.0
 SEED = 1234
-
-
-def speech_of(wave: np.ndarray) -> np.ndarray:
-    segs = voiced(wave)
-    return np.concatenate(segs) if segs else np.zeros(0, np.float32)
 
 
 def add_noise(wave: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
@@ -69,7 +64,7 @@ def set_trials(emb, name: str, noises: list[np.ndarray]) -> list[tuple[str, floa
         profile, _ = enroll(emb, "dev", enroll_rec)
         centroids[spk] = profile.centroid
         for p in rest:
-            speech = speech_of(read_audio(p))
+            speech = voiced_speech(read_audio(p))
             if len(speech) < 0.5 * SAMPLE_RATE:
                 continue
             lengths = DURATIONS_S if not name.startswith("asc") else (len(speech) / SAMPLE_RATE,)
