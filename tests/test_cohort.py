@@ -133,3 +133,20 @@ def test_eval_refuses_bad_snorm_options_in_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exc:
         ev.main(["--systems", "student", *args])
     assert str(exc.value).startswith("error: ") and message in str(exc.value)
+
+
+def test_run_adds_an_snorm_row_beside_each_neural_system_and_none_for_mfcc(monkeypatch, tmp_path):
+    utts = [datasets.Utterance(f"s/{i % 2}", tmp_path / f"{i % 2}" / f"{i}.opus", "s") for i in range(10)]
+    monkeypatch.setattr(datasets, "dev_set", lambda name: utts)
+    monkeypatch.setattr(datasets, "data_root", lambda required=True: tmp_path)
+    monkeypatch.setattr(datasets, "read_audio", lambda path: np.zeros(1600, np.float32))
+    rng = np.random.default_rng(0)
+    cohort_matrix = rng.standard_normal((30, 4))
+    asked = []
+    monkeypatch.setattr(cohort, "cohort_embeddings", lambda system, kind, use_cache: asked.append((system.label, kind)) or cohort_matrix)
+    fake = [ev.System(name, None, _embed_many=lambda waves: rng.standard_normal((len(waves), 4))) for name in ("a", "mfcc")]
+    rows = ev.run(fake, ["x"], ["clean"], ["full"], use_cache=False, log=lambda *a: None, snorm_top_k=5, cohort_kind="clean")
+    assert [r["system"] for r in rows] == ["a", "a+snorm", "mfcc"]
+    assert asked == [("a", "clean")]
+    with pytest.raises(ValueError, match="exceeds"):
+        ev.run(fake, ["x"], ["clean"], ["full"], use_cache=False, log=lambda *a: None, snorm_top_k=31, cohort_kind="clean")
