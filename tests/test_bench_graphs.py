@@ -1,0 +1,52 @@
+"""python -m tools.bench_graphs: two exports side by side, and the pipeline without its change
+test (the shipped model; no figure is asserted against a target). No torch needed."""
+from __future__ import annotations
+
+import json
+
+from streamsv import bench, load_embedder
+from streamsv.embedder import DEFAULT_WEIGHTS
+
+from tools import bench_graphs
+
+QUICK = ["--synthetic", "--seconds", "3", "--realtime-s", "0", "--warmup-s", "0", "--no-startup", "--json"]
+
+
+def _embed_calls(embedder) -> int:
+    """How often the bench pipeline embeds whole audio (its 3 profiles, then each change test)."""
+    calls = []
+    original = embedder.embed
+    embedder.embed = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        pipe_maker, bench.make_pipeline = bench.make_pipeline, bench_graphs.make_pipeline
+        try:
+            bench.run_pipeline(embedder, bench.synthetic_speech(4.0, seed=3), realtime=False)
+        finally:
+            bench.make_pipeline = pipe_maker
+    finally:
+        del embedder.embed
+    return len(calls)
+
+
+def test_nochange_system_runs_the_pipeline_without_the_change_test():
+    shipped, without = load_embedder(), load_embedder()
+    setattr(without, bench_graphs.NO_CHANGE, True)
+    assert _embed_calls(without) == bench.N_PROFILES
+    assert _embed_calls(shipped) > bench.N_PROFILES  # the change test embeds its recent second
+
+
+def test_systems_side_by_side_and_before_needs_a_model(capsys):
+    assert bench_graphs.main(["--systems", "before-fp32,fp32,fp32-nochange", *QUICK]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result["systems"]) == ["fp32", "fp32-nochange"]
+    assert any(n.startswith("before-fp32: skipped") for n in result["notes"])
+    assert bench.make_pipeline is not bench_graphs.make_pipeline  # put back after the run
+    for figures in (s["figures"] for s in result["systems"].values()):
+        assert figures["rtf"] > 0 and figures["decisions"] > 0
+
+
+def test_before_is_the_graph_given_with_model(capsys):
+    assert bench_graphs.main(["--systems", "before-int8,int8", "--model", str(DEFAULT_WEIGHTS), *QUICK]) == 0
+    systems = json.loads(capsys.readouterr().out)["systems"]
+    assert str(DEFAULT_WEIGHTS) in systems["before-int8"]["desc"] and systems["int8"]["desc"].startswith("shipped")
+    assert all("int8" in s["desc"] for s in systems.values())
