@@ -1,5 +1,6 @@
-"""python -m tools.bench_graphs: two exports side by side, and the pipeline without its change
-test (the shipped model; no figure is asserted against a target). No torch needed."""
+"""python -m tools.bench_graphs (two exports side by side, and the pipeline without its change
+test) and python -m tools.bench_step (step graphs alone): plumbing on the shipped model; no
+figure is asserted against a target. No torch needed."""
 from __future__ import annotations
 
 import json
@@ -50,3 +51,17 @@ def test_before_is_the_graph_given_with_model(capsys):
     systems = json.loads(capsys.readouterr().out)["systems"]
     assert str(DEFAULT_WEIGHTS) in systems["before-int8"]["desc"] and systems["int8"]["desc"].startswith("shipped")
     assert all("int8" in s["desc"] for s in systems.values())
+
+
+def test_bench_step_times_graphs_side_by_side(capsys, tmp_path):
+    from tools import bench_step
+
+    int8 = DEFAULT_WEIGHTS.with_name("student.int8.onnx")
+    assert bench_step.main([str(DEFAULT_WEIGHTS), str(int8), "--frames", "3", "--rounds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("step of 3 frames") and len(lines) == 3
+    assert str(DEFAULT_WEIGHTS) in lines[1] and "(1.00x)" in lines[1] and str(int8) in lines[2]
+    (tmp_path / "bad.onnx").write_bytes(b"not a graph")
+    assert bench_step.main([str(tmp_path / "bad.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1

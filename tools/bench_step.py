@@ -1,0 +1,83 @@
+"""The student's step graph alone: ONNX Runtime step graphs timed side by side on pushes of a
+fixed size, interleaved round-robin so a busy machine slows them alike.
+
+    taskset -c 0 python -m tools.bench_step /tmp/before/student.onnx streamsv/weights/student.onnx --frames 25
+
+Each graph runs in its own session with the daemon's settings (streamsv.embedder.session_options,
+1 thread) on its own stream of random log-mels, advancing its position and state as the daemon
+does; each round runs every graph ROUND_PUSHES times. Times are the calling thread's CPU time
+(ONNX Runtime runs a 1-thread session in the caller), which other jobs on the core disturb far
+less than wall time; the first WARMUP_ROUNDS rounds are not counted. Prints p50, p10 and p90 per
+push and the ratio of each p50 to the first graph's.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from streamsv.embedder import MEL_FRAMES_PER_FRAME, session_options
+from streamsv.errors import StreamsvError
+
+ROUND_PUSHES = 20
+WARMUP_ROUNDS = 5
+
+
+def step_session(path: str):
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(path, session_options(1), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable graph is the user's file
+        raise StreamsvError(f"{path}: cannot load: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+
+
+def time_steps(paths: list[str], frames: int, rounds: int, seed: int = 0) -> list[np.ndarray]:
+    """Per graph, the thread CPU seconds of each counted push of ``frames`` encoder frames."""
+    sessions = [step_session(p) for p in paths]
+    rng = np.random.default_rng(seed)
+    streams = []
+    for s in sessions:
+        inputs = {i.name: i for i in s.get_inputs()}
+        mel = rng.standard_normal((MEL_FRAMES_PER_FRAME * frames, inputs["mel"].shape[1])).astype(np.float32)
+        streams.append([mel, 0, np.zeros(inputs["state"].shape, np.float32)])
+    times: list[list[float]] = [[] for _ in sessions]
+    for r in range(WARMUP_ROUNDS + rounds):
+        for k, s in enumerate(sessions):
+            mel, position, state = streams[k]
+            for _ in range(ROUND_PUSHES):
+                started = time.thread_time()
+                _, _, state = s.run(None, {"mel": mel, "position": np.array(position, np.int64), "state": state})
+                if r >= WARMUP_ROUNDS:
+                    times[k].append(time.thread_time() - started)
+                position += frames
+            streams[k][1:] = [position, state]
+    return [np.asarray(t) for t in times]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tools.bench_step", description=__doc__.split("\n")[0])
+    p.add_argument("graphs", nargs="+", help="step graphs (.onnx), timed side by side")
+    p.add_argument("--frames", type=int, default=25, help="encoder frames (20 ms) per push (default 25: a 0.5 s hop)")
+    p.add_argument("--rounds", type=int, default=60, help=f"counted rounds of {ROUND_PUSHES} pushes per graph")
+    a = p.parse_args(argv)
+    try:
+        if a.frames < 1 or a.rounds < 1:
+            raise StreamsvError("--frames and --rounds must be at least 1")
+        times = time_steps(a.graphs, a.frames, a.rounds)
+    except StreamsvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    base = float(np.median(times[0]))
+    print(f"step of {a.frames} frames, thread CPU ms per push, {a.rounds} rounds x {ROUND_PUSHES} pushes interleaved")
+    for path, t in zip(a.graphs, times):
+        p50 = float(np.median(t))
+        print(f"  {path}: p50 {1e3 * p50:.3f}  p10 {1e3 * np.percentile(t, 10):.3f}  p90 {1e3 * np.percentile(t, 90):.3f}"
+              f"  ({base / p50:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
