@@ -327,6 +327,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=Recipe.seed)
     ap.add_argument("--checkpoint-every", type=int, default=100)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--stop-at", type=int, default=None,
+                    help="end this sitting after step N (checkpointed), the schedule still that of --steps; "
+                         "tools/make_default_model.sh replays the shipped run's sittings with it")
     ap.add_argument("--prepare-only", action="store_true", help="decode the audio and cache the teacher targets, then stop")
     args = ap.parse_args()
 
@@ -367,7 +370,8 @@ def main() -> None:
     t0 = time.time() - elapsed
     cpu0, session_t0, session_step0 = time.process_time(), time.time(), step
     model.train()
-    while step < recipe.steps:
+    stop_at = min(recipe.steps, args.stop_at) if args.stop_at is not None else recipe.steps
+    while step < stop_at:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, recipe)
         margin = recipe.aam_margin * min(1.0, step / recipe.margin_ramp_steps)
@@ -389,7 +393,7 @@ def main() -> None:
                   f"{spent / 60:.1f} min, cpu {cpu / 60:.1f} min, eta {eta / 60:.1f} min", flush=True)
             log.write(json.dumps({"step": step, "distill": d, "aam": a, "minutes": spent / 60, "cpu_minutes": cpu / 60}) + "\n")
             log.flush()
-        if step % args.checkpoint_every == 0 or step == recipe.steps:
+        if step % args.checkpoint_every == 0 or step == stop_at:
             cpu = cpu_before + time.process_time() - cpu0
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                         "elapsed": time.time() - t0, "cpu_seconds": cpu}, last.with_suffix(".tmp"))
