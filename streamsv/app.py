@@ -159,7 +159,7 @@ class Verification:
 def verify(cfg, name: str, file: Path, load_model: Callable[[], object]) -> Verification:
     """Score ``file``'s speech against ``name``'s profile and decide by the config's threshold,
     or by its min_confidence when one is set (``load_model()`` gives the embedder)."""
-    from . import confidence as confidence_mod
+    from .pipeline import DecisionRule
     from .profiles import check_name, embed_bounded
     from .scoring import MIN_SCORED_SPEECH_S, cosine_scores
     from .sources import load_audio
@@ -174,11 +174,10 @@ def verify(cfg, name: str, file: Path, load_model: Callable[[], object]) -> Veri
         raise StreamsvError(f"no profile named {name!r} in {store.dir}; {known}")
     emb = load_model()
     prof = store.load(name, emb.fingerprint, emb.dim)
-    calibration = confidence_mod.load(emb.fingerprint, cfg.profiles.resolved())
+    # The live pipeline's rule loads the calibration (and refuses a min_confidence without one); verify
+    # itself decides on the whole recording's score, without the live window's duration slope or margin.
+    calibration = DecisionRule.load(cfg.scoring, emb.fingerprint, cfg.profiles.resolved()).calibration
     sc = cfg.scoring
-    if sc.min_confidence is not None and calibration is None:
-        raise StreamsvError(f"--min-confidence needs a confidence calibration for model {emb.fingerprint}; "
-                            f"use --threshold instead")
     speech = voiced_speech(wave, cfg.vad)
     seconds = len(speech) / SAMPLE_RATE
     if seconds < MIN_SCORED_SPEECH_S:
