@@ -177,6 +177,11 @@ class StageClock:
         return dict(self.seconds)
 
 
+def has_stages(system) -> bool:
+    """Whether ``system`` is a student whose encoder's step and pooling can be timed apart."""
+    return hasattr(getattr(system, "encoder", None), "embed_window")
+
+
 @contextmanager
 def stage_timing(system, clock: StageClock):
     """While inside: the VAD, the log-mel, the encoder's step and its pooling report to ``clock``."""
@@ -185,7 +190,7 @@ def stage_timing(system, clock: StageClock):
     patched = [(vad.Segmenter, "process"), (features.StreamingLogMel, "push")]
     originals = [getattr(cls, name) for cls, name in patched]
     encoder = getattr(system, "encoder", None)
-    has_encoder = encoder is not None and hasattr(encoder, "embed_window")
+    has_encoder = has_stages(system)
     try:
         vad.Segmenter.process = clock.wrap("vad", originals[0])
         features.StreamingLogMel.push = clock.wrap("log_mel", originals[1])
@@ -310,7 +315,7 @@ def measure(system, wave: np.ndarray, realtime_s: float, clock=time.perf_counter
         "decisions": fast.decisions,
         "audio_s": round(fast.audio_s, 2),
     }
-    if hasattr(getattr(system, "encoder", None), "embed_window"):  # a student: its stages can be timed
+    if has_stages(system):
         # A separate pass for where the time goes: the stage timers add a little to each hop.
         profiled = run_pipeline(system, wave, realtime=False, clock=clock, stages=True)
         out.update({f"stage_{k}_ms": pct(v, 50) for k, v in profiled.stage_ms.items()})

@@ -25,6 +25,8 @@ from streamsv import enrollment
 from streamsv.features import SAMPLE_RATE
 from streamsv.profiles import MIN_ENROLL_S
 from streamsv.vad import voiced_speech
+from tools.fit_confidence import add_noise
+from tools.make_conversations import by_speaker
 from training.datasets import TUNING_SETS, _audio_files, data_root, dev_set, noise_files, read_audio
 
 ENROLL_FILES = {"asc-val": 20}
@@ -40,22 +42,12 @@ def judge(waves: list[np.ndarray]) -> tuple[enrollment.Verdict, enrollment.Quali
     return enrollment.judge(q, None, min_speech_s=MIN_ENROLL_S), q
 
 
-def mix(wave: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
-    start = int(rng.integers(0, max(1, len(noise) - len(wave))))
-    n = np.resize(noise[start:], len(wave))
-    gain = np.sqrt(np.mean(wave ** 2) / (np.mean(n ** 2) + 1e-12) / 10 ** (snr_db / 10))
-    return (wave + gain * n).astype(np.float32)
-
-
 def speakers() -> dict[str, list[list[Path]]]:
     out: dict[str, list[list[Path]]] = {}
     for name in TUNING_SETS:
         utts = dev_set(name)
-        by_spk = collections.defaultdict(list)
-        for u in utts:
-            by_spk[u.speaker].append(u.path)
         n = ENROLL_FILES.get(name, DEFAULT_FILES)
-        out[name] = [files[:n] for files in by_spk.values()]
+        out[name] = [[u.path for u in clips[:n]] for clips in by_speaker(utts).values()]
     urdu = data_root() / "urdu"
     if urdu.is_dir():
         groups = [_audio_files(d)[:DEFAULT_FILES] for d in sorted(urdu.iterdir()) if d.is_dir()]
@@ -97,9 +89,7 @@ def collisions() -> None:
           f"different >= {bar:.2f} | different >= 0.56 |")
     print("|---|---:|---|---|---:|---:|")
     for name, n in COLLISION_SETS.items():
-        by_spk = collections.defaultdict(list)
-        for u in dev_set(name):
-            by_spk[u.speaker].append(u.path)
+        by_spk = {spk: [u.path for u in clips] for spk, clips in by_speaker(dev_set(name)).items()}
         first, second = {}, {}
         for spk, files in by_spk.items():
             first[spk] = enroll(emb, "a", [read_audio(p) for p in files[:n]])[0].centroid
@@ -124,10 +114,10 @@ def main() -> int:
         report(f"{name}, clean", [judge(w) for w in waves])
         for snr in SNRS_DB:
             report(f"{name}, ESC-10 noise {snr:g} dB",
-                   [judge([mix(x, noises[int(rng.integers(len(noises)))], snr, rng) for x in w]) for w in waves])
+                   [judge([add_noise(x, noises[int(rng.integers(len(noises)))], snr, rng) for x in w]) for w in waves])
         for snr in WHITE_SNRS_DB:
             report(f"{name}, white noise {snr:g} dB",
-                   [judge([mix(x, rng.standard_normal(len(x)).astype(np.float32), snr, rng) for x in w]) for w in waves])
+                   [judge([add_noise(x, rng.standard_normal(len(x)).astype(np.float32), snr, rng) for x in w]) for w in waves])
     backgrounds = [read_audio(p) for p in noise_files("heldout")[::2]]
     backgrounds += [read_audio(p)[: 20 * SAMPLE_RATE] for p in _audio_files(data_root() / "noise" / "speech-commands")]
     report("noise clips alone (ESC-10 held out, Speech Commands backgrounds)", [judge([b]) for b in backgrounds])

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamsv.embedder import MODEL_NAME, POOL_SUFFIX, VARIANT_SUFFIXES, Embedder
+from streamsv.embedder import MODEL_NAME, ORT_LOG_ERRORS_ONLY, POOL_SUFFIX, VARIANT_SUFFIXES, Embedder
 from streamsv.errors import StreamsvError
 from streamsv.features import SAMPLE_RATE, log_mel
 from training.model import (CHECKPOINT_FORMAT, ExportPool, ModelDimensions, SpeakerEncoder, count_macs_per_second,
@@ -94,7 +94,7 @@ def optimized(model_bytes: bytes) -> bytes:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         opts.optimized_model_filepath = str(out)
-        opts.log_severity_level = 3
+        opts.log_severity_level = ORT_LOG_ERRORS_ONLY
         ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
         return with_metadata(out.read_bytes(), _meta(model_bytes))
 

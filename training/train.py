@@ -85,9 +85,14 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict, backend: dict | No
         "backend": None if backend is None else {k: torch.as_tensor(v) for k, v in backend.items()},
         "meta": meta,
     }
+    save_atomic(payload, path)
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save through a temporary file and a rename: a stop mid-write leaves the old file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
+    torch.save(obj, tmp)
     tmp.replace(path)
 
 
@@ -395,9 +400,8 @@ def main() -> None:
             log.flush()
         if step % args.checkpoint_every == 0 or step == stop_at:
             cpu = cpu_before + time.process_time() - cpu0
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                        "elapsed": time.time() - t0, "cpu_seconds": cpu}, last.with_suffix(".tmp"))
-            last.with_suffix(".tmp").replace(last)
+            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                         "elapsed": time.time() - t0, "cpu_seconds": cpu}, last)
             save_checkpoint(args.out / "student.pt", model.student, {
                 "recipe": asdict(recipe), "arch": args.arch, "step": step, "train_minutes": (time.time() - t0) / 60,
                 "train_cpu_minutes": cpu / 60,
