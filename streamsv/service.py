@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .errors import StreamsvError
+from .retry import Backoff
 
 if TYPE_CHECKING:             # a type hint only: the MQTT sink imports this module, and config imports the sink
     from .config import Config
@@ -45,8 +46,6 @@ STATUS_MIN_INTERVAL_S = 2.0  # STATUS= is for humans running `systemctl status`;
 TICK_S = 0.25  # the monitor thread's polling period (shorter when the watchdog interval is tiny)
 MIN_TICK_S = 0.02  # ...but never shorter than this: WATCHDOG_USEC=1 must not make it spin
 RELOAD_READY_TIMEOUT_S = 10.0  # READY=1 after a reload waits for it to be applied, at most this long
-BACKOFF_START_S = 0.5
-BACKOFF_MAX_S = 30.0
 
 
 
@@ -185,28 +184,6 @@ class WatchdogPolicy:
 
     def pinged(self, now: float) -> None:
         self.last_ping = now
-
-
-# --------------------------------------------------------------------------- retry
-
-
-@dataclass
-class Backoff:
-    """Capped exponential delays: 0.5, 1, 2, 4 ... up to ``max_s``; ``reset()`` after a good run."""
-
-    start_s: float = BACKOFF_START_S
-    factor: float = 2.0
-    max_s: float = BACKOFF_MAX_S
-    attempt: int = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.max_s, self.start_s * self.factor ** self.attempt)
-        if delay < self.max_s:
-            self.attempt += 1  # stop growing the exponent once capped (no float overflow after days)
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 # --------------------------------------------------------------------------- signals

@@ -120,3 +120,13 @@ def test_a_cycle_is_found():
 def test_no_import_cycles_inside_the_package():
     found = cycles(package_graph())
     assert found == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_sinks_depend_on_events_not_on_the_runtime_around_them():
+    # A sink consumes events (wyoming-openwakeword's shape): it never reaches back into the
+    # pipeline that makes them or the systemd runtime that hosts it.
+    g = package_graph()
+    sinks = [name for name in g if name.startswith("streamsv.sinks")]
+    assert "streamsv.sinks.mqtt" in sinks
+    for name in sinks:
+        assert not g[name] & {"streamsv.pipeline", "streamsv.service", "streamsv.app"}, (name, g[name])

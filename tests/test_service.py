@@ -25,8 +25,8 @@ import pytest
 from streamsv import service, unit
 from streamsv.errors import StreamsvError
 from streamsv.logs import PlainFormatter, setup_logging
+from streamsv.retry import Backoff
 from streamsv.service import (
-    Backoff,
     Notifier,
     ServiceRunner,
     WatchdogPolicy,

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from .. import __version__
 from ..errors import StreamsvError, shown
 from ..safeio import read_bounded
-from ..service import BACKOFF_MAX_S, BACKOFF_START_S
+from ..retry import BACKOFF_MAX_S, BACKOFF_START_S
 
 log = logging.getLogger("streamsv.mqtt")
 
