@@ -161,6 +161,35 @@ def output_stem(out: Path) -> Path:
     return out / MODEL_NAME
 
 
+def model_files(out: Path) -> dict[str, Path]:
+    """{suffix: path} of the three files an export writes for OUT (a folder or NAME.onnx)."""
+    stem = output_stem(Path(out))
+    return {suffix: stem.with_name(stem.name + suffix) for suffix in (*VARIANT_SUFFIXES.values(), POOL_SUFFIX)}
+
+
+def write_model(files: dict[str, bytes], paths: dict[str, Path]) -> None:
+    """An export's graphs to their paths, each atomically; the fp32 step (what loaders look
+    for) last, so a half-written model is never found."""
+    for suffix in (POOL_SUFFIX, VARIANT_SUFFIXES["int8"], VARIANT_SUFFIXES["fp32"]):
+        write_atomic(paths[suffix], files[suffix], force=True)
+
+
+def export_to_folder(model: SpeakerEncoder, fingerprint: str, out: Path, backend: dict | None = None,
+                     meta: dict | None = None, force: bool = False) -> dict[str, Path]:
+    """Export ``model`` (checked as the CLI checks it) and write its three graphs for OUT; existing
+    files need ``force``. Returns {suffix: path}. For tools that export modules they built."""
+    paths = model_files(out)
+    refuse_existing(paths, force)
+    write_model(export(model, fingerprint, backend, meta or {}), paths)
+    return paths
+
+
+def refuse_existing(paths: dict[str, Path], force: bool) -> None:
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not force:
+        raise StreamsvError(f"{', '.join(existing)} exist (pass --force to overwrite)")
+
+
 def write_atomic(path: Path, data: bytes, force: bool = False) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename; refuse to overwrite
     without ``force``."""
@@ -186,18 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.checkpoint.is_file():
             raise StreamsvError(f"{args.checkpoint}: not found")
-        stem = output_stem(args.out)
-        paths = {suffix: stem.with_name(stem.name + suffix) for suffix in (*VARIANT_SUFFIXES.values(), POOL_SUFFIX)}
-        existing = [str(p) for p in paths.values() if p.exists()]
-        if existing and not args.force:
-            raise StreamsvError(f"{', '.join(existing)} exist (pass --force to overwrite)")
+        paths = model_files(args.out)
+        refuse_existing(paths, args.force)
         try:
             model, fingerprint, backend, meta = read_checkpoint(args.checkpoint)
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint (pickle refused, truncated) is the user's file
             raise StreamsvError(f"{args.checkpoint}: cannot read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         files = export(model, fingerprint, backend, meta)
-        for suffix in (POOL_SUFFIX, VARIANT_SUFFIXES["int8"], VARIANT_SUFFIXES["fp32"]):
-            write_atomic(paths[suffix], files[suffix], force=True)
+        write_model(files, paths)
     except StreamsvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
