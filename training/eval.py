@@ -20,6 +20,9 @@ The last line sums up each student against the teacher: the worst-case and the m
 EER to the teacher's, per protocol, over every set x condition x duration in the run.
 --snorm K adds, beside each student's and the teacher's rows, the same embeddings scored with
 adaptive s-norm (top-K) against a cohort of training speakers (training/cohort.py): rows "X+snorm".
+--similar [SEMITONES] adds the similar-voice protocols "pairs_similar" / "enroll_similar": the same
+target trials, impostor trials only between speakers whose median F0 is within SEMITONES (default 2)
+of each other (training/voices.py), in a second table beside the normal EER and in the ratio lines.
 """
 from __future__ import annotations
 
@@ -94,20 +97,33 @@ def min_dcf(scores: np.ndarray, labels: np.ndarray, p_target: float = P_TARGET) 
 # ---------------------------------------------------------------- protocols
 
 
-def pairs_trials(emb: np.ndarray, speakers: list[str], normalise=None) -> tuple[np.ndarray, np.ndarray]:
+def _keep_impostors(scores: np.ndarray, labels: np.ndarray, left, right, impostors) -> tuple[np.ndarray, np.ndarray]:
+    """Every target trial, and only the impostor trials `impostors(left_speakers, right_speakers)`
+    keeps (training/voices.py: speakers of similar pitch); all trials when `impostors` is None."""
+    if impostors is None:
+        return scores, labels
+    keep = labels | impostors(left, right)
+    return scores[keep], labels[keep]
+
+
+def pairs_trials(emb: np.ndarray, speakers: list[str], normalise=None, impostors=None) -> tuple[np.ndarray, np.ndarray]:
     """Cosine score and same-speaker label of every unordered pair. `normalise(scores, left, right)`,
-    when given, maps the cosine matrix of `left` x `right` embeddings to normalised scores (s-norm)."""
+    when given, maps the cosine matrix of `left` x `right` embeddings to normalised scores (s-norm).
+    `impostors`: as in _keep_impostors."""
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     i, j = np.triu_indices(len(emb), k=1)
     spk = np.asarray(speakers)
     if normalise is None:
-        return np.einsum("nd,nd->n", emb[i], emb[j]), spk[i] == spk[j]
-    return normalise(emb @ emb.T, emb, emb)[i, j], spk[i] == spk[j]
+        scores = np.einsum("nd,nd->n", emb[i], emb[j])
+    else:
+        scores = normalise(emb @ emb.T, emb, emb)[i, j]
+    return _keep_impostors(scores, spk[i] == spk[j], spk[i], spk[j], impostors)
 
 
-def enroll_trials(emb: np.ndarray, speakers: list[str], names: list[str], normalise=None) -> tuple[np.ndarray, np.ndarray]:
+def enroll_trials(emb: np.ndarray, speakers: list[str], names: list[str], normalise=None,
+                  impostors=None) -> tuple[np.ndarray, np.ndarray]:
     """Profiles from each speaker's first ENROLL_UTTERANCES files by name; the rest are tests.
-    `normalise`: as in pairs_trials (left: the tests, right: the profiles)."""
+    `normalise`, `impostors`: as in pairs_trials (left: the tests, right: the profiles)."""
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     by_speaker: dict[str, list[int]] = {}
     for idx in sorted(range(len(names)), key=lambda k: (speakers[k], names[k])):
@@ -121,8 +137,8 @@ def enroll_trials(emb: np.ndarray, speakers: list[str], names: list[str], normal
     scores = emb[tests] @ np.stack(profiles).T  # (tests, profiles)
     if normalise is not None:
         scores = normalise(scores, emb[tests], np.stack(profiles))
-    labels = np.asarray(speakers)[tests][:, None] == np.asarray(profile_spk)[None, :]
-    return scores.ravel(), labels.ravel()
+    test_spk, prof_spk = np.broadcast_arrays(np.asarray(speakers)[tests][:, None], np.asarray(profile_spk)[None, :])
+    return _keep_impostors(scores.ravel(), (test_spk == prof_spk).ravel(), test_spk.ravel(), prof_spk.ravel(), impostors)
 
 
 # ---------------------------------------------------------------- audio conditions
@@ -356,18 +372,26 @@ def embeddings(system: System, set_name: str, condition: str, duration: str, utt
     return emb
 
 
-def score_set(system: System, emb: np.ndarray, utts, normalise=None) -> dict[str, float]:
+def score_set(system: System, emb: np.ndarray, utts, normalise=None, impostors=None) -> dict[str, float]:
+    """EER and minDCF per protocol. With `impostors` (training/voices.close_voices) also the
+    similar-voice protocols "pairs_similar" and "enroll_similar" (the same targets, only the
+    impostor trials it keeps) and each protocol's impostor-trial count."""
     if system.label == "mfcc":
         emb = znorm(emb)
     speakers = [u.speaker for u in utts]
     names = [u.path.name for u in utts]
     out = {}
-    for protocol, (s, l) in (
-        ("pairs", pairs_trials(emb, speakers, normalise)),
-        ("enroll", enroll_trials(emb, speakers, names, normalise)),
-    ):
-        out[f"{protocol}_eer"] = 100 * eer(s, l)
-        out[f"{protocol}_mindcf"] = min_dcf(s, l)
+    protocols = [("pairs", pairs_trials(emb, speakers, normalise)),
+                 ("enroll", enroll_trials(emb, speakers, names, normalise))]
+    if impostors is not None:
+        protocols += [("pairs_similar", pairs_trials(emb, speakers, normalise, impostors)),
+                      ("enroll_similar", enroll_trials(emb, speakers, names, normalise, impostors))]
+    for protocol, (s, l) in protocols:
+        no_impostor_left = protocol.endswith("_similar") and l.all()  # no two speakers of similar pitch
+        out[f"{protocol}_eer"] = float("nan") if no_impostor_left else 100 * eer(s, l)
+        out[f"{protocol}_mindcf"] = float("nan") if no_impostor_left else min_dcf(s, l)
+        if impostors is not None:
+            out[f"{protocol}_impostors"] = int((~l).sum())
     return out
 
 
@@ -385,14 +409,25 @@ def snorm_for(system: System, cohort_kind: str, top_k: int, use_cache: bool):
 
 
 def run(systems: list[System], sets, conditions, durations, use_cache: bool = True, log=print,
-        snorm_top_k: int | None = None, cohort_kind: str = "channels") -> list[dict]:
+        snorm_top_k: int | None = None, cohort_kind: str = "channels",
+        similar_semitones: float | None = None) -> list[dict]:
     """`snorm_top_k`: also score each neural system with adaptive s-norm (top-K) against the
-    `cohort_kind` cohort, as an extra row labelled "<system>+snorm"."""
+    `cohort_kind` cohort, as an extra row labelled "<system>+snorm". `similar_semitones`: also the
+    similar-voice protocols, impostors only between speakers whose median F0 (from their clean
+    enrollment clips) lies within that many semitones (training/voices.py)."""
     noise = NoiseBank() if any(c in NOISY_CONDITIONS for c in conditions) else None
     snorms = {} if snorm_top_k is None else {s.label: snorm_for(s, cohort_kind, snorm_top_k, use_cache) for s in systems}
     rows = []
     for set_name in sets:
         utts = datasets.dev_set(set_name)
+        impostors = None
+        if similar_semitones is not None:
+            from training import voices
+
+            f0 = voices.speaker_f0(utts, datasets.read_audio)
+            impostors = voices.close_voices(f0, similar_semitones)
+            log(f"  {set_name}: {len(voices.similar_speaker_pairs(f0, similar_semitones))} of "
+                f"{len(f0) * (len(f0) - 1) // 2} speaker pairs within {similar_semitones:g} semitones of median F0")
         for condition in conditions:
             for duration in durations:
                 memo: list[list[np.ndarray]] = []
@@ -406,13 +441,16 @@ def run(systems: list[System], sets, conditions, durations, use_cache: bool = Tr
                     started = time.perf_counter()
                     emb = embeddings(system, set_name, condition, duration, utts, noise, use_cache, waves_for)
                     row = {"system": system.label, "params": system.num_parameters, "macs_per_s": system.macs_per_second,
-                           "set": set_name, "condition": condition, "duration": duration, **score_set(system, emb, utts)}
+                           "set": set_name, "condition": condition, "duration": duration,
+                           **score_set(system, emb, utts, impostors=impostors)}
                     rows.append(row)
+                    similar = (f"; similar voices pairs {row['pairs_similar_eer']:.2f}% enroll {row['enroll_similar_eer']:.2f}%"
+                               if impostors is not None else "")
                     log(f"  {set_name} {condition} {duration} {system.label}: pairs {row['pairs_eer']:.2f}% "
-                        f"enroll {row['enroll_eer']:.2f}% ({time.perf_counter() - started:.1f} s)")
+                        f"enroll {row['enroll_eer']:.2f}%{similar} ({time.perf_counter() - started:.1f} s)")
                     if snorms.get(system.label) is not None:
                         normed = {**row, "system": f"{system.label}+snorm",
-                                  **score_set(system, emb, utts, snorms[system.label])}
+                                  **score_set(system, emb, utts, snorms[system.label], impostors)}
                         rows.append(normed)
                         log(f"  {set_name} {condition} {duration} {normed['system']}: pairs {normed['pairs_eer']:.2f}% "
                             f"enroll {normed['enroll_eer']:.2f}%")
@@ -453,6 +491,42 @@ def markdown_wide(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown_similar(rows: list[dict]) -> str:
+    """The similar-voice protocols beside the normal ones: per (set, condition, duration) how many
+    impostor trials the pitch filter keeps, then "all / similar" EER % per system and protocol."""
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    keys = list(dict.fromkeys((r["set"], r["condition"], r["duration"]) for r in rows))
+    cell = {(r["set"], r["condition"], r["duration"], r["system"]): r for r in rows}
+    protocols = ("pairs", "enroll")
+    lines = ["| set | condition | duration | impostor trials kept: pairs / enroll | "
+             + " | ".join(f"{s} {p} EER % all / similar" for p in protocols for s in systems) + " |",
+             "|---|---|---|---:|" + "---:|" * (len(systems) * len(protocols))]
+    for k in keys:
+        first = next(cell[(*k, s)] for s in systems if (*k, s) in cell)
+        kept = " / ".join(f"{first[f'{p}_similar_impostors']} of {first[f'{p}_impostors']}" for p in protocols)
+        vals = [(p, cell.get((*k, s))) for p in protocols for s in systems]
+        lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {kept} | " + " | ".join(
+            "-" if v is None else f"{v[f'{p}_eer']:.2f} / {v[f'{p}_similar_eer']:.2f}" for p, v in vals) + " |")
+    return "\n".join(lines)
+
+
+def similar_summary_lines(rows: list[dict]) -> list[str]:
+    """Per system and protocol, how much the similar-voice impostors raise its own EER: the mean
+    over cells of similar-voice EER / all-impostor EER (cells where either is 0 or undefined are
+    left out and counted). A model that ignores what tells close voices apart rises the most."""
+    lines = []
+    for system in dict.fromkeys(r["system"] for r in rows):
+        for protocol in ("enroll", "pairs"):
+            mine = [r for r in rows if r["system"] == system]
+            ratios = [r[f"{protocol}_similar_eer"] / r[f"{protocol}_eer"] for r in mine
+                      if r[f"{protocol}_eer"] > 0 and np.isfinite(r[f"{protocol}_similar_eer"])]
+            if ratios:
+                lines.append(f"{system} {protocol}: similar-voice EER / all-impostor EER, mean {np.mean(ratios):.2f} "
+                             f"(median {np.median(ratios):.2f}, max {max(ratios):.2f}) over {len(ratios)} cells"
+                             + (f"; {len(mine) - len(ratios)} left out (EER 0 or no similar pair)" if len(ratios) < len(mine) else ""))
+    return lines
+
+
 def ratio_summary(rows: list[dict], reference: str = "teacher") -> list[dict]:
     """Per system other than `reference` and per protocol: the worst-case (largest) and the mean
     ratio of its EER to the reference's EER over every (set, condition, duration) both have.
@@ -460,14 +534,17 @@ def ratio_summary(rows: list[dict], reference: str = "teacher") -> list[dict]:
     system's EER there, so it cannot vanish silently."""
     ref = {(r["set"], r["condition"], r["duration"]): r for r in rows if r["system"] == reference}
     out = []
+    protocols = [p for p in ("enroll", "pairs", "enroll_similar", "pairs_similar") if rows and f"{p}_eer" in rows[0]]
     for system in dict.fromkeys(r["system"] for r in rows if r["system"] != reference):
-        for protocol in ("enroll", "pairs"):
+        for protocol in protocols:
             ratios, undefined = [], []
             for r in rows:
                 cell = (r["set"], r["condition"], r["duration"])
                 if r["system"] != system or cell not in ref:
                     continue
                 base = ref[cell][f"{protocol}_eer"]
+                if np.isnan(base):  # a similar-voice protocol with no similar speakers in the set
+                    continue
                 if base > 0:
                     ratios.append((r[f"{protocol}_eer"] / base, cell))
                 else:
@@ -512,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: share the machine)")
     p.add_argument("--snorm", type=int, metavar="K", help="also score with adaptive s-norm, top-K of the cohort")
     p.add_argument("--cohort", default="channels", help="s-norm cohort: clean or channels (training/cohort.py)")
+    p.add_argument("--similar", type=float, nargs="?", const=2.0, metavar="SEMITONES",
+                   help="also the similar-voice impostor protocols: impostors only between speakers whose median F0 "
+                        "is within SEMITONES (default 2) of each other (training/voices.py); printed as a second table")
     a = p.parse_args(argv)
 
     import torch
@@ -527,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         _csv(a.cohort, cohort.COHORT_KINDS)
         if a.snorm < 1:
             raise SystemExit(f"error: --snorm K must be at least 1, not {a.snorm}")
+    if a.similar is not None and not 0 < a.similar <= 24:
+        raise SystemExit(f"error: --similar SEMITONES must be above 0 and at most 24, not {a.similar:g}")
     if datasets.data_root(required=False) is None:
         raise SystemExit("error: shared data not found (set STREAMSV_DATA)")
 
@@ -545,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda *x: print(*x, file=sys.stderr)) if a.json == "-" else print
     try:
         rows = run(systems, sets, conditions, durations, use_cache=not a.no_cache, log=log,
-                   snorm_top_k=a.snorm, cohort_kind=a.cohort)
+                   snorm_top_k=a.snorm, cohort_kind=a.cohort, similar_semitones=a.similar)
     except ValueError as e:  # a top-K larger than the cohort, a cohort holding a dev speaker
         raise SystemExit(f"error: {e}")
     summary = ratio_summary(rows) if "teacher" in names else []
@@ -555,6 +637,10 @@ def main(argv: list[str] | None = None) -> int:
             log(line)
     else:
         print(markdown_wide(rows) if a.wide else markdown(rows))
+        if a.similar is not None:
+            print(f"\nSimilar-voice impostors (median F0 within {a.similar:g} semitones; targets unchanged):\n")
+            print(markdown_similar(rows))
+            print("\n".join(similar_summary_lines(rows)))
         print("\n".join(summary_lines(summary)))
         if a.json:
             Path(a.json).write_text(json.dumps(rows, indent=1))
