@@ -31,7 +31,7 @@ def glottal_pulses(f0: float, seconds: float = 1.0) -> np.ndarray:
 # ------------------------------------------------------------ F0
 
 
-@pytest.mark.parametrize("f0", [60.0, 110.0, 150.0, 220.0, 330.0, 450.0])
+@pytest.mark.parametrize("f0", [75.0, 110.0, 150.0, 220.0, 330.0, 450.0])
 def test_f0_of_harmonic_tone_and_pulse_train(f0):
     assert voices.median_f0([harmonic_tone(f0)]) == pytest.approx(f0, rel=0.005)
     assert voices.median_f0([glottal_pulses(f0)]) == pytest.approx(f0, rel=0.005)
@@ -52,6 +52,12 @@ def test_noise_and_silence_have_no_f0():
     assert np.isnan(voices.median_f0([np.zeros(SR, np.float32)]))
     assert voices.frame_f0(np.zeros(100, np.float32)).shape == (0,)  # shorter than one frame
     assert np.isnan(voices.median_f0([]))
+
+
+def test_mains_hum_is_not_a_voice():
+    # 50 and 60 Hz hum with harmonics (a recording's pauses): below F0_MIN_HZ, never taken as F0.
+    for mains in (50.0, 60.0):
+        assert np.isnan(voices.median_f0([harmonic_tone(mains, harmonics=4)]))
 
 
 def test_median_over_clips_and_quiet_frames_unvoiced():
@@ -194,3 +200,26 @@ def test_similar_summary_lines_mean_ratio_and_left_out_cells():
     lines = ev.similar_summary_lines(rows)
     assert lines[0].startswith("s enroll: similar-voice EER / all-impostor EER, mean 1.50 (median 1.50, max 2.00) over 2 cells")
     assert lines[0].endswith("2 left out (EER 0 or no similar pair)")
+
+
+def test_eer_threshold_is_the_eer_operating_point():
+    scores = np.array([0.9, 0.8, 0.3, 0.5, 0.2, 0.1])
+    labels = np.array([1, 1, 1, 0, 0, 0], bool)
+    threshold = ev.eer_threshold(scores, labels)
+    # Accepting >= it: one of three targets missed (0.3), no impostor accepted; the mean is eer().
+    miss = np.mean(scores[labels] < threshold)
+    false_alarm = np.mean(scores[~labels] >= threshold)
+    assert (miss + false_alarm) / 2 == pytest.approx(ev.eer(scores, labels))
+    assert ev.eer_threshold(np.array([0.9, 0.1]), np.array([True, False])) == 0.9  # separable: the lowest target
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_demo_voices_pitch_and_cosines_with_the_shipped_model(tmp_path):
+    from streamsv.embedder import load_embedder
+
+    pitch, cos = voices.demo_voice_cosines(load_embedder(), tmp_path)
+    assert set(cos) == {("ada", "bob"), ("ada", "stranger"), ("bob", "stranger")}
+    assert all(-1.0 <= c <= 1.0 for c in cos.values())
+    # espeak-ng's settings: ada a high voice (-p 65), bob the lowest (-p 30), the stranger between.
+    assert pitch["ada"] > pitch["stranger"] > pitch["bob"]
+    assert voices.semitones_apart(pitch["ada"], pitch["bob"]) > 12

@@ -86,6 +86,15 @@ def eer(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((misses[k] + false_alarms[k]) / 2)
 
 
+def eer_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The score at the EER operating point: accepting score >= it gives eer()'s rates."""
+    scores = np.asarray(scores, np.float64)
+    misses, false_alarms = _error_rates(scores, np.asarray(labels, bool))
+    k = int(np.argmin(np.abs(misses - false_alarms)))
+    ordered = np.sort(scores, kind="mergesort")
+    return float(ordered[k]) if k < len(ordered) else float(np.nextafter(ordered[-1], np.inf))
+
+
 def min_dcf(scores: np.ndarray, labels: np.ndarray, p_target: float = P_TARGET) -> float:
     """Minimum normalised detection cost, C_miss = C_fa = 1; normalised by the cost of the
     better trivial system, min(p_target, 1 - p_target)."""
@@ -275,7 +284,7 @@ class System:
     num_parameters: int | None = None
     macs_per_second: float | None = None
     _embed_many: object = field(default=None, repr=False)
-    embedder: object = field(default=None, repr=False)  # the student's Embedder, for other tools
+    embedder: object = field(default=None, repr=False)  # the model (Embedder, Teacher: embed(wave)), for other tools
 
     def embed_many(self, waves: list[np.ndarray]) -> np.ndarray:
         return self._embed_many(waves)
@@ -317,7 +326,7 @@ def teacher_system() -> System:
     from training import teacher
 
     t = teacher.Teacher()
-    return System("teacher", "teacher-resemblyzer-0.1.4", t.num_parameters, t.macs_per_second, t.embed_batch)
+    return System("teacher", "teacher-resemblyzer-0.1.4", t.num_parameters, t.macs_per_second, t.embed_batch, embedder=t)
 
 
 def mfcc_stats(wave: np.ndarray) -> np.ndarray:

@@ -24,14 +24,15 @@ import numpy as np
 from streamsv.features import SAMPLE_RATE
 
 SIMILAR_SEMITONES = 2.0  # a "similar voice": median F0 within this many semitones of the other's
-F0_MIN_HZ = 50.0  # below a deep male voice's floor
+F0_MIN_HZ = 70.0  # a deep male voice's median is above it; mains hum (50/60 Hz, heard in LibriSpeech pauses) is below
 F0_MAX_HZ = 500.0  # above a young child's speaking F0
-YIN_WINDOW_S = 0.025  # integration window: longer than the longest period (1 / F0_MIN_HZ = 20 ms)
+YIN_WINDOW_S = 0.025  # integration window: longer than the longest period (1 / F0_MIN_HZ = 14 ms)
 YIN_HOP_S = 0.010
 YIN_THRESHOLD = 0.15  # cumulative-mean-normalised difference below this: periodic (de Cheveigne & Kawahara 2002)
 VOICED_LEVEL_DB = -35.0  # frames quieter than this, relative to the loudest frame, are not voiced
 SILENCE_DBFS = -70.0  # and none below this absolute level (digital silence is perfectly "periodic")
 F0_CLIPS = 3  # speaker F0 from its first clips by name: the enroll protocol's profile clips
+REFERENCE_SET = "speechocean-dev"  # where `demo` reads each model's EER threshold
 
 
 # ---------------------------------------------------------------- F0 (YIN)
@@ -163,34 +164,46 @@ def demo_voice_cosines(embedder, folder: Path) -> tuple[dict[str, float], dict[t
     return pitch, cos
 
 
+def dev_eer_threshold(system, set_name: str = REFERENCE_SET) -> float:
+    """The system's enroll-protocol EER threshold on a clean dev set (eval's cached embeddings):
+    the scale its cosines are read on (the teacher's impostors score far higher than the student's)."""
+    from training import datasets
+    from training import eval as ev
+
+    utts = datasets.dev_set(set_name)
+    emb = ev.embeddings(system, set_name, "clean", "full", utts, None, use_cache=True)
+    scores, labels = ev.enroll_trials(emb, [u.speaker for u in utts], [u.path.name for u in utts])
+    return ev.eer_threshold(scores, labels)
+
+
 def _demo_main(a) -> int:
     from streamsv.demo import espeak_available
     from streamsv.errors import StreamsvError
+    from training import datasets
     from training import eval as ev
 
     try:
         espeak_available()
-        models = [(s.label, s.embedder) for s in map(ev.student_system, a.student or ["streamsv/weights/student.onnx"])]
+        systems = [ev.student_system(s) for s in a.student or ["streamsv/weights/student.onnx"]]
     except Exception as e:  # a missing model, no espeak-ng: one line
         raise SystemExit(f"error: {e}")
     if a.teacher:
-        from training import teacher
-
-        models.append(("teacher", teacher.Teacher()))
+        systems.append(ev.teacher_system())
+    with_threshold = datasets.data_root(required=False) is not None
     rows, pitch = [], {}
     with tempfile.TemporaryDirectory(prefix="streamsv-voices-") as tmp:
-        for label, emb in models:
+        for system in systems:
             try:
-                pitch, cos = demo_voice_cosines(emb, Path(tmp))
+                pitch, cos = demo_voice_cosines(system.embedder, Path(tmp))
             except StreamsvError as e:
-                raise SystemExit(f"error: {label}: {e}")
-            rows.append((label, cos))
+                raise SystemExit(f"error: {system.label}: {e}")
+            rows.append((system.label, cos, dev_eer_threshold(system) if with_threshold else float("nan")))
     print("demo voices' median F0: " + ", ".join(f"{k} {v:.0f} Hz" for k, v in pitch.items()))
     pairs = list(rows[0][1])
-    print("| model | " + " | ".join(f"{x} / {y}" for x, y in pairs) + " |")
-    print("|---|" + "---:|" * len(pairs))
-    for label, cos in rows:
-        print(f"| {label} | " + " | ".join(f"{cos[p]:.3f}" for p in pairs) + " |")
+    print("| model | " + " | ".join(f"{x} / {y}" for x, y in pairs) + f" | EER threshold, {REFERENCE_SET} clean enroll |")
+    print("|---|" + "---:|" * (len(pairs) + 1))
+    for label, cos, threshold in rows:
+        print(f"| {label} | " + " | ".join(f"{cos[p]:.3f}" for p in pairs) + f" | {threshold:.3f} |")
     return 0
 
 
