@@ -37,7 +37,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -115,12 +115,14 @@ def synthetic_audio(seconds: float) -> tuple[np.ndarray, str]:
 class System:
     """One way of running speaker embedding that the bench can measure. ``load(model)`` ->
     (embedder-like, description); ``model`` is --model (a student step graph) or None.
-    ``available(model)`` -> None, or why it is skipped. ``counts(system)`` -> parameters and MACs."""
+    ``available(model)`` -> None, or why it is skipped. ``counts(system)`` -> parameters and MACs.
+    ``overrides``: config settings (``section.key`` -> value) its pipeline runs with on top of the bench's."""
 
     load: Callable[[str | None], tuple[Any, str]]
     available: Callable[[str | None], str | None] = lambda model: None
     counts: Callable[[Any], dict] = lambda system: counted(system)
     threads: Callable[[], None] = lambda: None  # pins the system's own thread pool (torch) to one
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 def load_student(variant: str, model: str | None) -> tuple[Any, str]:
@@ -250,11 +252,12 @@ class TimedSource:
         pass
 
 
-def make_pipeline(system, wave: np.ndarray, source: TimedSource):
+def make_pipeline(system, wave: np.ndarray, source: TimedSource, overrides: Mapping[str, Any] | None = None):
     from .config import Config
     from .pipeline import Pipeline
 
-    cfg = Config().with_overrides(**{"scoring.hop_s": HOP_S, "scoring.window_s": WINDOW_S, "output.stats_interval_s": 86400})
+    cfg = Config().with_overrides(**{"scoring.hop_s": HOP_S, "scoring.window_s": WINDOW_S, "output.stats_interval_s": 86400,
+                                     **(overrides or {})})
     # Profiles enrolled from the bench audio itself: N_PROFILES clips of 3 s (timing only).
     step = max(1, len(wave) // N_PROFILES)
     n = min(step, int(3 * SAMPLE_RATE))
@@ -272,10 +275,11 @@ class RunResult:
     decisions: int = 0
 
 
-def run_pipeline(system, wave: np.ndarray, realtime: bool, clock=time.perf_counter, stages: bool = False) -> RunResult:
+def run_pipeline(system, wave: np.ndarray, realtime: bool, clock=time.perf_counter, stages: bool = False,
+                 overrides: Mapping[str, Any] | None = None) -> RunResult:
     stage_clock = StageClock(clock) if stages else None
     source = TimedSource(wave, realtime, clock, stage_clock)
-    pipe = make_pipeline(system, wave, source)
+    pipe = make_pipeline(system, wave, source, overrides)
     res = RunResult()
     hop_blocks = []
     with (stage_timing(system, stage_clock) if stage_clock else _nothing()):
@@ -303,10 +307,13 @@ def pct(values, q) -> float | None:
     return round(float(np.percentile(values, q)), 3) if len(values) else None
 
 
-def measure(system, wave: np.ndarray, realtime_s: float, clock=time.perf_counter, warmup_s: float = 0.0) -> dict:
+def measure(system, wave: np.ndarray, realtime_s: float, clock=time.perf_counter, warmup_s: float = 0.0,
+            overrides: Mapping[str, Any] | None = None) -> dict:
+    """Hop compute, RTF, where a hop goes and capture-to-decision of ``system``'s pipeline (with
+    ``overrides`` on its config)."""
     if warmup_s > 0:  # untimed: the steady state of a long-running daemon, not its first seconds
-        run_pipeline(system, wave[: int(warmup_s * SAMPLE_RATE)], realtime=False)
-    fast = run_pipeline(system, wave, realtime=False, clock=clock)
+        run_pipeline(system, wave[: int(warmup_s * SAMPLE_RATE)], realtime=False, overrides=overrides)
+    fast = run_pipeline(system, wave, realtime=False, clock=clock, overrides=overrides)
     out = {
         "hop_p50_ms": pct(fast.hop_ms, 50),
         "hop_p95_ms": pct(fast.hop_ms, 95),
@@ -317,10 +324,10 @@ def measure(system, wave: np.ndarray, realtime_s: float, clock=time.perf_counter
     }
     if has_stages(system):
         # A separate pass for where the time goes: the stage timers add a little to each hop.
-        profiled = run_pipeline(system, wave, realtime=False, clock=clock, stages=True)
+        profiled = run_pipeline(system, wave, realtime=False, clock=clock, stages=True, overrides=overrides)
         out.update({f"stage_{k}_ms": pct(v, 50) for k, v in profiled.stage_ms.items()})
     if realtime_s > 0:
-        rt = run_pipeline(system, wave[: int(realtime_s * SAMPLE_RATE)], realtime=True)
+        rt = run_pipeline(system, wave[: int(realtime_s * SAMPLE_RATE)], realtime=True, overrides=overrides)
         out.update(latency_p50_ms=pct(rt.latency_ms, 50), latency_p95_ms=pct(rt.latency_ms, 95),
                    latency_p99_ms=pct(rt.latency_ms, 99))
     return out
@@ -357,7 +364,7 @@ def child_main(kit: Kit, kind: str, model: str | None, audio_path: str) -> int:
     system, _ = kit.systems[kind].load(model)
     wave = sf.read(audio_path, dtype="float32")[0]
     source = TimedSource(wave, realtime=True)
-    pipe = make_pipeline(system, wave, source)
+    pipe = make_pipeline(system, wave, source, kit.systems[kind].overrides)
     print("READY", flush=True)
     for event in pipe.run():
         if event["event"] == "decision" and source.realtime:
@@ -504,7 +511,8 @@ def run_bench(args, kit: Kit = DAEMON_KIT) -> dict:
         sf.write(audio_path, wave[: int(max(args.seconds, 5) * SAMPLE_RATE)], SAMPLE_RATE, subtype="FLOAT")
         for _ in range(args.repeat):
             for name in wanted:
-                figures = measure(loaded[name][0], wave, args.realtime_s, CLOCKS[args.clock], args.warmup_s)
+                figures = measure(loaded[name][0], wave, args.realtime_s, CLOCKS[args.clock], args.warmup_s,
+                                  kit.systems[name].overrides)
                 if not args.no_startup:
                     figures.update(startup(name, args.model, audio_path, kit.child_module))
                 runs[name].append(figures)

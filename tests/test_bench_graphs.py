@@ -13,27 +13,24 @@ from tools import bench_graphs
 QUICK = ["--synthetic", "--seconds", "3", "--realtime-s", "0", "--warmup-s", "0", "--no-startup", "--json"]
 
 
-def _embed_calls(embedder) -> int:
+def _embed_calls(embedder, overrides=None) -> int:
     """How often the bench pipeline embeds whole audio (its 3 profiles, then each change test)."""
     calls = []
     original = embedder.embed
     embedder.embed = lambda *a, **k: calls.append(1) or original(*a, **k)
     try:
-        pipe_maker, bench.make_pipeline = bench.make_pipeline, bench_graphs.make_pipeline
-        try:
-            bench.run_pipeline(embedder, bench.synthetic_speech(4.0, seed=3), realtime=False)
-        finally:
-            bench.make_pipeline = pipe_maker
+        bench.run_pipeline(embedder, bench.synthetic_speech(4.0, seed=3), realtime=False, overrides=overrides)
     finally:
         del embedder.embed
     return len(calls)
 
 
 def test_nochange_system_runs_the_pipeline_without_the_change_test():
-    shipped, without = load_embedder(), load_embedder()
-    setattr(without, bench_graphs.NO_CHANGE, True)
-    assert _embed_calls(without) == bench.N_PROFILES
-    assert _embed_calls(shipped) > bench.N_PROFILES  # the change test embeds its recent second
+    nochange = bench_graphs.KIT.systems["fp32-nochange"]
+    assert nochange.overrides == {"change.enabled": False} and not bench_graphs.KIT.systems["fp32"].overrides
+    emb = load_embedder()
+    assert _embed_calls(emb, nochange.overrides) == bench.N_PROFILES
+    assert _embed_calls(emb) > bench.N_PROFILES  # the change test embeds its recent second
 
 
 def test_systems_side_by_side_and_before_needs_a_model(capsys):
@@ -41,7 +38,6 @@ def test_systems_side_by_side_and_before_needs_a_model(capsys):
     result = json.loads(capsys.readouterr().out)
     assert list(result["systems"]) == ["fp32", "fp32-nochange"]
     assert any(n.startswith("before-fp32: skipped") for n in result["notes"])
-    assert bench.make_pipeline is not bench_graphs.make_pipeline  # put back after the run
     for figures in (s["figures"] for s in result["systems"].values()):
         assert figures["rtf"] > 0 and figures["decisions"] > 0
 
