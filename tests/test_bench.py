@@ -1,5 +1,5 @@
 """streamsv bench and python -m tools.bench plumbing (the shipped model; no figure is asserted
-against a target) and the detection benchmark's frame bookkeeping. No torch needed."""
+against a target). No torch needed. (The detection benchmark's bookkeeping: test_bench_detection.py.)"""
 from __future__ import annotations
 
 import json
@@ -15,8 +15,6 @@ from streamsv.embedder import DEFAULT_WEIGHTS
 from streamsv.errors import StreamsvError
 
 from tools import bench as tools_bench
-from tools import bench_detection as bd
-from tools import make_conversations as mc
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("hop_p50_ms", "hop_p95_ms", "hop_p99_ms", "rtf", "latency_p50_ms", "latency_p95_ms", "stage_step_ms")
@@ -145,30 +143,3 @@ def test_startup_child_reports_ready_and_memory(tmp_path):
         assert out["torch_loaded"] is False, kind
         assert out["rss_steady_mb"] > 10 and out["rss_peak_mb"] >= out["rss_steady_mb"], kind
 
-
-# ------------------------------------------------------------ detection benchmark bookkeeping
-
-
-def test_detection_trace_holds_decisions_until_the_next_event():
-    events = [
-        {"event": "speech_start", "t": 0.2},
-        {"event": "decision", "t": 1.2, "accepted": True, "speaker": "target"},
-        {"event": "decision", "t": 1.7, "accepted": False, "speaker": None},
-        {"event": "decision", "t": 2.2, "accepted": True, "speaker": "target"},
-        {"event": "speech_end", "t": 2.5},
-    ]
-    trace = bd.detection_trace(events, 300)
-    on = np.flatnonzero(trace)
-    assert trace[120:170].all() and trace[220:250].all()
-    assert len(on) == 50 + 30
-
-
-def test_truth_frames_and_summary():
-    conv = mc.Conversation("c", "a", [], [mc.Turn("a", 0.5, 1.5, ""), mc.Turn("b", 2.0, 3.0, "")], 4.0)
-    truth = mc.truth_frames(conv, 0.01)
-    assert truth.sum() == 100 and truth[50:150].all()
-    part = {"tp": 80, "tn": 290, "fa": 10, "miss": 20, "cpu_s": 0.4, "audio_s": 4.0, "delays": [1.0]}
-    s = bd.summarise([part], 0.5)
-    assert s["detection_accuracy"] == pytest.approx(92.5)
-    assert s["detection_error_rate"] == pytest.approx(30.0)
-    assert s["core_s_per_audio_s"] == pytest.approx(0.1)

@@ -47,7 +47,6 @@ import numpy as np
 from tools import make_conversations as mc
 from training import datasets
 
-FRAME_S = 0.01  # detection_trace's default grid (summarise's figures)
 PICOVOICE_FRAME_S = 0.096
 BOUNDARY_TOLERANCE_S = 0.3
 SHORT_CLIP_S = 2.0  # enrollment clips shorter than this are joined (enroll needs 1 s of voice in each)
@@ -82,7 +81,7 @@ def calibrate_threshold(system, set_name: str = mc.DEFAULT_SET) -> float:
     return calibrate(np.array(genuine), np.array(impostor)).threshold
 
 
-def detection_trace(events: list[dict], n_frames: int, speaker: str = "target", frame_s: float = FRAME_S) -> np.ndarray:
+def detection_trace(events: list[dict], n_frames: int, speaker: str = "target", frame_s: float = PICOVOICE_FRAME_S) -> np.ndarray:
     """Per frame: did the pipeline's latest output say ``speaker``? A decision holds until the
     next decision, the segment's end or a speaker change."""
     out = np.zeros(n_frames, bool)
@@ -157,10 +156,8 @@ def score_conversation(events: list[dict], conv: mc.Conversation) -> dict:
     }
 
 
-def run_conversation(system, audio: np.ndarray, conv: mc.Conversation, overrides: dict) -> dict:
-    from streamsv.bench import TimedSource
-    from streamsv.config import Config
-    from streamsv.pipeline import Pipeline
+def enroll_household(system, conv: mc.Conversation) -> dict[str, np.ndarray]:
+    """The household's enrolled voices' profile centroids, as ``streamsv enroll`` makes them."""
     from streamsv.profiles import enroll
 
     profiles = {}
@@ -170,6 +167,34 @@ def run_conversation(system, audio: np.ndarray, conv: mc.Conversation, overrides
             waves = [np.concatenate(waves)]  # ASC's 1 s keywords: one recording of the three
         profile, _ = enroll(system, "voice", waves)
         profiles[who] = profile.centroid
+    return profiles
+
+
+class Profiles:
+    """Each system's profiles of each household, enrolled once: the enrollment clips are the same
+    in every room, and every variant of a system enrolls alike."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[int, tuple], dict[str, np.ndarray]] = {}
+
+    def of(self, system, conv: mc.Conversation) -> dict[str, np.ndarray]:
+        enrolled = conv.enrolled or {conv.target: conv.enroll_paths}
+        key = (id(system), tuple(sorted((who, tuple(paths)) for who, paths in enrolled.items())))
+        if key not in self._known:
+            self._known[key] = enroll_household(system, conv)
+        return self._known[key]
+
+
+def run_conversation(system, audio: np.ndarray, conv: mc.Conversation, overrides: dict,
+                     profiles: dict[str, np.ndarray] | None = None) -> dict:
+    """``conv`` streamed through the listen pipeline with ``overrides``, scored (profiles enrolled
+    here unless given)."""
+    from streamsv.bench import TimedSource
+    from streamsv.config import Config
+    from streamsv.pipeline import Pipeline
+
+    if profiles is None:
+        profiles = enroll_household(system, conv)
     cfg = Config().with_overrides(**{"output.stats_interval_s": 86400, **overrides})
     started = time.process_time()
     events = list(Pipeline(system, TimedSource(audio), cfg, profiles).run())
@@ -205,28 +230,6 @@ def totals(parts: list[dict]) -> dict:
     }
 
 
-def summarise(parts: list[dict], threshold: float) -> dict:
-    """Single-target figures on the 10 ms grid (detection accuracy, DER, time to detect)."""
-    tot = {k: sum(p[k] for p in parts) for k in ("tp", "tn", "fa", "miss", "cpu_s", "audio_s")}
-    frames = tot["tp"] + tot["tn"] + tot["fa"] + tot["miss"]
-    target = tot["tp"] + tot["miss"]
-    delays = [d for p in parts for d in p["delays"]]
-    found = [d for d in delays if d is not None]
-    return {
-        "threshold": round(threshold, 4),
-        "conversations": len(parts),
-        "audio_s": round(tot["audio_s"], 1),
-        "detection_accuracy": round(100 * (tot["tp"] + tot["tn"]) / frames, 2),
-        "detection_error_rate": round(100 * (tot["fa"] + tot["miss"]) / target, 2),
-        "miss_rate": round(100 * tot["miss"] / target, 2),
-        "false_alarm_rate": round(100 * tot["fa"] / (frames - target), 2),
-        "core_s_per_audio_s": round(tot["cpu_s"] / tot["audio_s"], 5),
-        "target_turns": len(delays),
-        "turns_detected": len(found),
-        "time_to_detect_median_s": round(float(np.median(found)), 2) if found else None,
-    }
-
-
 ROWS = (("in-turn decision accuracy", "in_turn_accuracy", "{:.3f}"),
         ("detection accuracy % (96 ms)", "detection_accuracy", "{:.2f}"),
         ("detection error rate %", "detection_error_rate", "{:.2f}"),
@@ -256,7 +259,6 @@ def latency_table(variants: dict[str, dict], rounds: int = 3, seconds: float = 2
     round-robin over the variants (a busy machine slows them alike), medians. Continuous dev
     speech through streamsv.bench's real pipeline; the variant's overrides on its config."""
     import streamsv.bench as sb
-    from streamsv.config import Config
     from streamsv.embedder import load_embedder
     from tools.bench import dev_speech
 
@@ -264,14 +266,9 @@ def latency_table(variants: dict[str, dict], rounds: int = 3, seconds: float = 2
     wave, desc = dev_speech(seconds)
     keys = ("rtf", "hop_p95_ms", "latency_p50_ms", "latency_p95_ms")
     runs: dict[str, list[dict]] = {label: [] for label in variants}
-    original = Config.with_overrides
-    try:
-        for _ in range(rounds):
-            for label, overrides in variants.items():
-                Config.with_overrides = lambda self, _o=overrides, **kw: original(self, **{**kw, **_o})
-                runs[label].append(sb.measure(emb, wave, realtime_s, time.process_time, 2.0))
-    finally:
-        Config.with_overrides = original
+    for _ in range(rounds):
+        for label, overrides in variants.items():
+            runs[label].append(sb.measure(emb, wave, realtime_s, time.process_time, 2.0, overrides))
     lines = [f"{desc}: {seconds:g} s as fast as it goes (CPU time), {realtime_s:g} s at real-time pace; "
              f"median of {rounds} rounds", "| figure | " + " | ".join(variants) + " |", "|---|" + "---:|" * len(variants)]
     for key in keys:
@@ -352,11 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {student.fingerprint}, split {a.split}, {a.per_set} household(s) per dev set ({', '.join(mc.SETS)})")
     everything: dict[str, dict] = {}
     per_system: dict[str, list[dict]] = {label: [] for label, _, _ in systems}
+    profiles = Profiles()
     for condition in a.condition or DEFAULT_CONDITIONS:
         convs = mc.conversations(condition, a.split, a.per_set)
         results = {}
         for label, system, overrides in systems:
-            parts = [run_conversation(system, audio, conv, overrides) for audio, conv in convs]
+            parts = [run_conversation(system, audio, conv, overrides, profiles.of(system, conv)) for audio, conv in convs]
             per_system[label] += parts
             results[label] = totals(parts)
         everything[condition] = results

@@ -30,9 +30,10 @@ conversations (VAD and change thresholds are chosen on them), even-numbered spea
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -231,11 +232,11 @@ def put_in_room(speech: np.ndarray, condition: str, rng: np.random.Generator, ot
 # ---------------------------------------------------------------- conversations
 
 
-def build(voices: list[str], pool: dict[str, list[datasets.Utterance]], seed: int, condition: str,
-          others: list[datasets.Utterance], split: str, turns: int = TURNS,
-          n_enroll: dict[str, int] | None = None) -> tuple[np.ndarray, Conversation]:
-    """One conversation between ``voices`` (the first ENROLLED are enrolled, from their first
-    ``n_enroll[voice]`` clips, default ENROLL_UTTERANCES) in ``condition``."""
+def compose(voices: list[str], pool: dict[str, list[datasets.Utterance]], seed: int, split: str,
+            turns: int = TURNS, n_enroll: dict[str, int] | None = None) -> tuple[np.ndarray, Conversation, np.random.Generator]:
+    """One conversation's talk between ``voices`` before any room (the first ENROLLED are
+    enrolled, from their first ``n_enroll[voice]`` clips, default ENROLL_UTTERANCES): the clean
+    speech, its truth (condition unset) and the random generator where the room draws on."""
     n_enroll = {v: (n_enroll or {}).get(v, ENROLL_UTTERANCES if k < ENROLLED else 0) for k, v in enumerate(voices)}
     rng = np.random.default_rng(seed)
     spans: list[tuple[str, np.ndarray, str]] = []
@@ -261,13 +262,26 @@ def build(voices: list[str], pool: dict[str, list[datasets.Utterance]], seed: in
         i = int(round(start * SAMPLE_RATE))
         speech[i : i + len(wave)] += wave
         out_turns.append(Turn(speaker, round(i / SAMPLE_RATE, 4), round((i + len(wave)) / SAMPLE_RATE, 4), path))
-    audio = put_in_room(speech, condition, rng, others)
     enrolled = {v: [str(u.path) for u in pool[v][:n_enroll[v]]] for v in voices[:ENROLLED]}
     target = voices[0]
-    name = f"{condition}-{split}-{seed}"
-    conv = Conversation(name, target, enrolled[target], out_turns, round(len(audio) / SAMPLE_RATE, 4),
-                        condition, split, enrolled)
-    return audio, conv
+    conv = Conversation(f"{split}-{seed}", target, enrolled[target], out_turns, round(total / SAMPLE_RATE, 4),
+                        "", split, enrolled)
+    return speech, conv, rng
+
+
+def in_room(speech: np.ndarray, conv: Conversation, rng: np.random.Generator, condition: str,
+            others: list[datasets.Utterance]) -> tuple[np.ndarray, Conversation]:
+    """``compose``'s talk put in ``condition`` (``rng`` as compose left it: the same room every time)."""
+    audio = put_in_room(speech, condition, rng, others)
+    return audio, replace(conv, name=f"{condition}-{conv.name}", condition=condition)
+
+
+def build(voices: list[str], pool: dict[str, list[datasets.Utterance]], seed: int, condition: str,
+          others: list[datasets.Utterance], split: str, turns: int = TURNS,
+          n_enroll: dict[str, int] | None = None) -> tuple[np.ndarray, Conversation]:
+    """One conversation between ``voices`` (see ``compose``) in ``condition``."""
+    speech, conv, rng = compose(voices, pool, seed, split, turns, n_enroll)
+    return in_room(speech, conv, rng, condition, others)
 
 
 def households(split: str, per_set: int, seed: int = 0) -> list[tuple[str, list[str], dict, list[datasets.Utterance]]]:
@@ -288,13 +302,27 @@ def households(split: str, per_set: int, seed: int = 0) -> list[tuple[str, list[
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def talks(split: str = "reporting", per_set: int = 1, seed: int = 0) -> tuple[tuple, ...]:
+    """Every household's talk, composed once (the rooms differ, the talk does not): per household
+    (clean speech, truth, the room generator's state, background utterances)."""
+    out = []
+    for i, (set_name, voices, pool, others) in enumerate(households(split, per_set, seed)):
+        n_enroll = {v: enroll_count(pool[v]) for v in voices[:ENROLLED]}  # the stranger talks with every clip
+        speech, conv, rng = compose(voices, pool, seed * 1000 + i, split, n_enroll=n_enroll)
+        speech.flags.writeable = False
+        out.append((speech, conv, rng.bit_generator.state, others))
+    return tuple(out)
+
+
 def conversations(condition: str, split: str = "reporting", per_set: int = 1, seed: int = 0) -> list[tuple[np.ndarray, Conversation]]:
     """The conversations of one condition: ``per_set`` households from each dev set. The same
     households and turns are used in every condition (only the room differs)."""
     out = []
-    for i, (set_name, voices, pool, others) in enumerate(households(split, per_set, seed)):
-        n_enroll = {v: enroll_count(pool[v]) for v in voices[:ENROLLED]}  # the stranger talks with every clip
-        out.append(build(voices, pool, seed * 1000 + i, condition, others, split, n_enroll=n_enroll))
+    for speech, conv, state, others in talks(split, per_set, seed):
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state
+        out.append(in_room(speech, conv, rng, condition, others))
     return out
 
 

@@ -1,0 +1,69 @@
+"""tools/bench_detection.py's bookkeeping: the Picovoice-style frame trace, profiles enrolled
+once per system and household, and talk composed once for every room. No torch needed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tools import bench_detection as bd
+from tools import make_conversations as mc
+
+
+def test_detection_trace_holds_decisions_until_the_next_event():
+    events = [
+        {"event": "speech_start", "t": 0.2},
+        {"event": "decision", "t": 1.2, "accepted": True, "speaker": "target"},
+        {"event": "decision", "t": 1.7, "accepted": False, "speaker": None},
+        {"event": "decision", "t": 2.2, "accepted": True, "speaker": "target"},
+        {"event": "speech_end", "t": 2.5},
+    ]
+    trace = bd.detection_trace(events, 300, frame_s=0.01)
+    on = np.flatnonzero(trace)
+    assert trace[120:170].all() and trace[220:250].all()
+    assert len(on) == 50 + 30
+    assert bd.detection_trace(events, 30).sum() == 5 + 4   # the default grid: Picovoice's 96 ms frames (12-16, 22-25)
+
+
+def test_truth_frames():
+    conv = mc.Conversation("c", "a", [], [mc.Turn("a", 0.5, 1.5, ""), mc.Turn("b", 2.0, 3.0, "")], 4.0)
+    truth = mc.truth_frames(conv, 0.01)
+    assert truth.sum() == 100 and truth[50:150].all()
+    assert mc.truth_frames(conv, 0.01, "b")[200:300].all()
+
+
+def test_profiles_are_enrolled_once_per_system_and_household(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bd, "enroll_household", lambda system, conv: calls.append((system, conv.name)) or {"a": conv.name})
+    first = mc.Conversation("quiet-x", "a", [], [], 1.0, enrolled={"a": ["1.wav"], "b": ["2.wav"]})
+    same_in_another_room = mc.Conversation("tv-x", "a", [], [], 1.0, enrolled={"b": ["2.wav"], "a": ["1.wav"]})
+    other = mc.Conversation("quiet-y", "a", [], [], 1.0, enrolled={"a": ["3.wav"], "b": ["2.wav"]})
+    student, teacher = object(), object()
+    profiles = bd.Profiles()
+    assert profiles.of(student, first) == profiles.of(student, same_in_another_room) == {"a": "quiet-x"}
+    profiles.of(student, other)
+    profiles.of(teacher, first)
+    assert calls == [(student, "quiet-x"), (student, "quiet-y"), (teacher, "quiet-x")]
+
+
+def test_latency_variants_reach_the_pipeline_through_the_system_overrides(monkeypatch):
+    import streamsv.bench as sb
+
+    seen = []
+    monkeypatch.setattr(sb, "measure", lambda emb, wave, rt, clock, warm, overrides: seen.append(overrides) or
+                        {"rtf": 0.01, "hop_p95_ms": 1.0, "latency_p50_ms": 2.0, "latency_p95_ms": 3.0})
+    monkeypatch.setattr("tools.bench.dev_speech", lambda seconds: (np.zeros(16000, np.float32), "zeros"))
+    out = bd.latency_table({"a": {}, "b": {"change.enabled": False}}, rounds=2)
+    assert seen == [{}, {"change.enabled": False}] * 2
+    assert "| latency_p95_ms | 3 | 3 |" in out
+
+
+@pytest.mark.skipif(bd.datasets.data_root(required=False) is None, reason="shared data not present")
+def test_talk_composed_once_is_the_talk_built_for_each_room():
+    mc.talks.cache_clear()
+    for condition in ("floor-50", "babble"):
+        (audio, conv), *_ = mc.conversations(condition, "tuning", 1)
+        set_name, voices, pool, others = mc.households("tuning", 1)[0]
+        n_enroll = {v: mc.enroll_count(pool[v]) for v in voices[: mc.ENROLLED]}
+        built, truth = mc.build(voices, pool, 0, condition, others, "tuning", n_enroll=n_enroll)
+        assert np.array_equal(audio, built) and conv == truth and conv.name == f"{condition}-tuning-0"
+    assert mc.talks.cache_info().misses == 1
