@@ -223,3 +223,46 @@ def test_demo_voices_pitch_and_cosines_with_the_shipped_model(tmp_path):
     # espeak-ng's settings: ada a high voice (-p 65), bob the lowest (-p 30), the stranger between.
     assert pitch["ada"] > pitch["stranger"] > pitch["bob"]
     assert voices.semitones_apart(pitch["ada"], pitch["bob"]) > 12
+
+
+# ------------------------------------------------------------ resampled self (real data)
+
+needs_data = pytest.mark.skipif(__import__("training.datasets", fromlist=["x"]).data_root(required=False) is None,
+                                reason="shared data not present")
+
+
+@needs_data
+def test_resample_tests_never_take_a_profile_clip():
+    from training import datasets
+
+    utts = datasets.dev_set("librispeech-test-other")
+    tests = voices.resample_tests("librispeech-test-other", 2)
+    assert len(tests) == 2 * len({u.speaker for u in utts})
+    for i in tests:
+        same = [u.path.name for u in utts if u.speaker == utts[i].speaker]
+        assert utts[i].path.name not in sorted(same)[: ev.ENROLL_UTTERANCES]
+
+
+@needs_data
+def test_resampled_self_clean_acceptance_matches_the_enroll_protocol(monkeypatch, tmp_path):
+    from training import datasets
+
+    monkeypatch.setattr(ev, "CACHE_DIR", tmp_path)  # the MFCC statistics of 100 clips: seconds
+    set_name = "librispeech-test-other"
+    utts = datasets.dev_set(set_name)
+    tests = voices.resample_tests(set_name, 2)
+    system = ev.mfcc_system()
+    shifted = {3.0: [datasets.read_audio(utts[i].path)[: 3 * SR] for i in tests]}
+    got = voices.resampled_self(system, set_name, shifted, tests)
+    # The clean entry is the enroll protocol's own target trials for those clips, at its EER threshold.
+    emb = ev.embeddings(system, set_name, "clean", "full", utts, None, use_cache=True)
+    scores, labels = ev.enroll_trials(emb, [u.speaker for u in utts], [u.path.name for u in utts])
+    assert got["threshold"] == pytest.approx(ev.eer_threshold(scores, labels))
+    profiles = sorted({u.speaker for u in utts})
+    tested = [i for i in range(len(utts)) if i not in
+              {j for s in profiles for j in [k for k, u in enumerate(utts) if u.speaker == s][: ev.ENROLL_UTTERANCES]}]
+    target_scores = scores.reshape(len(tested), len(profiles))[
+        [tested.index(i) for i in tests], [profiles.index(utts[i].speaker) for i in tests]]
+    assert got[0.0][0] == pytest.approx(np.mean(target_scores >= got["threshold"]))
+    assert got[0.0][1] == pytest.approx(np.mean(target_scores), abs=1e-5)
+    assert 0.0 <= got[3.0][0] <= 1.0 and -1.0 <= got[3.0][1] <= 1.0

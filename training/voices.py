@@ -10,6 +10,8 @@ SIMILAR_SEMITONES of each other; target trials are unchanged. training/eval.py -
     python -m training.voices f0 --sets speechocean-dev,urdu           # each speaker's median F0
     python -m training.voices demo --student shipped=streamsv/weights/student.onnx --teacher
         # the cosines between the demo's espeak-ng voices, enrolled as `streamsv demo` enrolls
+    python -m training.voices resample --student shipped=streamsv/weights/student.onnx --teacher
+        # a speaker's own clips resampled (the recipe's pitch augmentation): still accepted as them?
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ VOICED_LEVEL_DB = -35.0  # frames quieter than this, relative to the loudest fra
 SILENCE_DBFS = -70.0  # and none below this absolute level (digital silence is perfectly "periodic")
 F0_CLIPS = 3  # speaker F0 from its first clips by name: the enroll protocol's profile clips
 REFERENCE_SET = "speechocean-dev"  # where `demo` reads each model's EER threshold
+RESAMPLE_SEMITONES = (-3.0, -1.5, 1.5, 3.0)  # the training recipe's pitch shifts (training/train.py Recipe)
+RESAMPLE_TESTS_PER_SPEAKER = 5
 
 
 # ---------------------------------------------------------------- F0 (YIN)
@@ -207,6 +211,85 @@ def _demo_main(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- resampled self
+
+
+def resampled_self(system, set_name: str, shifted: dict[float, list[np.ndarray]], tests) -> dict:
+    """How a model scores a speaker's own clips resampled (pitch, formants and tempo scaled together,
+    as the training recipe's pitch augmentation does) against that speaker's clean profile.
+
+    `shifted[semitones]`: the audio of `tests` (utterance indices into the set, none of them a
+    profile clip) resampled by that much. Profiles and the threshold (the enroll protocol's EER
+    point on the clean set) come from eval's cached clean embeddings. Returns, per shift (0: the
+    clean clips themselves), the share of clips accepted as their own speaker and the mean cosine."""
+    from training import datasets
+    from training import eval as ev
+
+    utts = datasets.dev_set(set_name)
+    speakers = [u.speaker for u in utts]
+    clean = ev.embeddings(system, set_name, "clean", "full", utts, None, use_cache=True)
+    scores, labels = ev.enroll_trials(clean, speakers, [u.path.name for u in utts])
+    threshold = ev.eer_threshold(scores, labels)
+    unit = clean / np.linalg.norm(clean, axis=1, keepdims=True)
+    profile = {}
+    for spk in dict.fromkeys(speakers):
+        first = [i for i in sorted(range(len(utts)), key=lambda k: utts[k].path.name) if speakers[i] == spk][: ev.ENROLL_UTTERANCES]
+        mean = unit[first].mean(axis=0)
+        profile[spk] = mean / np.linalg.norm(mean)
+    own = np.stack([profile[speakers[i]] for i in tests])
+    out = {"threshold": threshold}
+    for semitones, waves in {0.0: None, **shifted}.items():
+        emb = unit[tests] if waves is None else system.embed_many(waves)
+        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        cos = np.einsum("nd,nd->n", emb, own)
+        out[semitones] = (float(np.mean(cos >= threshold)), float(np.mean(cos)))
+    return out
+
+
+def resample_tests(set_name: str, per_speaker: int) -> list[int]:
+    """Each speaker's clips after its profile clips, at most `per_speaker` of them (by file name)."""
+    from training import datasets
+    from training import eval as ev
+
+    utts = datasets.dev_set(set_name)  # sorted by speaker, then file name
+    tests, seen = [], {}
+    for i, u in enumerate(utts):
+        seen[u.speaker] = seen.get(u.speaker, 0) + 1
+        if ev.ENROLL_UTTERANCES < seen[u.speaker] <= ev.ENROLL_UTTERANCES + per_speaker:
+            tests.append(i)
+    return tests
+
+
+def _resample_main(a) -> int:
+    from training import datasets
+    from training import eval as ev
+    from training.train import shifted_whole  # the recipe's own resampling
+
+    if datasets.data_root(required=False) is None:
+        raise SystemExit("error: shared data not found (set STREAMSV_DATA)")
+    if a.set not in datasets.DEV_SETS:
+        raise SystemExit(f"error: unknown set {a.set}; expected one of {', '.join(datasets.DEV_SETS)}")
+    try:
+        systems = [ev.student_system(s) for s in a.student or ["streamsv/weights/student.onnx"]]
+    except Exception as e:
+        raise SystemExit(f"error: {e}")
+    if a.teacher:
+        systems.append(ev.teacher_system())
+    utts = datasets.dev_set(a.set)
+    tests = resample_tests(a.set, a.per_speaker)
+    clean = [datasets.read_audio(utts[i].path) for i in tests]
+    shifted = {st: [shifted_whole(w, st).astype(np.float32) for w in clean] for st in RESAMPLE_SEMITONES}
+    print(f"{a.set}: {len(tests)} test clips ({a.per_speaker} per speaker at most) against their own speaker's clean "
+          f"profile; accepted % at the model's clean enroll EER threshold (mean cosine)")
+    print("| model | threshold | clean | " + " | ".join(f"resampled {st:+g} st" for st in RESAMPLE_SEMITONES) + " |")
+    print("|---|---:|---:|" + "---:|" * len(RESAMPLE_SEMITONES))
+    for system in systems:
+        r = resampled_self(system, a.set, shifted, tests)
+        print(f"| {system.label} | {r['threshold']:.3f} | " + " | ".join(
+            f"{100 * r[st][0]:.0f}% ({r[st][1]:.2f})" for st in (0.0, *RESAMPLE_SEMITONES)) + " |")
+    return 0
+
+
 def _f0_main(a) -> int:
     from training import datasets
 
@@ -233,13 +316,19 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--student", action="append", default=[], metavar="[LABEL=]PATH", help="a student model (repeatable)")
     d.add_argument("--teacher", action="store_true", help="the teacher (Resemblyzer) too")
     d.add_argument("--threads", type=int, default=1, help="torch threads (default 1: share the machine)")
+    r = sub.add_parser("resample", help="own clips resampled (pitch + formants) vs the speaker's clean profile")
+    r.add_argument("--student", action="append", default=[], metavar="[LABEL=]PATH", help="a student model (repeatable)")
+    r.add_argument("--teacher", action="store_true", help="the teacher (Resemblyzer) too")
+    r.add_argument("--set", default=REFERENCE_SET)
+    r.add_argument("--per-speaker", type=int, default=RESAMPLE_TESTS_PER_SPEAKER)
+    r.add_argument("--threads", type=int, default=1, help="torch threads (default 1: share the machine)")
     a = p.parse_args(argv)
     if a.command == "f0":
         return _f0_main(a)
     import torch
 
     torch.set_num_threads(a.threads)
-    return _demo_main(a)
+    return _demo_main(a) if a.command == "demo" else _resample_main(a)
 
 
 if __name__ == "__main__":
