@@ -11,6 +11,9 @@ import pytest
 from training import eval as ev
 from training import voices
 
+# Training-side tooling (scipy, librosa, the eval): not in the daemon's torch-free test run.
+pytestmark = pytest.mark.torch
+
 SR = 16000
 
 
