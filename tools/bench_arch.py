@@ -26,7 +26,8 @@ times less time). ``shipped-trained`` is the shipped graph itself: it should tim
 row, which checks the premise above. Hop compute is the 30 ms block that completes a hop; the
 change test runs half-way between hops, so it shows in the RTF and not in the hop figures.
 The 1-frame push is the step's fixed cost per call (the graph's node overhead); the 25-frame push
-minus it is what the arithmetic of 24 more frames costs.
+minus it is what the arithmetic of 24 more frames costs. The step alone runs in a hot loop; inside
+the pipeline (other work between pushes) the same step measures higher, so compare within a table.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from streamsv import bench
-from streamsv.embedder import DEFAULT_WEIGHTS, POOL_SUFFIX, VARIANT_SUFFIXES, load_embedder
+from streamsv.embedder import DEFAULT_WEIGHTS, VARIANT_SUFFIXES, load_embedder
 from streamsv.errors import StreamsvError
 from streamsv.features import SAMPLE_RATE
 from tools import bench_graphs, bench_step
@@ -413,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run(a)
     except StreamsvError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # --keep names something that cannot hold the graphs
+        print(f"error: {exc.filename or a.keep}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1) if a.json else report(result))
     return 0
