@@ -8,6 +8,12 @@ one). A cosine between them below ``threshold`` for ``confirm_hops`` hops in a r
 the pipeline then emits ``speaker_change`` and restarts its window and smoother on the audio
 since the change, so the new voice is judged on its own.
 
+A pause inside a segment is where a new voice most often takes over (people answer after a
+breath), so a pause of at least ``min_pause_s`` is a candidate change point of its own: once
+``recent_s`` of audio follows it, that audio is compared with the segment's window as it was
+before the pause, and a cosine below ``threshold`` places the change at the pause's end. The
+``continuous`` test above finds voices that take over without a pause (talking over each other).
+
 The test is pure bookkeeping over vectors (no model here), so it runs the same on any embedder.
 """
 from __future__ import annotations
@@ -18,11 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import ChangeConfig
+from .scoring import unit
 
 # Where in the recent window a change is placed when it is called: the test fires once the new
 # voice fills most of the recent window, so the change lies inside it. Measured on the tuning
 # conversations of tools/bench_detection.py.
 CHANGE_LAG_SHARE = 0.75
+KEEP_WINDOWS = 16           # hop windows remembered: 8 s at a 0.5 s hop, more than a pause test looks back
+EPS_S = 1e-9
 
 
 @dataclass(frozen=True)
@@ -32,50 +41,74 @@ class ChangeVerdict:
     lag_s: float          # seconds before the hop where the change is placed (when changed)
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, np.float64)
-    n = float(np.linalg.norm(v))
-    return v / n if n > 0 else v
-
-
 class ChangeDetector:
-    """Feed ``remember(t, window_embedding)`` at every hop and ``test(t, recent_embedding)``
-    half-way between hops; ``reset()`` at a segment start and after a change."""
+    """Feed ``remember(t, window_embedding)`` at every hop, ``test(t, recent_embedding)`` half-way
+    between hops (the continuous test), ``pause(t, seconds)`` at every pause inside the segment
+    and ``test_pause(t, embedding)`` when ``pause_due(t)``; ``reset()`` at a segment start and
+    after a change. Times are segment seconds."""
 
     def __init__(self, settings: ChangeConfig = ChangeConfig()) -> None:
         self.settings = settings
-        self._windows: deque[tuple[float, np.ndarray]] = deque()
+        self._windows: deque[tuple[float, np.ndarray]] = deque(maxlen=KEEP_WINDOWS)
+        self._pauses: deque[tuple[float, np.ndarray]] = deque()   # (pause end, the segment before it), oldest first
         self._below = 0
         self._start = 0.0
 
     def reset(self, t: float = 0.0) -> None:
         """A fresh segment (or the new voice after a change) begins at segment time ``t``."""
         self._windows.clear()
+        self._pauses.clear()
         self._below = 0
         self._start = t
 
     def remember(self, t: float, window_embedding: np.ndarray) -> None:
         """The pipeline's window embedding at segment time ``t`` (the reference for later hops)."""
-        self._windows.append((t, _unit(window_embedding)))
-        # Only windows older than the recent span are ever used; keep one more than needed.
-        while len(self._windows) > 2 and self._windows[1][0] <= t - self.settings.recent_s:
-            self._windows.popleft()
+        self._windows.append((t, unit(window_embedding)))
 
     def ready(self, t: float) -> bool:
         """Whether segment time ``t`` has enough audio before its recent window to test."""
         s = self.settings
-        return s.enabled and t - s.recent_s - self._start >= s.min_reference_s - 1e-9 and self._reference(t) is not None
+        return (s.enabled and s.continuous and t - s.recent_s - self._start >= s.min_reference_s - EPS_S
+                and self._reference(t - s.recent_s) is not None)
 
-    def _reference(self, t: float) -> np.ndarray | None:
-        cutoff = t - self.settings.recent_s + 1e-9
-        older = [v for when, v in self._windows if when <= cutoff]
+    def _reference(self, cutoff: float) -> np.ndarray | None:
+        """The latest window that ends by ``cutoff`` (so it holds none of the audio after it)."""
+        older = [v for when, v in self._windows if when <= cutoff + EPS_S]
         return older[-1] if older else None
+
+    # ------------------------------------------------------------ at pauses
+
+    def wants_pause(self, t: float, seconds: float) -> bool:
+        """Whether a pause of ``seconds`` ending at segment time ``t`` is a candidate change point:
+        long enough, with ``min_reference_s`` of the segment before it to compare with."""
+        s = self.settings
+        return (s.enabled and s.min_pause_s > 0 and seconds >= s.min_pause_s - EPS_S
+                and t - seconds - self._start >= s.min_reference_s - EPS_S)
+
+    def pause(self, t: float, reference: np.ndarray) -> None:
+        """A candidate pause ended at segment time ``t``; ``reference`` embeds the segment before it."""
+        self._pauses.append((t, unit(reference)))
+
+    def pause_due(self, t: float) -> float | None:
+        """The end of the oldest candidate pause with ``recent_s`` of audio after it by ``t``."""
+        if self._pauses and t + EPS_S >= self._pauses[0][0] + self.settings.recent_s:
+            return self._pauses[0][0]
+        return None
+
+    def test_pause(self, t: float, after_embedding: np.ndarray) -> ChangeVerdict:
+        """The embedding of the ``recent_s`` after the due pause against the segment before it; a
+        change lies at the pause's end (``lag_s`` before ``t``)."""
+        end, reference = self._pauses.popleft()
+        similarity = float(unit(after_embedding) @ reference)
+        return ChangeVerdict(round(similarity, 4), similarity < self.settings.threshold, t - end)
+
+    # ------------------------------------------------------------ continuous
 
     def test(self, t: float, recent_embedding: np.ndarray) -> ChangeVerdict | None:
         """Compare the recent audio's embedding with the segment before it; None when untestable."""
         if not self.ready(t):
             return None
-        similarity = float(_unit(recent_embedding) @ self._reference(t))
+        similarity = float(unit(recent_embedding) @ self._reference(t - self.settings.recent_s))
         self._below = self._below + 1 if similarity < self.settings.threshold else 0
         changed = self._below >= self.settings.confirm_hops
         return ChangeVerdict(round(similarity, 4), changed, CHANGE_LAG_SHARE * self.settings.recent_s)

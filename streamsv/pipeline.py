@@ -23,7 +23,7 @@ import numpy as np
 
 from . import confidence as confidence_mod
 from . import events
-from .change import ChangeDetector
+from .change import ChangeDetector, ChangeVerdict
 from .config import Config, ScoringConfig
 from .errors import StreamsvError
 from .events import Event
@@ -35,6 +35,7 @@ from .vad import Segmenter, SpeechAudio, SpeechEnd, SpeechStart
 TAIL_MIN_S = 0.3              # audio after the last hop worth adding to the turn summary
 LATENCY_KEEP = 5000            # recent hops kept for percentiles: bounded memory on a long-running service
 EPS_S = 1e-9                   # float slack when comparing accumulated seconds with a due time
+RECENT_SLACK_S = 0.5           # audio kept past change.recent_s + the VAD's hangover (a pause comes in one block)
 # What a reload can change without restarting audio: the decision rule, not the VAD, the
 # window or the hop (those shape the streaming state; they apply after a restart).
 RELOADABLE_SCORING = ("threshold", "min_margin", "duration_slope", "min_confidence")
@@ -175,8 +176,9 @@ class RecentAudio:
         while self._n - len(self._parts[0]) >= self.keep:
             self._n -= len(self._parts.popleft())
 
-    def audio(self) -> np.ndarray:
-        return np.concatenate(self._parts)[-self.keep:]
+    def last(self, seconds: float) -> np.ndarray:
+        """The last ``seconds`` of audio (all that is kept, if less)."""
+        return np.concatenate(self._parts)[-min(self.keep, int(round(seconds * SAMPLE_RATE))):]
 
 
 @dataclasses.dataclass
@@ -355,14 +357,21 @@ class Pipeline:
                 # Audio is batched and pushed to the model once per hop: per-call
                 # overhead makes many 30 ms pushes several times dearer than one.
                 self.voice.add(ev.audio)
+                if ev.closing:
+                    # The segment's kept tail comes only as it closes, a hangover after it was heard:
+                    # a decision on it would be that late. The turn's summary covers this audio.
+                    continue
                 if self.cfg.change.enabled:
                     self.voice.recent.add(ev.audio)
-                    # The change test runs half-way between decisions, so its extra embedding never
+                    if not ev.voiced:   # a pause inside the segment: a candidate change point
+                        self._note_pause(len(ev.audio) / SAMPLE_RATE)
+                    changed = self._pause_test(ev)
+                    # The continuous test runs half-way between decisions, so its extra embedding never
                     # lands on the block that completes a hop (capture-to-decision stays as it was).
-                    if self.voice.change_due(hop_s):
+                    if changed is None and self.voice.change_due(hop_s):
                         changed = self._change_test(ev)
-                        if changed is not None:
-                            out.append(changed)
+                    if changed is not None:
+                        out.append(changed)
                 if self.voice.hop_due(hop_s):
                     d = self._hop(ev)
                     if d is not None:
@@ -381,7 +390,8 @@ class Pipeline:
     def _new_voice(self, start: float, carried: np.ndarray | None = None) -> Voice:
         """A voice's bookkeeping from ``start``; ``carried`` is its audio so far (after a change)."""
         sc = self.rule.scoring
-        recent = RecentAudio(self.cfg.change.recent_s, carried)
+        keep_s = self.cfg.change.recent_s + self.cfg.vad.hangover_ms / 1000.0 + RECENT_SLACK_S
+        recent = RecentAudio(keep_s, carried)
         if carried is None:
             next_hop = sc.min_speech_s
             return Voice(start, recent, next_hop=next_hop, next_change=next_hop + sc.hop_s / 2)
@@ -413,15 +423,44 @@ class Pipeline:
         new voice begins at the change with the audio since it."""
         if not self.change.ready(self.voice.audio_s):
             return None
-        recent = self.voice.recent.audio()
-        began = time.perf_counter()
-        verdict = self.change.test(self.voice.audio_s, self.embedder.embed(recent))
-        self.stream.compute_seconds += time.perf_counter() - began  # the hop's model time includes the test
+        recent = self.voice.recent.last(self.cfg.change.recent_s)
+        verdict = self.change.test(self.voice.audio_s, self._embed_for_test(recent))
         if verdict is None or not verdict.changed:
             return None
+        return self._split(ev, verdict)
+
+    def _note_pause(self, seconds: float) -> None:
+        """A pause of ``seconds`` just ended: if it is a candidate, the segment's window up to it
+        (the audio so far goes to the model now, not at the next hop: no extra model time) is
+        what the audio after it will be compared with."""
+        if not self.change.wants_pause(self.voice.audio_s, seconds):
+            return
+        self._push_pending()
+        reference = self.stream.embedding()
+        if reference is not None:
+            self.change.pause(self.voice.audio_s, reference)
+
+    def _pause_test(self, ev: SpeechAudio) -> events.SpeakerChangeEvent | None:
+        """Has another voice taken over after a pause inside the segment? Tested once
+        ``recent_s`` of audio follows the pause; on a change the new voice begins at its end."""
+        end = self.change.pause_due(self.voice.audio_s)
+        if end is None:
+            return None
+        after = self.voice.recent.last(self.voice.audio_s - end)[: int(self.cfg.change.recent_s * SAMPLE_RATE)]
+        verdict = self.change.test_pause(self.voice.audio_s, self._embed_for_test(after))
+        return self._split(ev, verdict) if verdict.changed else None
+
+    def _embed_for_test(self, audio: np.ndarray) -> np.ndarray:
+        began = time.perf_counter()
+        emb = self.embedder.embed(audio)
+        self.stream.compute_seconds += time.perf_counter() - began  # the hop's model time includes the test
+        return emb
+
+    def _split(self, ev: SpeechAudio, verdict: ChangeVerdict) -> events.SpeakerChangeEvent:
+        """A change ``verdict.lag_s`` before ``ev``'s end: the new voice begins there, with the audio since."""
         self.totals.speaker_changes += 1
         at = ev.t_end - verdict.lag_s
-        self._begin_voice(at, carried=recent[-int(verdict.lag_s * SAMPLE_RATE):])
+        self._begin_voice(at, carried=self.voice.recent.last(verdict.lag_s))
         return events.speaker_change(ev.t_end, at, verdict.similarity)
 
     def _hop(self, ev: SpeechAudio) -> events.DecisionEvent | None:

@@ -56,6 +56,7 @@ class SpeechAudio:
     t_end: float              # stream seconds at the last sample
     capture_time: float       # monotonic instant the last sample was captured
     voiced: bool              # False for padding / short pauses inside the segment
+    closing: bool = False     # the segment's kept tail, handed over as it closes (a SpeechEnd follows)
 
 
 @dataclass
@@ -239,18 +240,18 @@ class Segmenter:
         if len(self._tail) >= self._hang_frames:
             self._close(out)
 
-    def _emit(self, frames: list[_Frame], out: list[VadEvent]) -> None:
+    def _emit(self, frames: list[_Frame], out: list[VadEvent], closing: bool = False) -> None:
         if not frames:
             return
         audio = frames[0].audio if len(frames) == 1 else np.concatenate([x.audio for x in frames])
         self._seg_s += len(audio) / SAMPLE_RATE
         last = frames[-1]
-        out.append(SpeechAudio(audio, last.t_end, last.capture_time, any(x.voiced for x in frames)))
+        out.append(SpeechAudio(audio, last.t_end, last.capture_time, any(x.voiced for x in frames), closing))
 
     def _close(self, out: list[VadEvent]) -> None:
         pad = self._tail[: self._pad_frames]
         rest = self._tail[self._pad_frames:]
-        self._emit(pad, out)
+        self._emit(pad, out, closing=True)
         end_t = pad[-1].t_end if pad else (self._tail[0].t_end - FRAME / SAMPLE_RATE if self._tail else self._samples / SAMPLE_RATE)
         out.append(SpeechEnd(t=end_t, duration_s=self._seg_s))
         self.in_speech = False

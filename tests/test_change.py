@@ -60,11 +60,47 @@ def test_reset_forgets_the_reference():
     assert det.test(1.5, vec(1)) is None
 
 
+def test_continuous_off_leaves_only_the_pause_test():
+    det = ChangeDetector(ChangeConfig(threshold=0.5, continuous=False))
+    assert all(v is None for v in feed(det, [0] * 5 + [1] * 4))
+
+
+def test_a_pause_is_a_candidate_when_long_enough_with_reference_before_it():
+    det = ChangeDetector(ChangeConfig(min_pause_s=0.15, min_reference_s=1.0))
+    assert not det.wants_pause(2.0, 0.1)            # too short
+    assert not det.wants_pause(1.1, 0.3)            # 0.8 s of segment before it
+    assert det.wants_pause(2.0, 0.3)
+    assert not ChangeDetector(ChangeConfig(min_pause_s=0.0)).wants_pause(2.0, 0.5)        # off
+    assert not ChangeDetector(ChangeConfig(enabled=False, min_pause_s=0.1)).wants_pause(2.0, 0.5)
+
+
+def test_the_audio_after_a_pause_is_judged_against_the_segment_before_it():
+    det = ChangeDetector(ChangeConfig(threshold=0.5, recent_s=1.0, min_pause_s=0.15))
+    det.pause(2.0, vec(0))
+    det.pause(3.5, vec(0))
+    assert det.pause_due(2.9) is None               # under recent_s of audio after it yet
+    assert det.pause_due(3.03) == 2.0
+    same = det.test_pause(3.03, vec(0, 0.1))
+    assert not same.changed and same.similarity > 0.9
+    assert det.pause_due(3.6) is None and det.pause_due(4.52) == 3.5
+    other = det.test_pause(4.52, vec(1, 0.1))
+    assert other.changed and other.lag_s == pytest.approx(1.02)   # the change lies at the pause's end
+    assert det.pause_due(10.0) is None
+
+
+def test_reset_forgets_pending_pauses():
+    det = ChangeDetector(ChangeConfig(min_pause_s=0.15))
+    det.pause(2.0, vec(0))
+    det.reset(3.0)
+    assert det.pause_due(10.0) is None
+
+
 def test_change_settings_are_validated():
     from streamsv.errors import StreamsvError
 
     assert Config().with_overrides(**{"change.threshold": 0.3}).change.threshold == 0.3
-    for key, bad in (("change.recent_s", 0), ("change.confirm_hops", 0), ("change.threshold", 2), ("change.enabled", "yes")):
+    for key, bad in (("change.recent_s", 0), ("change.confirm_hops", 0), ("change.threshold", 2), ("change.enabled", "yes"),
+                     ("change.min_pause_s", -0.1), ("change.continuous", "no")):
         with pytest.raises(StreamsvError, match=key):
             Config().with_overrides(**{key: bad})
 

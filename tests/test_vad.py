@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import with_pauses
-from streamsv.config import VadConfig
+from streamsv.config import Config, VadConfig
 from streamsv.vad import FRAME, Segmenter, SpeechAudio, SpeechEnd, SpeechStart, voiced
 
 SR = 16000
@@ -64,6 +64,15 @@ def test_segment_times_are_consistent_with_audio(speech_clips):
         assert n / SR <= end - start + 1e-6
     first = next(e for e in events if isinstance(e, SpeechStart))
     assert first.t <= spans[0][0] + 0.3
+
+
+def test_only_the_tail_handed_over_at_the_close_is_marked_closing(speech_clips):
+    audio, _ = with_pauses(speech_clips[:2], pause_s=1.0)
+    events = run(Segmenter(), audio, 480)
+    closing = [i for i, e in enumerate(events) if isinstance(e, SpeechAudio) and e.closing]
+    ends = [i for i, e in enumerate(events) if isinstance(e, SpeechEnd)]
+    assert closing and [i + 1 for i in closing] == ends   # each closing tail comes right before its end
+    assert all(not events[i].voiced for i in closing)
 
 
 def test_capture_time_of_frames_tracks_chunks(speech_clips):
@@ -180,3 +189,19 @@ def test_vad_settings_are_validated_in_the_config():
     for key, bad in (("vad.engine", "rnn"), ("vad.snr_db", -3), ("vad.silero_threshold", 0), ("vad.snr_db", "x")):
         with pytest.raises(StreamsvError, match=key):
             Config().with_overrides(**{key: bad})
+
+
+def test_the_pipeline_decides_nothing_on_a_closing_tail(embedder, speech_clips):
+    # The tail comes a hangover after it was heard: a decision there would be that late (the
+    # silero engine's capture-to-decision p95). With a hop every block, each other block decides.
+    from streamsv.bench import TimedSource
+    from streamsv.pipeline import Pipeline
+
+    audio, _ = with_pauses(speech_clips[:2], pause_s=1.0)
+    tails = [e.t_end for e in run(Segmenter(), audio, 480) if isinstance(e, SpeechAudio) and e.closing]
+    cfg = Config().with_overrides(**{"output.stats_interval_s": 86400, "scoring.hop_s": 0.03, "change.enabled": False})
+    events = list(Pipeline(embedder, TimedSource(audio), cfg, {}).run())
+    decided = [e["t"] for e in events if e["event"] == "decision"]
+    ends = [e["t"] for e in events if e["event"] == "speech_end"]
+    assert tails and len(ends) == len(tails) and len(decided) > 20
+    assert not [t for t in decided if min(abs(t - tail) for tail in tails) < 1e-3]
