@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ FRAMES_PER_SECOND = 50  # encoder frames (20 ms) per second of audio
 MEL_FRAMES_PER_FRAME = 2  # the stem stacks pairs of 10 ms log-mel frames
 MAX_STEP_FRAMES = 64  # longer pushes run as several steps: token mixing grows with a step squared
 MIN_AUDIO_S = 0.1  # below this an embedding is mostly noise
+WINDOW_BUFFER_WINDOWS = 2  # a stream's frame buffer holds this many windows: one shift per window of pushes
 ORT_LOG_ERRORS_ONLY = 3  # onnxruntime severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 
 
@@ -114,20 +114,25 @@ class EmbeddingStream:
     Each push runs the encoder on the new audio only (its convolution context, chunk history
     and running statistics are carried), so the cost per second of audio is constant. The
     embedding pools the most recent ``window_s`` seconds of encoder frames.
+
+    The frames live in one preallocated buffer per output, filled from the front: a window is a
+    contiguous slice handed to the pooling graph as it is (no joining of pushes per hop), and the
+    last window's frames move to the front only when the buffer is full.
     """
 
     def __init__(self, embedder: "Embedder", window_s: float):
         self._encoder = embedder.encoder
         self._max_frames = max(1, round(window_s * FRAMES_PER_SECOND))
+        self._capacity = WINDOW_BUFFER_WINDOWS * self._max_frames
+        self._features_buf: np.ndarray | None = None   # (capacity, width): allocated at the first frames
+        self._logits_buf: np.ndarray | None = None
         self.compute_seconds = 0.0
         self.reset()
 
     def reset(self) -> None:
         self._mel = StreamingLogMel()
         self._state = self._encoder.new_state()
-        self._features: deque[np.ndarray] = deque()
-        self._logits: deque[np.ndarray] = deque()
-        self._frames = 0
+        self._frames = 0   # frames held, buffer[:_frames]: at least the window's worth once streamed
 
     @property
     def seconds(self) -> float:
@@ -143,12 +148,21 @@ class EmbeddingStream:
         self.compute_seconds += time.perf_counter() - started
 
     def _append(self, features: np.ndarray, logits: np.ndarray) -> None:
-        self._features.append(features)
-        self._logits.append(logits)
-        self._frames += len(features)
-        while self._frames - len(self._features[0]) >= self._max_frames:
-            self._frames -= len(self._features.popleft())
-            self._logits.popleft()
+        if self._features_buf is None:
+            self._features_buf = np.empty((self._capacity, *features.shape[1:]), np.float32)
+            self._logits_buf = np.empty((self._capacity, *logits.shape[1:]), np.float32)
+        new = len(features)
+        if new >= self._max_frames:  # a push of a window or more: the window is its last frames
+            features, logits, new, self._frames = features[-self._max_frames:], logits[-self._max_frames:], self._max_frames, 0
+        elif self._frames + new > self._capacity:  # full: the frames the window still needs go to the front
+            keep = min(self._frames, self._max_frames - new)
+            start = self._frames - keep
+            self._features_buf[:keep] = self._features_buf[start:self._frames]
+            self._logits_buf[:keep] = self._logits_buf[start:self._frames]
+            self._frames = keep
+        self._features_buf[self._frames:self._frames + new] = features
+        self._logits_buf[self._frames:self._frames + new] = logits
+        self._frames += new
 
     def embedding(self) -> np.ndarray | None:
         return self._pool(self._max_frames)
@@ -164,9 +178,8 @@ class EmbeddingStream:
         if min(frames, self._frames) < MIN_AUDIO_S * FRAMES_PER_SECOND:
             return None
         started = time.perf_counter()
-        features = np.concatenate(self._features)[-frames:]
-        logits = np.concatenate(self._logits)[-frames:]
-        vector = self._encoder.embed_window(features, logits)
+        first = max(0, self._frames - frames)
+        vector = self._encoder.embed_window(self._features_buf[first:self._frames], self._logits_buf[first:self._frames])
         self.compute_seconds += time.perf_counter() - started
         return vector
 

@@ -59,10 +59,18 @@ def log_mel(wave: np.ndarray) -> np.ndarray:
     wave = np.asarray(wave, dtype=np.float32)
     if wave.shape[-1] < WINDOW:
         return np.zeros((*wave.shape[:-1], 0, N_MELS), np.float32)
-    frames = np.lib.stride_tricks.sliding_window_view(wave, WINDOW, axis=-1)[..., ::HOP, :] * _window()
-    spectrum = np.fft.rfft(frames, n=N_FFT)
-    power = np.square(spectrum.real) + np.square(spectrum.imag)
-    return np.log(power.astype(np.float32) @ _filterbank_t() + np.float32(LOG_FLOOR))
+    frames = np.lib.stride_tricks.sliding_window_view(wave, WINDOW, axis=-1)[..., ::HOP, :]
+    # The windowed frames are written straight into the zero-padded FFT input, and the later steps
+    # work in place: the same arithmetic as rfft(frames * window, n=N_FFT) and |X|^2 (bit for bit),
+    # without four (frames, 512)-sized temporaries per hop.
+    padded = np.zeros((*frames.shape[:-1], N_FFT), np.float32)
+    np.multiply(frames, _window(), out=padded[..., :WINDOW])
+    spectrum = np.fft.rfft(padded)
+    power = np.square(spectrum.real)
+    power += np.square(spectrum.imag)
+    mel = power.astype(np.float32, copy=False) @ _filterbank_t()  # numpy 1.x's rfft is complex128
+    mel += np.float32(LOG_FLOOR)
+    return np.log(mel, out=mel)
 
 
 class StreamingLogMel:
