@@ -22,6 +22,7 @@ profile is enrolled. ``listen --turns`` keeps only what ``TurnFilter`` keeps.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Iterable, Iterator, Literal, Mapping, TypedDict
 
 import numpy as np
@@ -216,7 +217,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def score_value(x: float | None) -> float | None:
     """A cosine as events carry it: rounded, and None for no score (nothing enrolled, NaN)."""
-    return None if x is None or not np.isfinite(x) else round(float(x), SCORE_DECIMALS)
+    return None if x is None or not math.isfinite(x) else round(float(x), SCORE_DECIMALS)
 
 
 def score_map(scores: Mapping[str, float]) -> dict[str, float | None]:

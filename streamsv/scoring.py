@@ -23,6 +23,7 @@ DEFAULT_DURATION_SLOPE = 0.048
 # The shortest speech a score is given for: `verify` refuses less, and the confidence calibration
 # treats shorter windows as this long (its fit starts here).
 MIN_SCORED_SPEECH_S = 0.5
+PAIRWISE_MIN = 8  # numpy's float sums switch from one-by-one to pairwise blocks at this many values
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class Decision:
 
 def unit(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32)
-    n = float(np.linalg.norm(v))
+    flat = v.ravel(order="K")
+    n = float(np.sqrt(flat.dot(flat)))  # np.linalg.norm's own arithmetic, without its Python wrapper
     return v / n if n > 0 else v
 
 
@@ -80,9 +82,16 @@ class Smoother:
         self._recent.append(scores)
         out = {}
         for n in scores:  # profiles present now (a reload may have removed some)
-            vals = [s[n] for s in self._recent if n in s]
-            out[n] = float(np.mean(vals))
+            out[n] = mean([s[n] for s in self._recent if n in s])
         return out
+
+
+def mean(values: list[float]) -> float:
+    """``float(np.mean(values))`` bit for bit, without numpy's call overhead for a hop's few scores:
+    numpy adds fewer than PAIRWISE_MIN float64 values one by one from 0.0, as ``sum`` does."""
+    if 0 < len(values) < PAIRWISE_MIN and all(type(v) is float for v in values):
+        return sum(values) / len(values)
+    return float(np.mean(values))
 
 
 # --------------------------------------------------------------------------- calibration

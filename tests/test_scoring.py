@@ -57,3 +57,32 @@ def test_threshold_is_lowered_for_short_windows():
     assert threshold_for(0.7, 3.0, 3.0, slope=0.08) == pytest.approx(0.7)
     assert threshold_for(0.7, 1.0, 3.0, slope=0.08) == pytest.approx(0.54)
     assert threshold_for(0.7, 5.0, 3.0, slope=0.08) == pytest.approx(0.7)   # never raised above the full-window bar
+
+
+def test_mean_is_numpys_bit_for_bit():
+    """The smoother's mean skips numpy's call overhead, not its arithmetic: the same float64 bits
+    (signed zeros too) for every count, across the switch to numpy's pairwise sum."""
+    from streamsv.scoring import PAIRWISE_MIN, mean
+
+    rng = np.random.default_rng(7)
+    for n in range(1, 2 * PAIRWISE_MIN):
+        for _ in range(2000):
+            values = [float(x) for x in rng.uniform(-1, 1, n) * 10.0 ** rng.integers(-8, 3, n)]
+            if rng.random() < 0.1:
+                values[int(rng.integers(n))] = -0.0
+            got, want = mean(values), float(np.mean(values))
+            assert got == want and np.signbit(got) == np.signbit(want), values
+    assert mean([np.float32(0.1), np.float32(0.2)]) == float(np.mean([np.float32(0.1), np.float32(0.2)]))
+    assert mean([-0.0]) == 0.0 and not np.signbit(mean([-0.0]))
+
+
+def test_unit_is_the_norm_division_bit_for_bit():
+    from streamsv.scoring import unit
+
+    rng = np.random.default_rng(8)
+    for shape in [(1,), (3,), (256,), (4, 5)]:
+        for _ in range(500):
+            v = rng.standard_normal(shape).astype(np.float32) * np.float32(10.0 ** rng.integers(-6, 6))
+            assert np.array_equal(unit(v), v / float(np.linalg.norm(v)))
+    zero = np.zeros(8, np.float32)
+    assert np.array_equal(unit(zero), zero)
