@@ -35,7 +35,6 @@ VOICED_LEVEL_DB = -35.0  # frames quieter than this, relative to the loudest fra
 SILENCE_DBFS = -70.0  # and none below this absolute level (digital silence is perfectly "periodic")
 F0_CLIPS = 3  # speaker F0 from its first clips by name: the enroll protocol's profile clips
 REFERENCE_SET = "speechocean-dev"  # where `demo` reads each model's EER threshold
-RESAMPLE_SEMITONES = (-3.0, -1.5, 1.5, 3.0)  # the training recipe's pitch shifts (training/train.py Recipe)
 RESAMPLE_TESTS_PER_SPEAKER = 5
 
 
@@ -263,7 +262,7 @@ def resample_tests(set_name: str, per_speaker: int) -> list[int]:
 def _resample_main(a) -> int:
     from training import datasets
     from training import eval as ev
-    from training.train import shifted_whole  # the recipe's own resampling
+    from training.train import Recipe, shifted_whole  # the recipe's own shifts and resampling
 
     if datasets.data_root(required=False) is None:
         raise SystemExit("error: shared data not found (set STREAMSV_DATA)")
@@ -278,15 +277,16 @@ def _resample_main(a) -> int:
     utts = datasets.dev_set(a.set)
     tests = resample_tests(a.set, a.per_speaker)
     clean = [datasets.read_audio(utts[i].path) for i in tests]
-    shifted = {st: [shifted_whole(w, st).astype(np.float32) for w in clean] for st in RESAMPLE_SEMITONES}
+    shifts = Recipe().pitch_shifts
+    shifted = {st: [shifted_whole(w, st).astype(np.float32) for w in clean] for st in shifts}
     print(f"{a.set}: {len(tests)} test clips ({a.per_speaker} per speaker at most) against their own speaker's clean "
           f"profile; accepted % at the model's clean enroll EER threshold (mean cosine)")
-    print("| model | threshold | clean | " + " | ".join(f"resampled {st:+g} st" for st in RESAMPLE_SEMITONES) + " |")
-    print("|---|---:|---:|" + "---:|" * len(RESAMPLE_SEMITONES))
+    print("| model | threshold | clean | " + " | ".join(f"resampled {st:+g} st" for st in shifts) + " |")
+    print("|---|---:|---:|" + "---:|" * len(shifts))
     for system in systems:
         r = resampled_self(system, a.set, shifted, tests)
         print(f"| {system.label} | {r['threshold']:.3f} | " + " | ".join(
-            f"{100 * r[st][0]:.0f}% ({r[st][1]:.2f})" for st in (0.0, *RESAMPLE_SEMITONES)) + " |")
+            f"{100 * r[st][0]:.0f}% ({r[st][1]:.2f})" for st in (0.0, *shifts)) + " |")
     return 0
 
 
