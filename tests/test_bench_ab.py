@@ -38,11 +38,21 @@ def test_a_bad_revision_is_one_error_line(capsys):
 
 
 @needs_git
-def test_both_sides_run_their_own_package(capsys):
+def test_both_sides_run_their_own_package(capsys, monkeypatch):
+    measured = []
+    real = bench_ab.one_pass
+
+    def spy(package, system, wave, warmup_s):
+        measured.append((package.__name__, type(system).__module__))
+        return real(package, system, wave, warmup_s)
+
+    monkeypatch.setattr(bench_ab, "one_pass", spy)
     assert bench_ab.main(["--base", "HEAD", "--json", *QUICK]) == 0
+    assert measured == [("streamsv_base", "streamsv_base.embedder"), ("streamsv", "streamsv.embedder")]
     summary = json.loads(capsys.readouterr().out)
     for side in bench_ab.SIDES:
         for setting in bench_ab.CHANGE_TEST:
             figures = summary[side][setting]
             assert 0 < figures["rtf"][0] and 0 < figures["hop_p50_ms"][0] <= figures["hop_p95_ms"][0]
-            assert figures["stage_step_ms"][0] > 0
+            assert figures["stage_step_ms"][0] > 0 and figures["network_ms_per_s"][0] > 0
+            assert 0 < figures["log_mel_ms_per_s"][0] < figures["outside_ms_per_s"][0]

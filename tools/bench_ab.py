@@ -2,27 +2,34 @@
 against this checkout's, side by side in one run (issue 11: what a change to the code around the
 network saved).
 
-    taskset -c 0 python -m tools.bench_ab --base HEAD~1 --repeat 5     # dev speech, 60 s per pass
+    taskset -c 0 python -m tools.bench_ab --base HEAD~1 --repeat 10    # dev speech, 30 s per pass
     python -m tools.bench_ab --base v0.3 --synthetic --seconds 20
 
 The base revision's ``streamsv/`` is exported with ``git archive`` into a temporary folder (the
-working tree is not touched). Each pass is a fresh child process that imports one of the two
-packages and runs ``streamsv.bench.measure`` on the same audio with the shipped model (fp32, one
-thread), the change test off and on, by process CPU time. Passes go round-robin (base, this, this,
-base, ...) so a busy machine slows both alike; each figure is the median over ``--repeat`` passes
-with its min-max spread, and the ratio base/this (above 1: this checkout is cheaper).
-Figures: RTF (whole pipeline), hop compute p50/p95, and the median hop's split (VAD, log-mel,
-model step, pooling, the rest) from streamsv.bench's stage clocks.
+working tree is not touched) and imported beside the checkout's as another package name, so both
+run in this one process on the same audio with the shipped model (each side its own copy: fp32,
+one thread), by process CPU time. Passes alternate base, this, this, base, ... ``--repeat`` times
+per side, so a machine that gets busier slows both alike; each figure is the median over the
+passes with its min-max spread, and base/this (above 1: this checkout is cheaper).
+
+Per pass and change-test setting (off, on): ``streamsv.bench.measure``'s RTF, hop compute p50/p95
+and the median hop's split (VAD, log-mel, model step, pooling, the rest), and from a pass with the
+stage clocks on, the whole stream's cost per second of audio: in the network (model step and
+pooling, the change test's included) and outside it (everything else: sources, VAD, log-mel,
+scoring, events, the loop), in ms per second of audio.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
-import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -31,9 +38,11 @@ from streamsv.features import SAMPLE_RATE
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "streamsv"
+BASE_PACKAGE = "streamsv_base"  # the base revision's package, imported under this name
 SIDES = ("base", "this")
 CHANGE_TEST = {"change off": False, "change on": True}
-FIGURES = [  # key in streamsv.bench.measure's figures, label, decimals
+NETWORK_STAGES = ("step", "pool")
+FIGURES = [  # key, label, decimals
     ("rtf", "RTF", 5),
     ("hop_p50_ms", "hop compute p50 ms", 3),
     ("hop_p95_ms", "hop compute p95 ms", 3),
@@ -42,6 +51,10 @@ FIGURES = [  # key in streamsv.bench.measure's figures, label, decimals
     ("stage_step_ms", "  hop: model step ms", 3),
     ("stage_pool_ms", "  hop: pooling ms", 3),
     ("stage_rest_ms", "  hop: the rest ms", 3),
+    ("network_ms_per_s", "whole stream: network ms per s (step + pooling)", 3),
+    ("outside_ms_per_s", "whole stream: outside the network ms per s", 3),
+    ("log_mel_ms_per_s", "  of which log-mel (the stream's) ms per s", 3),
+    ("vad_ms_per_s", "  of which VAD ms per s", 3),
 ]
 
 
@@ -56,37 +69,54 @@ def export_base(rev: str, into: Path) -> Path:
         reason = archive.stderr.decode(errors="replace").strip().splitlines()
         raise StreamsvError(f"bench_ab: cannot export {PACKAGE}/ at {rev!r}: {reason[-1] if reason else 'git archive failed'}")
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into
+    return into / PACKAGE
 
 
-# A pass, run as ``python -c CHILD ROOT AUDIO WARMUP_S`` from ROOT, so that ``import streamsv`` is
-# ROOT's package (the checkout's or the exported base's) and nothing else of this process is in it.
-CHILD = """
-import json, sys
-from pathlib import Path
-import numpy as np
-import streamsv
-from streamsv import bench
-from streamsv.embedder import load_embedder
-root, audio, warmup_s = Path(sys.argv[1]).resolve(), sys.argv[2], float(sys.argv[3])
-if not Path(streamsv.__file__).resolve().is_relative_to(root):
-    sys.exit(f"imported {streamsv.__file__}, not the package under {root}")
-wave, system = np.load(audio), load_embedder()
-print(json.dumps({name: bench.measure(system, wave, 0.0, bench.CLOCKS["cpu"], warmup_s, {"change.enabled": on})
-                  for name, on in json.loads(sys.argv[4]).items()}))
-"""
+def import_package(folder: Path, name: str) -> ModuleType:
+    """The package in ``folder`` imported as ``name`` (its modules import each other relatively);
+    a package imported under that name before (an earlier run in this process) is forgotten first."""
+    for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[loaded]
+    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def run_pass(root: Path, audio: Path, warmup_s: float) -> dict:
-    """One pass in a fresh process on the package under ``root``: both change-test settings."""
-    cmd = [sys.executable, "-c", CHILD, str(root), str(audio), str(warmup_s), json.dumps(CHANGE_TEST)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("PYTHONPATH", None)
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        raise StreamsvError(f"bench_ab: the pass on {root} failed: {lines[-1] if lines else proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def this_package() -> ModuleType:
+    import streamsv
+
+    if not Path(streamsv.__file__).resolve().is_relative_to(REPO / PACKAGE):
+        raise StreamsvError(f"bench_ab: imported {streamsv.__file__}, not this checkout's; run from the repository root")
+    return streamsv
+
+
+def whole_stream(bench: ModuleType, system, wave: np.ndarray, overrides: dict) -> dict:
+    """Per second of audio over every block of a pass with the stage clocks on: the network's
+    share (step and pooling), everything else, and the log-mel's and VAD's part of that."""
+    clock = bench.StageClock(time.process_time)
+    source = bench.TimedSource(wave, False, time.process_time, clock)
+    pipe = bench.make_pipeline(system, wave, source, overrides)
+    with bench.stage_timing(system, clock):
+        for _ in pipe.run():
+            pass
+    audio_s, busy_s = source.stats.seconds, sum(source.block_seconds)
+    total = {k: sum(b[k] for b in source.block_stages) for k in bench.STAGES}
+    network = sum(total[k] for k in NETWORK_STAGES)
+    return {"network_ms_per_s": 1000 * network / audio_s, "outside_ms_per_s": 1000 * (busy_s - network) / audio_s,
+            "log_mel_ms_per_s": 1000 * total["log_mel"] / audio_s, "vad_ms_per_s": 1000 * total["vad"] / audio_s}
+
+
+def one_pass(package: ModuleType, system, wave: np.ndarray, warmup_s: float) -> dict:
+    bench = importlib.import_module(f"{package.__name__}.bench")
+    out = {}
+    for setting, on in CHANGE_TEST.items():
+        overrides = {"change.enabled": on}
+        figures = bench.measure(system, wave, 0.0, time.process_time, warmup_s, overrides)
+        figures.update(whole_stream(bench, system, wave, overrides))
+        out[setting] = figures
+    return out
 
 
 def order(repeat: int) -> list[str]:
@@ -140,22 +170,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", default="HEAD", help="git revision whose streamsv/ is the base (default: HEAD)")
     p.add_argument("--audio", help="audio file to stream (default: dev speech from the shared data)")
     p.add_argument("--synthetic", action="store_true", help="without --audio: synthetic voiced audio")
-    p.add_argument("--seconds", type=float, default=60.0, help="seconds of audio per timed pass")
-    p.add_argument("--warmup-s", type=float, default=10.0, help="seconds streamed untimed first in each pass")
-    p.add_argument("--repeat", type=int, default=3, help="passes per side, round-robin")
+    p.add_argument("--seconds", type=float, default=30.0, help="seconds of audio per timed pass")
+    p.add_argument("--warmup-s", type=float, default=5.0, help="seconds streamed untimed before each pass")
+    p.add_argument("--repeat", type=int, default=5, help="passes per side, alternating")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     a = p.parse_args(argv)
     try:
         if a.seconds < 2 or a.repeat < 1 or a.warmup_s < 0:
             raise StreamsvError("bench_ab: --seconds must be at least 2, --repeat at least 1, --warmup-s at least 0")
+        wave, desc = audio_for(a)
         with tempfile.TemporaryDirectory() as tmp:
-            base = export_base(a.base, Path(tmp))
-            wave, desc = audio_for(a)
-            audio = Path(tmp) / "audio.npy"
-            np.save(audio, wave)
+            packages = {"base": import_package(export_base(a.base, Path(tmp)), BASE_PACKAGE), "this": this_package()}
+            systems = {side: package.load_embedder() for side, package in packages.items()}
             passes: dict[str, list[dict]] = {side: [] for side in SIDES}
             for side in order(a.repeat):
-                passes[side].append(run_pass(base if side == "base" else REPO, audio, a.warmup_s))
+                passes[side].append(one_pass(packages[side], systems[side], wave, a.warmup_s))
     except StreamsvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -163,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps(summary, indent=1))
         return 0
-    header = (f"tools.bench_ab: base = {PACKAGE}/ at {a.base}, this = the checkout's; {desc}, "
+    header = (f"tools.bench_ab: base = {PACKAGE}/ at {a.base}, this = the checkout's, in one process; {desc}, "
               f"{len(wave) / SAMPLE_RATE:.0f} s per pass after {a.warmup_s:g} s warm-up; shipped model fp32, 1 thread, "
-              f"process CPU time; {a.repeat} pass(es) per side round-robin, median [min-max]")
+              f"process CPU time; {a.repeat} pass(es) per side alternating, median [min-max]")
     print(report(summary, header))
     return 0
 
