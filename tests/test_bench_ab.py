@@ -23,11 +23,12 @@ def test_report_gives_medians_spreads_and_the_ratio():
     def run(rtf):
         return {setting: {"rtf": rtf, "hop_p50_ms": 10 * rtf} for setting in bench_ab.CHANGE_TEST}
 
-    summary = bench_ab.summarise({"base": [run(0.004), run(0.006), run(0.005)], "this": [run(0.002), run(0.003)]})
+    summary = bench_ab.summarise({"base": [run(0.004), run(0.006), run(0.005)], "this": [run(0.002), run(0.004), run(0.001)]})
     assert summary["base"]["change off"]["rtf"] == (0.005, 0.004, 0.006)
+    assert summary["paired"]["change on"]["rtf"] == (2.0, 1.5, 5.0)  # 0.004/0.002, 0.006/0.004, 0.005/0.001
     table = bench_ab.report(summary, "header")
-    assert "| RTF | 0.00500 [0.00400-0.00600] | 0.00250 [0.00200-0.00300] | 2.00x |" in table
-    assert "|   hop: VAD ms | - | - | - |" in table  # a figure no pass gave is a dash, not a zero
+    assert "| RTF | 0.00500 [0.00400-0.00600] | 0.00200 [0.00100-0.00400] | 2.50x | 2.00x [1.50-5.00] |" in table
+    assert "|   hop: VAD ms | - | - | - | - |" in table  # a figure no pass gave is a dash, not a zero
 
 
 @needs_git

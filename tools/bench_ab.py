@@ -10,7 +10,9 @@ working tree is not touched) and imported beside the checkout's as another packa
 run in this one process on the same audio with the shipped model (each side its own copy: fp32,
 one thread), by process CPU time. Passes alternate base, this, this, base, ... ``--repeat`` times
 per side, so a machine that gets busier slows both alike; each figure is the median over the
-passes with its min-max spread, and base/this (above 1: this checkout is cheaper).
+passes with its min-max spread, and base/this (above 1: this checkout is cheaper): the ratio of
+the medians, and the median [min-max] of the ratios of each repeat's two passes, which ran next
+to each other (on a shared machine the steadier estimate).
 
 Per pass and change-test setting (off, on): ``streamsv.bench.measure``'s RTF, hop compute p50/p95
 and the median hop's split (VAD, log-mel, model step, pooling, the rest), and from a pass with the
@@ -124,24 +126,31 @@ def order(repeat: int) -> list[str]:
     return [side for r in range(repeat) for side in (SIDES if r % 2 == 0 else SIDES[::-1])]
 
 
+def spread(values: list[float]) -> tuple[float, float, float]:
+    return float(np.median(values)), min(values), max(values)
+
+
 def summarise(passes: dict[str, list[dict]]) -> dict:
-    """{side: {setting: {figure: (median, min, max)}}} over the passes."""
-    out: dict = {}
-    for side, runs in passes.items():
-        out[side] = {}
-        for setting in CHANGE_TEST:
-            out[side][setting] = {}
-            for key, _, _ in FIGURES:
-                values = [r[setting][key] for r in runs if r[setting].get(key) is not None]
+    """{side: {setting: {figure: (median, min, max)}}} over the passes, and under "paired" the
+    same of base/this over the repeats (repeat i's base pass against its this pass)."""
+    out: dict = {side: {setting: {} for setting in CHANGE_TEST} for side in (*SIDES, "paired")}
+    for setting in CHANGE_TEST:
+        for key, _, _ in FIGURES:
+            for side in SIDES:
+                values = [r[setting][key] for r in passes[side] if r[setting].get(key) is not None]
                 if values:
-                    out[side][setting][key] = (float(np.median(values)), min(values), max(values))
+                    out[side][setting][key] = spread(values)
+            pairs = [(b[setting].get(key), t[setting].get(key)) for b, t in zip(*(passes[side] for side in SIDES))]
+            ratios = [b / t for b, t in pairs if b is not None and t]
+            if ratios:
+                out["paired"][setting][key] = spread(ratios)
     return out
 
 
 def report(summary: dict, header: str) -> str:
-    lines = [header, "", "| figure | base | this | base/this |", "|---|---:|---:|---:|"]
+    lines = [header, "", "| figure | base | this | base/this | base/this paired |", "|---|---:|---:|---:|---:|"]
     for setting in CHANGE_TEST:
-        lines.append(f"| **{setting}** | | | |")
+        lines.append(f"| **{setting}** | | | | |")
         for key, label, decimals in FIGURES:
             cells = []
             for side in SIDES:
@@ -149,7 +158,9 @@ def report(summary: dict, header: str) -> str:
                 cells.append("-" if fig is None else f"{fig[0]:.{decimals}f} [{fig[1]:.{decimals}f}-{fig[2]:.{decimals}f}]")
             base, this = (summary[s][setting].get(key) for s in SIDES)
             ratio = f"{base[0] / this[0]:.2f}x" if base and this and this[0] > 0 else "-"
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
+            paired = summary.get("paired", {}).get(setting, {}).get(key)
+            paired_cell = f"{paired[0]:.2f}x [{paired[1]:.2f}-{paired[2]:.2f}]" if paired else "-"
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} | {paired_cell} |")
     return "\n".join(lines)
 
 
