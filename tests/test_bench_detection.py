@@ -2,6 +2,7 @@
 once per system and household, and talk composed once for every room. No torch needed."""
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 
@@ -65,5 +66,26 @@ def test_talk_composed_once_is_the_talk_built_for_each_room():
         set_name, voices, pool, others = mc.households("tuning", 1)[0]
         n_enroll = {v: mc.enroll_count(pool[v]) for v in voices[: mc.ENROLLED]}
         built, truth = mc.build(voices, pool, 0, condition, others, "tuning", n_enroll=n_enroll)
-        assert np.array_equal(audio, built) and conv == truth and conv.name == f"{condition}-tuning-0"
+        assert np.array_equal(audio, built) and conv.name == f"{condition}-tuning-0"
+        assert conv.dev_set == set_name and conv == dataclasses.replace(truth, dev_set=set_name)
     assert mc.talks.cache_info().misses == 1
+
+
+def test_decisions_are_scored_per_dev_set_with_urdu_beside_read_english():
+    # Issue 9: the live accuracy on urdu households is printed beside the read-English ones.
+    def conv(dev_set: str) -> mc.Conversation:
+        return mc.Conversation(f"quiet-{dev_set}", "a", [], [mc.Turn("a", 0.0, 2.0, ""), mc.Turn("c", 2.5, 4.5, "")],
+                               5.0, enrolled={"a": ["1.wav"]}, dev_set=dev_set)
+
+    def events(right_in_second_turn: bool) -> list[dict]:
+        return [{"event": "speech_start", "t": 0.0},
+                {"event": "decision", "t": 1.0, "accepted": True, "speaker": "a"},
+                {"event": "decision", "t": 3.5, "accepted": right_in_second_turn is False, "speaker": None
+                 if right_in_second_turn else "a"}]
+
+    parts = {"student": [dict(bd.score_conversation(events(True), conv("librispeech-test-other")), cpu_s=0, audio_s=5),
+                         dict(bd.score_conversation(events(False), conv("urdu")), cpu_s=0, audio_s=5)]}
+    text = bd.by_set_table(parts)
+    assert "| librispeech-test-other | 1.000 (2) |" in text
+    assert "| urdu | 0.500 (2) |" in text
+    assert "speechocean-dev" not in text   # sets the run did not hear are left out

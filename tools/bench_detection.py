@@ -15,6 +15,7 @@ one thread. Every system and variant hears the same audio. Figures:
                          one-to-one to true turn starts within +-0.3 s; false splits are
                          speaker_change events matching none, missed are true starts with no match
   first correct, median  from a turn's start to its first right decision (turns with none counted)
+  by dev set             in-turn accuracy per dev set over the run's rooms (urdu beside read English)
   core-s per audio-s     process CPU time / audio time (1 thread)
 
 Student variants run on the shipped model with the daemon's default scoring; ``before`` is the
@@ -153,6 +154,7 @@ def score_conversation(events: list[dict], conv: mc.Conversation) -> dict:
         "boundaries_hit": match_boundaries(starts + changes, truth_b),
         "changes": len(changes), "false_splits": len(changes) - change_hits,
         "turns": len(conv.turns), "first_correct": [first.get(id(turn)) for turn in conv.turns],
+        "dev_set": conv.dev_set,
     }
 
 
@@ -251,6 +253,22 @@ def table(results: dict[str, dict], condition: str) -> str:
              "| figure | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
     for name, key, fmt in ROWS:
         lines.append(f"| {name} | " + " | ".join("-" if results[l][key] is None else fmt.format(results[l][key]) for l in labels) + " |")
+    return "\n".join(lines)
+
+
+def by_set_table(per_system: dict[str, list[dict]]) -> str:
+    """In-turn accuracy per dev set (every room of the run together), systems side by side: urdu
+    (another language, emotional speech) beside read English (LibriSpeech) and the others."""
+    labels = list(per_system)
+    sets = [s for s in mc.SETS if any(p["dev_set"] == s for parts in per_system.values() for p in parts)]
+    lines = ["in-turn decision accuracy by dev set (all rooms of this run; decisions in brackets)",
+             "| dev set | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    for set_name in sets:
+        cells = []
+        for label in labels:
+            t = totals([p for p in per_system[label] if p["dev_set"] == set_name])
+            cells.append("-" if t["in_turn_accuracy"] is None else f"{t['in_turn_accuracy']:.3f} ({t['decisions']})")
+        lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -364,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         overall = {label: totals(parts) for label, parts in per_system.items()}
         everything["all"] = overall
         print(table(overall, "all conditions"))
+        print()
+    print(by_set_table(per_system))
+    everything["by_dev_set"] = {label: {s: totals([p for p in parts if p["dev_set"] == s])["in_turn_accuracy"]
+                                        for s in mc.SETS} for label, parts in per_system.items()}
     if a.json:
         Path(a.json).write_text(json.dumps(everything, indent=1))
     return 0

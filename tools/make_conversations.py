@@ -87,6 +87,7 @@ class Conversation:
     split: str = "reporting"
     # Every enrolled voice of the household -> its enrollment files (target is one of them).
     enrolled: dict[str, list[str]] = field(default_factory=dict)
+    dev_set: str = ""  # the dev set (SETS) the household's voices come from
 
 
 def split_speakers(utts: list[datasets.Utterance]) -> tuple[list[str], list[str]]:
@@ -311,7 +312,7 @@ def talks(split: str = "reporting", per_set: int = 1, seed: int = 0) -> tuple[tu
         n_enroll = {v: enroll_count(pool[v]) for v in voices[:ENROLLED]}  # the stranger talks with every clip
         speech, conv, rng = compose(voices, pool, seed * 1000 + i, split, n_enroll=n_enroll)
         speech.flags.writeable = False
-        out.append((speech, conv, rng.bit_generator.state, others))
+        out.append((speech, replace(conv, dev_set=set_name), rng.bit_generator.state, others))
     return tuple(out)
 
 
