@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import zlib
@@ -375,7 +376,9 @@ def embeddings(system: System, set_name: str, condition: str, duration: str, utt
     if not use_cache:
         return emb
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    # One temporary file per process: two evals caching the same cell at once (a shared machine's
+    # parallel runs) must not write into one file, or the rename can publish a torn archive.
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, emb=emb, keys=np.asarray(keys))
     tmp.replace(path)
     return emb
