@@ -471,7 +471,8 @@ class Pipeline:
         voice = self.voice
         voice.embeddings.append(emb)
         voice.hops += 1
-        self.change.remember(voice.audio_s, emb)
+        if self.cfg.change.enabled:   # its windows serve only the change test (~45 us a hop after a step)
+            self.change.remember(voice.audio_s, emb)
         smoothed = self.smoother.push(cosine_scores(emb, self.centroids))
         d = self.rule.decide(smoothed, self.stream.seconds)
         # Model time for this hop: every push since the previous hop, plus pooling.
