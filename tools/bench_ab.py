@@ -17,8 +17,8 @@ to each other (on a shared machine the steadier estimate).
 Per pass and change-test setting (off, on): ``streamsv.bench.measure``'s RTF, hop compute p50/p95
 and the median hop's split (VAD, log-mel, model step, pooling, the rest), and from a pass with the
 stage clocks on, the whole stream's cost per second of audio: in the network (model step and
-pooling, the change test's included) and outside it (everything else: sources, VAD, log-mel,
-scoring, events, the loop), in ms per second of audio.
+pooling, the change test's included) and outside it (everything else: the bench's array source,
+VAD, log-mel, scoring, events, the loop, and the stage clocks' own reads), in ms per second of audio.
 """
 from __future__ import annotations
 
