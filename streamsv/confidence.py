@@ -41,9 +41,11 @@ TRUST_REASON = "a calibration moves accept decisions"   # why one others could w
 N_COEF = 4
 L2 = 1e-6                              # keeps the fit finite on separable data (the loss is weight-normalised)
 NEWTON_STEPS = 50
+
 P_EPS = 1e-6                           # confidences are clipped to [P_EPS, 1 - P_EPS] before inverting
 
 log = logging.getLogger("streamsv.confidence")
+_missing_warned: set[str] = set()  # fingerprints already warned about (see load)
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ def load(fingerprint: str, profiles_dir: str | os.PathLike | None = None) -> Con
     """The user's calibration for this model (profiles folder), else the shipped one, else None
     with a warning: everything works without it, only the confidence is missing."""
     candidates = ([Path(profiles_dir) / USER_FILE] if profiles_dir is not None else []) + [SHIPPED_PATH]
+    damaged = False
     for path in candidates:
         try:
             models = _read(path, trusted_only=path != SHIPPED_PATH)
@@ -188,8 +191,11 @@ def load(fingerprint: str, profiles_dir: str | os.PathLike | None = None) -> Con
                 return _parse(models[fingerprint], f"{path}: {fingerprint}")
         except StreamsvError as e:
             log.warning("%s; ignoring it", e)
-    log.warning("no confidence calibration for model %s: confidence omitted (null); fit one with "
-                "`python -m tools.fit_confidence` or `streamsv calibrate DIR --save`", fingerprint)
+            damaged = True
+    if damaged or fingerprint not in _missing_warned:  # plain absence: once per model and process
+        _missing_warned.add(fingerprint)
+        log.warning("no confidence calibration for model %s: confidence omitted (null); fit one with "
+                    "`python -m tools.fit_confidence` or `streamsv calibrate DIR --save`", fingerprint)
     return None
 
 

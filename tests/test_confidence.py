@@ -19,6 +19,13 @@ from streamsv.errors import StreamsvError
 from streamsv.pipeline import Pipeline
 from streamsv.sources import FileSource
 
+
+@pytest.fixture(autouse=True)
+def fresh_missing_warnings():
+    # load() warns once per model and process; each test here starts a fresh process's worth.
+    confidence._missing_warned.clear()
+
+
 SR = 16000
 TRUE = (-4.0, 9.0, -3.0, 1.0)          # a duration-aware logistic to recover
 
@@ -152,6 +159,10 @@ def test_a_model_without_calibration_still_works(untrained, speech_clips, tmp_pa
     with caplog.at_level(logging.WARNING):
         pipe = Pipeline(untrained, FileSource(path), cfg, {"a": untrained.embed(speech_clips[0])})
     assert pipe.rule.calibration is None and "no confidence calibration for model retrained-0000" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = Pipeline(untrained, FileSource(path), cfg, {"a": untrained.embed(speech_clips[0])})
+    assert again.rule.calibration is None and "no confidence calibration" not in caplog.text   # said once
     events = list(pipe.run())
     assert events[0]["event"] == "ready" and events[0]["confidence"] is False
     decisions = [e for e in events if e["event"] in ("decision", "speech_end") and e.get("score") is not None]
