@@ -269,3 +269,13 @@ def test_resampled_self_clean_acceptance_matches_the_enroll_protocol(monkeypatch
     assert got[0.0][0] == pytest.approx(np.mean(target_scores >= got["threshold"]))
     assert got[0.0][1] == pytest.approx(np.mean(target_scores), abs=1e-5)
     assert 0.0 <= got[3.0][0] <= 1.0 and -1.0 <= got[3.0][1] <= 1.0
+
+
+def test_resampled_whole_moves_the_pitch_by_the_semitones():
+    from training.train import resample_by
+
+    t = np.arange(2 * 16000) / 16000
+    out = voices.resampled_whole(np.sin(2 * np.pi * 200 * t), 12.0, resample_by)
+    assert abs(len(out) - 16000) <= 2
+    peak = np.fft.rfftfreq(len(out), 1 / 16000)[np.argmax(np.abs(np.fft.rfft(out)))]
+    assert peak == pytest.approx(400, abs=3)

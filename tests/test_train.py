@@ -54,7 +54,7 @@ def _sampler(recipe: train.Recipe) -> train.CropSampler:
             + [datasets.Utterance(f"ls/{i}", Path(f"/ls/{i}"), "ls") for i in range(3)]
             + [datasets.Utterance(f"unl/w/{i}", Path(f"/unl/{i}"), "unl") for i in range(6)])
     waves = [(rng.standard_normal(int(rng.uniform(0.8, 4) * SR)) * 0.1).astype(np.float32) for _ in utts]
-    targets = rng.standard_normal((1 + len(recipe.pitch_shifts), len(utts), 256)).astype(np.float32)
+    targets = rng.standard_normal((len(utts), 256)).astype(np.float32)
     noises = [(rng.standard_normal(2 * SR) * 0.1).astype(np.float32)]
     return train.CropSampler(utts, waves, targets, noises, recipe, np.zeros(train.N_MELS, np.float32))
 
@@ -70,30 +70,6 @@ def test_sampler_labels_only_labelled_speakers_and_is_seeded():
     assert (labels == -1).any() and (labels >= 0).any() and labels.max() < a.n_speakers
     assert torch.equal(mels, mels_b) and torch.equal(labels, labels_b)
     assert torch.allclose(targets.norm(dim=1), torch.ones(48))
-
-
-def test_pitch_shifted_crops_take_the_teachers_shifted_target_and_no_label():
-    # A resampled voice is another voice: its target is the teacher's view of the shifted
-    # utterance, and the AAM never pulls it onto its speaker.
-    always = _sampler(train.Recipe(batch=64, pitch_prob=1.0, pitch_shifts=(3.0,)))
-    never = _sampler(train.Recipe(batch=64, pitch_prob=0.0, pitch_shifts=(3.0,)))
-    _, labels, targets = always.batch()
-    assert (labels == -1).all()
-    shifted = torch.nn.functional.normalize(torch.from_numpy(always.targets[1]), dim=1)
-    clean = torch.nn.functional.normalize(torch.from_numpy(always.targets[0]), dim=1)
-    solo = [t for t in targets if (shifted @ t).max() > 1 - 1e-5]  # ASC targets are means of three
-    assert len(solo) > 20 and all((clean @ t).max() < 0.9 for t in solo)
-    _, labels_never, targets_never = never.batch()
-    assert (labels_never >= 0).any()
-    assert sum(bool((clean @ t).max() > 1 - 1e-5) for t in targets_never) > 20
-
-
-def test_shifted_whole_is_the_utterance_at_another_pitch():
-    t = np.arange(2 * SR) / SR
-    out = train.shifted_whole(np.sin(2 * np.pi * 200 * t), 12.0)
-    assert abs(len(out) - SR) <= 2
-    peak = np.fft.rfftfreq(len(out), 1 / SR)[np.argmax(np.abs(np.fft.rfft(out)))]
-    assert peak == pytest.approx(400, abs=3)
 
 
 def test_aam_sees_only_labelled_crops():

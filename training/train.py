@@ -60,11 +60,8 @@ class Recipe:
     noise_prob: float = 0.6
     snr_db: tuple[float, float] = (0.0, 20.0)
     reverb_prob: float = 0.4
-    pitch_prob: float = 0.5  # resampling: pitch, formants and tempo move together
-    # A resampled voice is another voice (formants scale with the pitch), so a shifted crop is taught
-    # the teacher's embedding of the same shifted utterance, never the clean one, and no AAM label:
-    # pulling it onto its speaker taught the model to ignore vocal-tract length, and similar voices merged.
-    pitch_shifts: tuple[float, ...] = (-3.0, -1.5, 1.5, 3.0)  # semitones; +-3 = +-16% tempo
+    pitch_prob: float = 0.5  # resampling: pitch and tempo move together
+    pitch_semitones: float = 3.0  # +-3 semitones = +-16% tempo
     telephone_prob: float = 0.2  # 300-3400 Hz through 8 kHz with 8-bit mu-law
     eq_prob: float = 0.5  # random microphone response: a tilt plus a smooth bump, on the log-mels
     eq_tilt_db: float = 8.0  # up to +-8 dB from the lowest to the highest mel band
@@ -150,30 +147,16 @@ def teacher_targets(utts: list[datasets.Utterance], waves: list[np.ndarray], nam
     return emb
 
 
-def pitch_factor(semitones: float) -> float:
-    return 2 ** (semitones / 12)
-
-
-def shifted_whole(wave: np.ndarray, semitones: float) -> np.ndarray:
-    factor = pitch_factor(semitones)
-    return resample_by(wave, factor, int(len(wave) / factor) - 1)
-
-
-def prepare_data(pitch_shifts: tuple[float, ...]) -> tuple[list, list, np.ndarray, list]:
-    """Every training utterance (labelled, then unlabeled), its audio, its teacher targets and the
-    noises. ``targets[0]`` are the clean utterances' embeddings, ``targets[1 + j]`` those of the
-    utterances shifted by ``pitch_shifts[j]`` semitones."""
+def prepare_data() -> tuple[list, list, np.ndarray, list]:
+    """Every training utterance (labelled, then unlabeled), its audio, its teacher target, and the noises."""
     labelled = datasets.training_utterances()
     assert not datasets.dev_speakers() & {u.speaker for u in labelled}, "dev speakers leaked into training"
     unlabeled = datasets.unlabeled_utterances()
     waves = load_waves(labelled, "train-audio") + load_waves(unlabeled, "train-unlabeled", trim=True)
-    parts = ((labelled, waves[:len(labelled)], "train"), (unlabeled, waves[len(labelled):], "unlabeled"))
-    targets = [np.concatenate([teacher_targets(utts, part, name) for utts, part, name in parts])]
-    for st in pitch_shifts:
-        targets.append(np.concatenate([teacher_targets(utts, [shifted_whole(w, st) for w in part], f"{name}-pitch{st:+.1f}")
-                                       for utts, part, name in parts]))
+    targets = np.concatenate([teacher_targets(labelled, waves[:len(labelled)], "train"),
+                              teacher_targets(unlabeled, waves[len(labelled):], "unlabeled")])
     noises = load_waves([datasets.Utterance("noise", p, "noise") for p in datasets.noise_files("train")], "train-noise")
-    return labelled + unlabeled, waves, np.stack(targets), noises
+    return labelled + unlabeled, waves, targets, noises
 
 
 def telephone_band(wave: np.ndarray) -> np.ndarray:
@@ -217,17 +200,15 @@ class CropSampler:
         return len(self.speaker_index)
 
     def _source(self, corpus: str, speaker: str) -> tuple[np.ndarray, np.ndarray]:
-        """A clip's audio (ASC: three clips joined) and which utterances' targets it stands for."""
         items = self.by_corpus[corpus][speaker]
         if corpus == "asc":
             picked = self.rng.choice(items, ASC_CLIPS_PER_ITEM, replace=False)
-            return np.concatenate([self.waves[i] for i in picked]), picked
-        i = items[self.rng.integers(len(items))]
-        return self.waves[i], np.array([i])
-
-    def _target(self, picked: np.ndarray, variant: int) -> np.ndarray:
-        target = self.targets[variant, picked].mean(axis=0)
-        return target / np.linalg.norm(target)
+            wave = np.concatenate([self.waves[i] for i in picked])
+            target = self.targets[picked].mean(axis=0)
+        else:
+            i = items[self.rng.integers(len(items))]
+            wave, target = self.waves[i], self.targets[i]
+        return wave, target / np.linalg.norm(target)
 
     def _crop(self, wave: np.ndarray, length: int) -> np.ndarray:
         if len(wave) < length:
@@ -277,17 +258,14 @@ class CropSampler:
             corpus = self.corpora[rng.choice(len(self.corpora), p=self.corpus_p)]
             speakers = self.speakers[corpus]
             speaker = speakers[rng.integers(len(speakers))]
-            wave, picked = self._source(corpus, speaker)
-            label = self.speaker_index.get(speaker, -1)
-            if r.pitch_shifts and rng.random() < r.pitch_prob:
-                shift = int(rng.integers(len(r.pitch_shifts)))
-                factor = pitch_factor(r.pitch_shifts[shift])
+            wave, target = self._source(corpus, speaker)
+            if rng.random() < r.pitch_prob:
+                factor = 2 ** (rng.uniform(-r.pitch_semitones, r.pitch_semitones) / 12)
                 crop = resample_by(self._crop(wave, math.ceil(length * factor) + 1), factor, length)
-                target, label = self._target(picked, 1 + shift), -1  # another voice: the teacher's say only
             else:
-                crop, target = self._crop(wave, length), self._target(picked, 0)
+                crop = self._crop(wave, length)
             crops.append(self._augment(crop))
-            labels.append(label)
+            labels.append(self.speaker_index.get(speaker, -1))
             targets.append(target)
         mels = log_mel(np.stack(crops).astype(np.float32))
         mels = np.stack([self._augment_mel(m) for m in mels])
@@ -367,7 +345,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.time()
-    utts, waves, targets, noises = prepare_data(recipe.pitch_shifts)
+    utts, waves, targets, noises = prepare_data()
     if args.prepare_only:
         print(f"data ready in {time.time() - started:.0f} s")
         return

@@ -259,10 +259,17 @@ def resample_tests(set_name: str, per_speaker: int) -> list[int]:
     return tests
 
 
+def resampled_whole(wave: np.ndarray, semitones: float, resample_by: Callable) -> np.ndarray:
+    """The whole utterance resampled by ``semitones``: pitch, formants and tempo move together,
+    as the training recipe's pitch augmentation moves them."""
+    factor = 2 ** (semitones / 12)
+    return resample_by(wave, factor, int(len(wave) / factor) - 1)
+
+
 def _resample_main(a) -> int:
     from training import datasets
     from training import eval as ev
-    from training.train import Recipe, shifted_whole  # the recipe's own shifts and resampling
+    from training.train import Recipe, resample_by  # the recipe's own shift range and resampling
 
     if datasets.data_root(required=False) is None:
         raise SystemExit("error: shared data not found (set STREAMSV_DATA)")
@@ -277,8 +284,9 @@ def _resample_main(a) -> int:
     utts = datasets.dev_set(a.set)
     tests = resample_tests(a.set, a.per_speaker)
     clean = [datasets.read_audio(utts[i].path) for i in tests]
-    shifts = Recipe().pitch_shifts
-    shifted = {st: [shifted_whole(w, st).astype(np.float32) for w in clean] for st in shifts}
+    bound = Recipe().pitch_semitones
+    shifts = (-bound, -bound / 2, bound / 2, bound)
+    shifted = {st: [resampled_whole(w, st, resample_by).astype(np.float32) for w in clean] for st in shifts}
     print(f"{a.set}: {len(tests)} test clips ({a.per_speaker} per speaker at most) against their own speaker's clean "
           f"profile; accepted % at the model's clean enroll EER threshold (mean cosine)")
     print("| model | threshold | clean | " + " | ".join(f"resampled {st:+g} st" for st in shifts) + " |")
