@@ -104,12 +104,12 @@ class NoiseFloor:
         self._block_frames = block_frames
         self._current = np.inf
         self._in_block = 0
+        self._blocks_min = np.inf  # min(self._blocks), recomputed once a block, not every frame
 
     @property
     def level(self) -> float:
         """The floor in dBFS (-inf before the first frame)."""
-        known = min(self._blocks) if self._blocks else np.inf
-        lowest = min(known, self._current)
+        lowest = min(self._blocks_min, self._current)
         return -np.inf if not np.isfinite(lowest) else lowest
 
     def push(self, dbfs: float) -> None:
@@ -117,6 +117,7 @@ class NoiseFloor:
         self._in_block += 1
         if self._in_block >= self._block_frames:
             self._blocks.append(self._current)
+            self._blocks_min = min(self._blocks)
             self._current = np.inf
             self._in_block = 0
 
@@ -198,6 +199,7 @@ class Segmenter:
         self._samples = 0                # frames' samples consumed so far
         self.in_speech = False
         self._history: collections.deque[_Frame] = collections.deque(maxlen=self._pad_frames + self._start_frames)
+        self._voiced_run = 0             # voiced frames in a row at the end of _history
         self._tail: list[_Frame] = []    # unvoiced frames since the last voiced one, inside speech
         self._seg_s = 0.0
 
@@ -220,9 +222,10 @@ class Segmenter:
     def _step(self, f: _Frame, out: list[VadEvent]) -> None:
         if not self.in_speech:
             self._history.append(f)
-            recent = list(self._history)[-self._start_frames:]
-            if len(recent) == self._start_frames and all(x.voiced for x in recent):
+            self._voiced_run = self._voiced_run + 1 if f.voiced else 0
+            if self._voiced_run >= self._start_frames:
                 self.in_speech = True
+                self._voiced_run = 0
                 kept = list(self._history)
                 self._history.clear()
                 self._tail = []
@@ -257,9 +260,11 @@ class Segmenter:
         self.in_speech = False
         self._tail = []
         self._history.clear()
-        # Frames after the kept tail may be the pre-roll of the next segment.
+        # Frames after the kept tail may be the pre-roll of the next segment (unvoiced, as the
+        # whole tail is: the voiced run starts again at 0).
         for x in rest[-self._history.maxlen:] if self._history.maxlen else []:
             self._history.append(x)
+        self._voiced_run = 0
 
     def flush(self) -> list[VadEvent]:
         """End of stream: close an open segment (trailing partial frame is dropped)."""
