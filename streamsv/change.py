@@ -43,9 +43,9 @@ class ChangeVerdict:
 
 class ChangeDetector:
     """Feed ``remember(t, window_embedding)`` at every hop, ``test(t, recent_embedding)`` half-way
-    between hops (the continuous test), ``pause(t, seconds)`` at every pause inside the segment
-    and ``test_pause(t, embedding)`` when ``pause_due(t)``; ``reset()`` at a segment start and
-    after a change. Times are segment seconds."""
+    between hops (the continuous test), ``pause(t, reference)`` at every pause inside the segment
+    that ``wants_pause(t, seconds)``, and ``test_pause(t, embedding)`` when ``pause_due(t)``;
+    ``reset()`` at a segment start and after a change. Times are segment seconds."""
 
     def __init__(self, settings: ChangeConfig = ChangeConfig()) -> None:
         self.settings = settings

@@ -41,7 +41,6 @@ TRUST_REASON = "a calibration moves accept decisions"   # why one others could w
 N_COEF = 4
 L2 = 1e-6                              # keeps the fit finite on separable data (the loss is weight-normalised)
 NEWTON_STEPS = 50
-
 P_EPS = 1e-6                           # confidences are clipped to [P_EPS, 1 - P_EPS] before inverting
 
 log = logging.getLogger("streamsv.confidence")

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from .errors import StreamsvError
 from .retry import Backoff
 
-if TYPE_CHECKING:             # a type hint only: the MQTT sink imports this module, and config imports the sink
+if TYPE_CHECKING:             # a type hint only: the runtime is handed a Config and never builds one
     from .config import Config
 
 log = logging.getLogger("streamsv.service")
