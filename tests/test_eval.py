@@ -296,6 +296,22 @@ def test_teacher_batch_equals_embed_utterance():
 
 
 @needs_teacher
+def test_teacher_windows_average_to_the_utterance_embedding():
+    # training/train.py's per-window targets: the windows' mean is embed_utterance, and each
+    # window's span is where it reads the clip (0.77 s apart, 1.6 s long, clipped to the end).
+    t = teacher.Teacher()
+    rng = np.random.default_rng(1)
+    waves = [(rng.standard_normal(n) * 0.05).astype(np.float32) for n in (8000, 16000 * 4 + 321)]
+    emb, spans, first = t.embed_windows(waves)
+    assert first.tolist()[0] == 0 and first[-1] == len(emb) == len(spans)
+    for i, w in enumerate(waves):
+        own = emb[first[i]:first[i + 1]]
+        mean = own.mean(axis=0)
+        np.testing.assert_allclose(mean / np.linalg.norm(mean), t.embed(w), atol=1e-5)
+        assert spans[first[i]:first[i + 1], 1].max() == len(w) and (np.diff(spans[first[i]:first[i + 1], 0]) == 12320).all()
+
+
+@needs_teacher
 def test_teacher_macs_counted_from_shapes():
     # 3 LSTM layers, hidden 256, 40 mels in: 4*256*(40+256) + 2 * 4*256*(256+256) MACs per frame,
     # 1.3 windows of 160 frames per second, plus a 256x256 Linear per window.

@@ -47,6 +47,47 @@ def test_resample_by_shifts_the_pitch_by_the_factor():
     assert peak == pytest.approx(250, abs=2)
 
 
+def test_window_target_weights_each_window_by_its_overlap():
+    spans = np.array([[0, 100], [50, 150]])
+    emb = np.eye(2, dtype=np.float32)
+    np.testing.assert_allclose(train.window_target(spans, emb, 0, 50), [1, 0])
+    np.testing.assert_allclose(train.window_target(spans, emb, 60, 100), [2 ** -0.5, 2 ** -0.5], rtol=1e-6)
+    left, right = train.window_target(spans, emb, 20, 120)  # 80 samples of the first, 70 of the second
+    assert left / right == pytest.approx(80 / 70)
+    assert train.window_target(spans, emb, 200, 300) is None
+
+
+def test_teacher_windows_joined_keep_each_utterance_its_rows():
+    a = train.TeacherWindows(np.ones((3, 2), np.float32), np.array([[0, 1], [1, 2], [2, 3]]), np.array([0, 1, 3]))
+    b = train.TeacherWindows(np.full((2, 2), 5, np.float32), np.array([[0, 9], [9, 10]]), np.array([0, 2]))
+    joined = train.TeacherWindows.joined([a, b])
+    assert joined.first.tolist() == [0, 1, 3, 5]
+    spans, emb = joined.of(2)
+    assert spans.tolist() == [[0, 9], [9, 10]] and (emb == 5).all()
+    assert joined.of(1)[0].tolist() == [[1, 2], [2, 3]]
+
+
+def test_sampler_window_targets_are_the_crops_own_windows():
+    # Each long clip has two windows (first half: axis 0, second half: axis 1) and a clip target
+    # on axis 2: a crop's target mixes only its own windows; the clip's own target never shows.
+    recipe = train.Recipe(batch=64, pitch_prob=0.5, min_crop_s=1.0, max_crop_s=1.2)
+    rng = np.random.default_rng(3)
+    utts = [datasets.Utterance(f"so/{i}", Path(f"/so/{i}"), "so") for i in range(4)]
+    waves = [(rng.standard_normal(4 * SR) * 0.1).astype(np.float32) for _ in utts]  # longer than any crop
+    targets = np.tile(np.eye(3, 256, 2, dtype=np.float32)[:1], (len(utts), 1))
+    half = 2 * SR
+    windows = train.TeacherWindows(np.tile(np.eye(2, 256, dtype=np.float32), (len(utts), 1)),
+                                   np.tile([[0, half], [half, 4 * SR]], (len(utts), 1)),
+                                   np.arange(0, 2 * len(utts) + 1, 2))
+    sampler = train.CropSampler(utts, waves, targets, [np.zeros(SR, np.float32)], recipe,
+                                np.zeros(train.N_MELS, np.float32), windows)
+    sampler.corpora, sampler.corpus_p = ["so"], np.array([1.0])
+    _, _, got = sampler.batch()
+    got = got.numpy()
+    assert np.allclose(got[:, 2:], 0) and np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    assert (got[:, 0] > 0.99).any() and (got[:, 1] > 0.99).any() and ((got[:, 0] > 0.2) & (got[:, 1] > 0.2)).any()
+
+
 def _sampler(recipe: train.Recipe) -> train.CropSampler:
     rng = np.random.default_rng(0)
     utts = ([datasets.Utterance(f"so/{i % 3}", Path(f"/so/{i}"), "so") for i in range(9)]

@@ -76,13 +76,28 @@ class Teacher:
 
     def partial_mels(self, wave: np.ndarray) -> np.ndarray:
         """The (n_partials, 160, 40) mel windows embed_utterance would feed the LSTM."""
+        return self.partial_windows(wave)[1]
+
+    def partial_windows(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each partial window's (start, stop) sample span in `wave` (stops clipped to its end),
+        and the (n_partials, 160, 40) mel windows embed_utterance would feed the LSTM."""
         wave = np.asarray(wave, dtype=np.float32)
         wav_slices, mel_slices = self.encoder.compute_partial_slices(len(wave), PARTIAL_RATE, MIN_COVERAGE)
         need = wav_slices[-1].stop
+        spans = np.array([(s.start, min(s.stop, len(wave))) for s in wav_slices], dtype=np.int64)
         if need >= len(wave):
             wave = np.pad(wave, (0, need - len(wave)))
         mel = self._audio.wav_to_mel_spectrogram(wave)
-        return np.stack([mel[s] for s in mel_slices])
+        return spans, np.stack([mel[s] for s in mel_slices])
+
+    def embed_windows(self, waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every partial window of every clip: unit-norm embeddings (n_windows, 256), their sample
+        spans (n_windows, 2), and where each clip's windows begin (len(waves) + 1 offsets).
+        The mean of a clip's windows, normalised, is its embed_utterance vector."""
+        spans, mels = zip(*(self.partial_windows(w) for w in waves)) if waves else ((), ())
+        first = np.cumsum([0] + [len(s) for s in spans])
+        emb = self.embed_partials(np.concatenate(mels)) if waves else np.zeros((0, self.dim), np.float32)
+        return emb.astype(np.float32), (np.concatenate(spans) if waves else np.zeros((0, 2), np.int64)), first
 
     def embed_partials(self, mels: np.ndarray) -> np.ndarray:
         """Unit-norm partial embeddings for a (n, frames, 40) batch of mel windows."""

@@ -62,6 +62,7 @@ class Recipe:
     reverb_prob: float = 0.4
     pitch_prob: float = 0.5  # resampling: pitch and tempo move together
     pitch_semitones: float = 3.0  # +-3 semitones = +-16% tempo
+    window_targets: bool = True  # a crop learns the teacher's clean windows it overlaps, not the whole clip's mean
     telephone_prob: float = 0.2  # 300-3400 Hz through 8 kHz with 8-bit mu-law
     eq_prob: float = 0.5  # random microphone response: a tilt plus a smooth bump, on the log-mels
     eq_tilt_db: float = 8.0  # up to +-8 dB from the lowest to the highest mel band
@@ -147,16 +148,59 @@ def teacher_targets(utts: list[datasets.Utterance], waves: list[np.ndarray], nam
     return emb
 
 
-def prepare_data() -> tuple[list, list, np.ndarray, list]:
-    """Every training utterance (labelled, then unlabeled), its audio, its teacher target, and the noises."""
+@dataclass
+class TeacherWindows:
+    """The teacher's partial windows of every training utterance (1.6 s, one every 0.77 s):
+    utterance i owns rows first[i]:first[i + 1] of `emb` (unit norm) and `spans` (samples)."""
+    emb: np.ndarray
+    spans: np.ndarray
+    first: np.ndarray
+
+    def of(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.spans[self.first[i]:self.first[i + 1]], self.emb[self.first[i]:self.first[i + 1]]
+
+    @staticmethod
+    def joined(parts: list["TeacherWindows"]) -> "TeacherWindows":
+        offsets = np.cumsum([0] + [len(p.emb) for p in parts[:-1]])
+        first = np.concatenate([p.first[:-1] + o for p, o in zip(parts, offsets)] + [[sum(len(p.emb) for p in parts)]])
+        return TeacherWindows(np.concatenate([p.emb for p in parts]), np.concatenate([p.spans for p in parts]), first)
+
+
+def teacher_windows(utts: list[datasets.Utterance], waves: list[np.ndarray], name: str) -> TeacherWindows:
+    """Resemblyzer's partial-window embeddings of the clean audio, computed once and cached."""
+    path = CACHE / f"teacher-windows-{name}.npz"
+    keys = np.array([str(u.path) for u in utts])
+    if path.exists():
+        cached = np.load(path)
+        if np.array_equal(cached["keys"], keys):
+            return TeacherWindows(cached["emb"], cached["spans"], cached["first"])
+    from training.teacher import Teacher
+
+    teacher, parts = Teacher(), []
+    for i in range(0, len(waves), 64):
+        parts.append(TeacherWindows(*teacher.embed_windows(waves[i:i + 64])))
+        print(f"\rteacher windows ({name}) {min(i + 64, len(waves))}/{len(waves)}", end="", flush=True)
+    print()
+    windows = TeacherWindows.joined(parts)
+    np.savez(path, keys=keys, emb=windows.emb, spans=windows.spans, first=windows.first)
+    return windows
+
+
+def prepare_data(recipe: Recipe) -> tuple[list, list, np.ndarray, TeacherWindows | None, list]:
+    """Every training utterance (labelled, then unlabeled), its audio, its teacher target (and the
+    teacher's windows when the recipe learns per window), and the noises."""
     labelled = datasets.training_utterances()
     assert not datasets.dev_speakers() & {u.speaker for u in labelled}, "dev speakers leaked into training"
     unlabeled = datasets.unlabeled_utterances()
     waves = load_waves(labelled, "train-audio") + load_waves(unlabeled, "train-unlabeled", trim=True)
     targets = np.concatenate([teacher_targets(labelled, waves[:len(labelled)], "train"),
                               teacher_targets(unlabeled, waves[len(labelled):], "unlabeled")])
+    windows = None
+    if recipe.window_targets:
+        windows = TeacherWindows.joined([teacher_windows(labelled, waves[:len(labelled)], "train"),
+                                         teacher_windows(unlabeled, waves[len(labelled):], "unlabeled")])
     noises = load_waves([datasets.Utterance("noise", p, "noise") for p in datasets.noise_files("train")], "train-noise")
-    return labelled + unlabeled, waves, targets, noises
+    return labelled + unlabeled, waves, targets, windows, noises
 
 
 def telephone_band(wave: np.ndarray) -> np.ndarray:
@@ -175,12 +219,23 @@ def resample_by(wave: np.ndarray, factor: float, length: int) -> np.ndarray:
     return np.interp(np.arange(length) * factor, np.arange(len(wave)), wave)
 
 
+def window_target(spans: np.ndarray, emb: np.ndarray, start: int, stop: int) -> np.ndarray | None:
+    """The teacher's view of samples start:stop: its windows there, each weighted by how much of
+    the span it covers; None when no window touches it."""
+    overlap = np.clip(np.minimum(spans[:, 1], stop) - np.maximum(spans[:, 0], start), 0, None).astype(np.float32)
+    if overlap.sum() <= 0:
+        return None
+    target = overlap @ emb
+    return target / max(np.linalg.norm(target), 1e-9)
+
+
 class CropSampler:
     """Draws augmented crops: log-mels in, the teacher's clean-utterance target out; a speaker label
     for the labelled corpora, -1 for unlabeled speech (distillation only)."""
 
-    def __init__(self, utts, waves, targets, noises, recipe: Recipe, mel_mean: np.ndarray):
-        self.recipe, self.waves, self.targets, self.noises = recipe, waves, targets, noises
+    def __init__(self, utts, waves, targets, noises, recipe: Recipe, mel_mean: np.ndarray,
+                 windows: TeacherWindows | None = None):
+        self.recipe, self.waves, self.targets, self.noises, self.windows = recipe, waves, targets, noises, windows
         self.mel_mean = np.asarray(mel_mean, np.float32)
         self.rng = np.random.default_rng(recipe.seed)
         speakers = sorted({u.speaker for u in utts if u.corpus != "unl"})
@@ -199,22 +254,36 @@ class CropSampler:
     def n_speakers(self) -> int:
         return len(self.speaker_index)
 
-    def _source(self, corpus: str, speaker: str) -> tuple[np.ndarray, np.ndarray]:
+    def _source(self, corpus: str, speaker: str) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """A speaker's audio, its clean-utterance target, and the teacher's windows over it
+        (for joined ASC keywords each 1 s clip is one window: shorter than the teacher's)."""
         items = self.by_corpus[corpus][speaker]
+        windows = None
         if corpus == "asc":
             picked = self.rng.choice(items, ASC_CLIPS_PER_ITEM, replace=False)
-            wave = np.concatenate([self.waves[i] for i in picked])
+            clips = [self.waves[i] for i in picked]
+            wave = np.concatenate(clips)
             target = self.targets[picked].mean(axis=0)
+            if self.windows is not None:
+                ends = np.cumsum([len(c) for c in clips])
+                windows = (np.stack([ends - [len(c) for c in clips], ends], axis=1), self.targets[picked])
         else:
             i = items[self.rng.integers(len(items))]
             wave, target = self.waves[i], self.targets[i]
-        return wave, target / np.linalg.norm(target)
+            if self.windows is not None:
+                windows = self.windows.of(i)
+        return wave, target / np.linalg.norm(target), windows
 
     def _crop(self, wave: np.ndarray, length: int) -> np.ndarray:
+        return self._crop_at(wave, length)[0]
+
+    def _crop_at(self, wave: np.ndarray, length: int) -> tuple[np.ndarray, int | None]:
+        """A random `length` crop and where it starts in `wave` (None when `wave` had to be tiled)."""
         if len(wave) < length:
             wave = np.tile(wave, math.ceil(length / len(wave)))
-        start = self.rng.integers(len(wave) - length + 1)
-        return wave[start:start + length]
+            return wave[:length], None
+        start = int(self.rng.integers(len(wave) - length + 1))
+        return wave[start:start + length], start
 
     def _augment(self, crop: np.ndarray) -> np.ndarray:
         r, rng = self.recipe, self.rng
@@ -258,12 +327,18 @@ class CropSampler:
             corpus = self.corpora[rng.choice(len(self.corpora), p=self.corpus_p)]
             speakers = self.speakers[corpus]
             speaker = speakers[rng.integers(len(speakers))]
-            wave, target = self._source(corpus, speaker)
+            wave, target, windows = self._source(corpus, speaker)
             if rng.random() < r.pitch_prob:
                 factor = 2 ** (rng.uniform(-r.pitch_semitones, r.pitch_semitones) / 12)
-                crop = resample_by(self._crop(wave, math.ceil(length * factor) + 1), factor, length)
+                span = math.ceil(length * factor) + 1
+                piece, start = self._crop_at(wave, span)
+                crop = resample_by(piece, factor, length)
             else:
-                crop = self._crop(wave, length)
+                span = length
+                crop, start = self._crop_at(wave, length)
+            if windows is not None and start is not None:
+                by_window = window_target(*windows, start, start + span)
+                target = target if by_window is None else by_window
             crops.append(self._augment(crop))
             labels.append(self.speaker_index.get(speaker, -1))
             targets.append(target)
@@ -328,6 +403,9 @@ def main() -> None:
     ap.add_argument("--arch", default="mixer", choices=["mixer", "transformer"])
     ap.add_argument("--steps", type=int, default=Recipe.steps)
     ap.add_argument("--aam-weight", type=float, default=Recipe.aam_weight)
+    ap.add_argument("--pitch-semitones", type=float, default=Recipe.pitch_semitones)
+    ap.add_argument("--utterance-targets", action="store_true",
+                    help="every crop learns its clip's whole-utterance teacher embedding (the recipe before window targets)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=Recipe.seed)
     ap.add_argument("--checkpoint-every", type=int, default=100)
@@ -339,18 +417,19 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    recipe = Recipe(steps=args.steps, aam_weight=args.aam_weight, seed=args.seed)
+    recipe = Recipe(steps=args.steps, aam_weight=args.aam_weight, seed=args.seed,
+                    pitch_semitones=args.pitch_semitones, window_targets=not args.utterance_targets)
     cfg = ModelDimensions(arch=args.arch)
     torch.manual_seed(recipe.seed)
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.time()
-    utts, waves, targets, noises = prepare_data()
+    utts, waves, targets, windows, noises = prepare_data(recipe)
     if args.prepare_only:
         print(f"data ready in {time.time() - started:.0f} s")
         return
     mel_mean, mel_std = mel_statistics(waves, np.random.default_rng(recipe.seed))
-    sampler = CropSampler(utts, waves, targets, noises, recipe, mel_mean.numpy())
+    sampler = CropSampler(utts, waves, targets, noises, recipe, mel_mean.numpy(), windows)
     print(f"data ready in {time.time() - started:.0f} s: {len(utts)} utterances, {sampler.n_speakers} speakers, "
           f"{sum(map(len, waves)) / SAMPLE_RATE / 3600:.1f} h", flush=True)
 
