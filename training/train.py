@@ -406,6 +406,8 @@ def main() -> None:
     ap.add_argument("--pitch-semitones", type=float, default=Recipe.pitch_semitones)
     ap.add_argument("--utterance-targets", action="store_true",
                     help="every crop learns its clip's whole-utterance teacher embedding (the recipe before window targets)")
+    ap.add_argument("--width", type=int, default=ModelDimensions.width, help="channels (a smaller network: issue 11)")
+    ap.add_argument("--blocks", type=int, default=ModelDimensions.n_blocks, help="SV-Mixer blocks")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=Recipe.seed)
     ap.add_argument("--checkpoint-every", type=int, default=100)
@@ -419,7 +421,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     recipe = Recipe(steps=args.steps, aam_weight=args.aam_weight, seed=args.seed,
                     pitch_semitones=args.pitch_semitones, window_targets=not args.utterance_targets)
-    cfg = ModelDimensions(arch=args.arch)
+    if args.width < 8 or args.width % ModelDimensions.groups or args.blocks < 1:
+        raise SystemExit(f"error: --width must be a multiple of {ModelDimensions.groups} (>= 8) and --blocks >= 1")
+    cfg = ModelDimensions(arch=args.arch, width=args.width, n_blocks=args.blocks)
     torch.manual_seed(recipe.seed)
     args.out.mkdir(parents=True, exist_ok=True)
 
