@@ -14,6 +14,10 @@ breath), so a pause of at least ``min_pause_s`` is a candidate change point of i
 before the pause, and a cosine below ``threshold`` places the change at the pause's end. The
 ``continuous`` test above finds voices that take over without a pause (talking over each other).
 
+A gap between two segments can be such a pause too: when the pipeline bridges it (a segment that
+starts within ``bridge_s`` of the last one's end continues its voice), the gap is tested as a
+pause at the voice time where the new segment's audio begins (``wants_gap``).
+
 The test is pure bookkeeping over vectors (no model here), so it runs the same on any embedder.
 """
 from __future__ import annotations
@@ -50,7 +54,8 @@ class ChangeDetector:
     def __init__(self, settings: ChangeConfig = ChangeConfig()) -> None:
         self.settings = settings
         self._windows: deque[tuple[float, np.ndarray]] = deque(maxlen=KEEP_WINDOWS)
-        self._pauses: deque[tuple[float, np.ndarray]] = deque()   # (pause end, the segment before it), oldest first
+        # (pause end, the segment before it, the threshold its test uses), oldest first
+        self._pauses: deque[tuple[float, np.ndarray, float]] = deque()
         self._below = 0
         self._start = 0.0
 
@@ -85,9 +90,27 @@ class ChangeDetector:
         return (s.enabled and s.min_pause_s > 0 and seconds >= s.min_pause_s - EPS_S
                 and t - seconds - self._start >= s.min_reference_s - EPS_S)
 
-    def pause(self, t: float, reference: np.ndarray) -> None:
-        """A candidate pause ended at segment time ``t``; ``reference`` embeds the segment before it."""
-        self._pauses.append((t, unit(reference)))
+    def wants_gap(self, t: float) -> bool:
+        """Whether the gap before a segment that continues the voice at segment time ``t`` can be
+        tested as a pause: the pause test is on and ``min_reference_s`` of the voice precedes it."""
+        s = self.settings
+        return s.enabled and s.min_pause_s > 0 and t - self._start >= s.min_reference_s - EPS_S
+
+    def gap(self, t: float, reference: np.ndarray, threshold: float) -> None:
+        """A bridged gap at segment time ``t``: the candidate pause now, at its own ``threshold``.
+        Pauses still waiting are dropped: the ``recent_s`` after them would reach across the gap
+        into the next segment, and a change found so would be placed at them, not at the gap."""
+        self.drop_pauses()
+        self.pause(t, reference, threshold)
+
+    def drop_pauses(self) -> None:
+        """Forget the candidate pauses still waiting for their test."""
+        self._pauses.clear()
+
+    def pause(self, t: float, reference: np.ndarray, threshold: float | None = None) -> None:
+        """A candidate pause ended at segment time ``t``; ``reference`` embeds the segment before it.
+        ``threshold``: its own (a bridged gap's), else ``settings.threshold``."""
+        self._pauses.append((t, unit(reference), self.settings.threshold if threshold is None else threshold))
 
     def pause_due(self, t: float) -> float | None:
         """The end of the oldest candidate pause with ``recent_s`` of audio after it by ``t``."""
@@ -98,9 +121,9 @@ class ChangeDetector:
     def test_pause(self, t: float, after_embedding: np.ndarray) -> ChangeVerdict:
         """The embedding of the ``recent_s`` after the due pause against the segment before it; a
         change lies at the pause's end (``lag_s`` before ``t``)."""
-        end, reference = self._pauses.popleft()
+        end, reference, threshold = self._pauses.popleft()
         similarity = float(unit(after_embedding) @ reference)
-        return ChangeVerdict(round(similarity, 4), similarity < self.settings.threshold, t - end)
+        return ChangeVerdict(round(similarity, 4), similarity < threshold, t - end)
 
     # ------------------------------------------------------------ continuous
 

@@ -73,6 +73,14 @@ class ChangeConfig:
     min_reference_s: float = 1.0  # segment audio before the recent window needed to test at all
     continuous: bool = True  # test every hop, half-way between decisions (a voice that takes over without a pause)
     min_pause_s: float = 0.1  # a pause inside a segment this long is tested once recent_s follows it (0 = never)
+    # A segment that starts within this many seconds of the last one's end continues its voice (window,
+    # smoother, change references, turn summary); the gap is a pause inside it, which the pause test
+    # judges (0 = every segment is a new voice). Needs the pause test (min_pause_s > 0).
+    bridge_s: float = 0.0
+    bridge_hold: bool = True  # after a bridged gap, no decision until its pause test has spoken
+    # The pause test's threshold at a bridged gap: a gap is a turn change far more often than a
+    # pause inside a segment, so the voice after it must score higher to be the same voice.
+    bridge_threshold: float = 0.45
 
 
 @dataclass(frozen=True)
@@ -322,6 +330,9 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "change.min_reference_s": _num(0.0, 60.0),
     "change.continuous": _bool,
     "change.min_pause_s": _num(0.0, 10.0),
+    "change.bridge_s": _num(0.0, 10.0),
+    "change.bridge_hold": _bool,
+    "change.bridge_threshold": _num(-1.0, 1.0),
     "scoring.threshold": _num(-1.0, 1.0),
     "scoring.min_margin": _num(0.0, 2.0),
     "scoring.min_speech_s": _num(0.0, 60.0),

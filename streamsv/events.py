@@ -7,11 +7,12 @@ JSON form is decided in this one file. ``t`` is always seconds of audio since th
 Key order is part of the contract (it is the order of the JSON line).
 
   ready               always first: the input, the model, the profiles and the decision rule
-  speech_start        the VAD opened a speech segment
+  speech_start        the VAD opened a speech segment (``continues``: the previous one's voice goes on)
   decision            a live verdict, every hop of speech (``scoring.hop_s``)
   speaker_change      a new voice inside the segment (streamsv/change.py); the next decisions
                       and the turn's summary are about the new voice
-  speech_end          the segment (or the voice since the last change) closed: its summary decision
+  speech_end          the segment closed: the summary decision of its voice (since the last change,
+                      or since the start of the segment it continues)
   level               input level, only for a sink that asks for it (the console's meter)
   stats               periodic (``output.stats_interval_s``) and once at the end, ``final`` true
   profiles_reloaded   after SIGHUP / a reload request: the profiles and the rule now in force
@@ -68,9 +69,17 @@ class ReadyEvent(TypedDict):
     confidence: bool                 # whether decisions carry a calibrated confidence
 
 
-class SpeechStartEvent(TypedDict):
+class _SpeechStartKeys(TypedDict):
     event: Literal["speech_start"]
     t: float
+
+
+class SpeechStartEvent(_SpeechStartKeys, total=False):
+    # Only on a segment that continues the previous one's voice (``change.bridge_s``): the same
+    # turn unless a speaker_change follows; the gap is a pause inside it. (Optional keys by
+    # ``total=False``: NotRequired is not seen through this module's string annotations on 3.11.)
+    continues: bool                  # always true when present
+    gap_s: float                     # seconds since the previous segment ended
 
 
 class DecisionEvent(TypedDict):
@@ -96,9 +105,9 @@ class SpeakerChangeEvent(TypedDict):
 class SpeechEndEvent(TypedDict):
     event: Literal["speech_end"]
     t: float
-    start: float                     # the segment's start, or the last speaker change's ``at``
-    duration_s: float
-    decisions: int                   # live decisions in the turn; 0: too short to judge
+    start: float                     # the voice's start: its segment's, an earlier one's it continues, or a change's ``at``
+    duration_s: float                # the voice's speech seconds since ``start`` (gaps between segments excluded)
+    decisions: int                   # live decisions on the voice since ``start``; 0: too short to judge
     speaker: str | None              # the summary decision over the whole turn
     accepted: bool
     score: float | None
@@ -161,8 +170,11 @@ def ready(t: float, device: str, sample_rate: int, model: str, dim: int, profile
             "window_s": window_s, "confidence": confidence}
 
 
-def speech_start(t: float) -> SpeechStartEvent:
-    return {"event": SPEECH_START, "t": _t(t)}
+def speech_start(t: float, gap_s: float | None = None) -> SpeechStartEvent:
+    """A segment's start; with ``gap_s`` it continues the previous segment's voice after that gap."""
+    if gap_s is None:
+        return {"event": SPEECH_START, "t": _t(t)}
+    return {"event": SPEECH_START, "t": _t(t), "continues": True, "gap_s": _t(gap_s)}
 
 
 def decision(t: float, speaker: str | None, accepted: bool, score: float | None, confidence: float | None,

@@ -27,6 +27,7 @@ from .change import ChangeDetector, ChangeVerdict
 from .config import Config, ScoringConfig
 from .errors import StreamsvError
 from .events import Event
+from .embedder import MIN_AUDIO_S
 from .features import SAMPLE_RATE
 from .scoring import Decision, Smoother, cosine_scores, decide, threshold_for, unit
 from .sources import Source
@@ -183,8 +184,10 @@ class RecentAudio:
 
 @dataclasses.dataclass
 class Voice:
-    """One voice's stretch of speech: from a VAD start, or from a speaker change inside a segment.
-    Times in ``audio_s``, ``next_hop`` and ``next_change`` count this voice's speech seconds."""
+    """One voice's stretch of speech: from a VAD start, or from a speaker change inside a segment;
+    it goes on across a gap to a segment that starts within ``change.bridge_s`` (the gap's audio is
+    not its own). Times in ``audio_s``, ``next_hop`` and ``next_change`` count this voice's speech
+    seconds."""
 
     start: float                    # stream time the voice began
     recent: RecentAudio
@@ -194,6 +197,8 @@ class Voice:
     pending: list = dataclasses.field(default_factory=list)      # audio not yet pushed to the model
     embeddings: list = dataclasses.field(default_factory=list)   # each hop's window, for the summary
     hops: int = 0
+    awaiting_gap: float | None = None   # voice time of a bridged gap whose pause test has not spoken
+    gaps: list = dataclasses.field(default_factory=list)   # (voice time, stream seconds) of each bridged gap
 
     def add(self, audio: np.ndarray) -> None:
         self.pending.append(audio)
@@ -214,6 +219,11 @@ class Voice:
     def change_due(self, hop_s: float) -> bool:
         due, self.next_change = _passed(self.next_change, self.audio_s, hop_s)
         return due
+
+    def gaps_after(self, voice_time: float) -> float:
+        """Stream seconds of the bridged gaps after ``voice_time``: what lies between it and now in the
+        stream but not in the voice."""
+        return sum(seconds for when, seconds in self.gaps if when > voice_time + EPS_S)
 
 
 def _passed(mark: float, now: float, step: float) -> tuple[bool, float]:
@@ -251,6 +261,7 @@ class Pipeline:
         self.change = ChangeDetector(cfg.change)
         self._compute_mark = 0.0                  # stream.compute_seconds at the last hop
         self.voice = self._new_voice(0.0)
+        self._last_end: float | None = None       # stream time the last segment ended (its voice may go on)
         self._ready_sent = False
 
     def add_audio_listener(self, listener: AudioListener) -> None:
@@ -308,6 +319,7 @@ class Pipeline:
         # A service may call run() again with a fresh source after a device failure: start clean.
         self.segmenter = Segmenter(self.cfg.vad)
         self._begin_voice(0.0)
+        self._last_end = None
         if not self._ready_sent:
             self._ready_sent = True
             yield self.ready_event()
@@ -350,33 +362,48 @@ class Pipeline:
         hop_s = self.rule.scoring.hop_s
         for ev in vad_events:
             if isinstance(ev, SpeechStart):
-                self._begin_voice(ev.t)
                 self.totals.segments += 1
-                out.append(events.speech_start(ev.t))
+                changed = self._judge_short_gap()
+                if changed is not None:
+                    out.append(changed)
+                gap = self._bridged_gap(ev.t)
+                if gap is None:
+                    self._begin_voice(ev.t)
+                out.append(events.speech_start(ev.t, gap))
             elif isinstance(ev, SpeechAudio):
                 # Audio is batched and pushed to the model once per hop: per-call
                 # overhead makes many 30 ms pushes several times dearer than one.
                 self.voice.add(ev.audio)
+                if self.cfg.change.enabled:
+                    # Every voice second, the closing tail's too: a test across a bridged gap counts back
+                    # in voice seconds.
+                    self.voice.recent.add(ev.audio)
                 if ev.closing:
                     # The segment's kept tail comes only as it closes, a hangover after it was heard:
                     # a decision on it would be that late. The turn's summary covers this audio.
                     continue
                 if self.cfg.change.enabled:
-                    self.voice.recent.add(ev.audio)
                     if not ev.voiced:   # a pause inside the segment: a candidate change point
                         self._note_pause(len(ev.audio) / SAMPLE_RATE)
                     changed = self._pause_test(ev)
                     # The continuous test runs half-way between decisions, so its extra embedding never
                     # lands on the block that completes a hop (capture-to-decision stays as it was).
-                    if changed is None and self.voice.change_due(hop_s):
+                    # Across a bridged gap the pause test judges: a continuous change would be placed
+                    # by voice seconds, which do not count the gap.
+                    if changed is None and self.voice.awaiting_gap is None and self.voice.change_due(hop_s):
                         changed = self._change_test(ev)
                     if changed is not None:
                         out.append(changed)
+                if self.voice.awaiting_gap is not None and self.cfg.change.bridge_hold:
+                    # The window still holds the voice before the gap: a decision now would name it
+                    # for the first second of whoever speaks. The hop stays due until the test speaks.
+                    continue
                 if self.voice.hop_due(hop_s):
                     d = self._hop(ev)
                     if d is not None:
                         out.append(d)
             elif isinstance(ev, SpeechEnd):
+                self._last_end = ev.t
                 if self.voice.embeddings and self.voice.pending_samples() >= TAIL_MIN_S * SAMPLE_RATE:
                     self._push_pending()   # let the turn's last words count in its summary
                     emb = self.stream.embedding()
@@ -413,6 +440,39 @@ class Pipeline:
             # change, the model time since the last hop, the change test's included, still counts.)
             self._compute_mark = self.stream.compute_seconds
 
+    def _judge_short_gap(self) -> events.SpeakerChangeEvent | None:
+        """The last bridged gap's test when its segment closed before ``recent_s`` of it was heard:
+        judged now, on what there is, before another segment starts (a gap after it would cut the
+        test off, and a voice that took over at the short segment would be placed at the next one)."""
+        voice = self.voice
+        if voice.awaiting_gap is None or self._last_end is None:
+            return None
+        after = voice.recent.last(voice.audio_s - voice.awaiting_gap)
+        voice.awaiting_gap = None
+        if len(after) < MIN_AUDIO_S * SAMPLE_RATE:
+            self.change.drop_pauses()   # too little to embed: nothing to judge
+            return None
+        verdict = self.change.test_pause(voice.audio_s, self._embed_for_test(after))
+        return self._split(self._last_end, verdict) if verdict.changed else None
+
+    def _bridged_gap(self, start: float) -> float | None:
+        """The gap before a segment starting at ``start`` when the voice before it goes on across it
+        (the gap then waits for the pause test as a candidate change point), else None."""
+        settings = self.cfg.change
+        if settings.bridge_s <= 0 or self._last_end is None:
+            return None
+        gap = max(0.0, start - self._last_end)
+        if gap > settings.bridge_s + EPS_S or not self.change.wants_gap(self.voice.audio_s):
+            return None   # too long a gap, or too little voice before it to judge one
+        self._push_pending()
+        reference = self.stream.embedding()
+        if reference is None:
+            return None
+        self.change.gap(self.voice.audio_s, reference, settings.bridge_threshold)
+        self.voice.awaiting_gap = self.voice.audio_s
+        self.voice.gaps.append((self.voice.audio_s, gap))
+        return gap
+
     def _push_pending(self) -> None:
         audio = self.voice.take_pending()
         if audio is not None:
@@ -427,7 +487,7 @@ class Pipeline:
         verdict = self.change.test(self.voice.audio_s, self._embed_for_test(recent))
         if verdict is None or not verdict.changed:
             return None
-        return self._split(ev, verdict)
+        return self._split(ev.t_end, verdict)
 
     def _note_pause(self, seconds: float) -> None:
         """A pause of ``seconds`` just ended: if it is a candidate, the segment's window up to it
@@ -448,7 +508,9 @@ class Pipeline:
             return None
         after = self.voice.recent.last(self.voice.audio_s - end)[: int(self.cfg.change.recent_s * SAMPLE_RATE)]
         verdict = self.change.test_pause(self.voice.audio_s, self._embed_for_test(after))
-        return self._split(ev, verdict) if verdict.changed else None
+        if self.voice.awaiting_gap is not None and end + EPS_S >= self.voice.awaiting_gap:
+            self.voice.awaiting_gap = None   # the last bridged gap has been judged
+        return self._split(ev.t_end, verdict) if verdict.changed else None
 
     def _embed_for_test(self, audio: np.ndarray) -> np.ndarray:
         began = time.perf_counter()
@@ -456,12 +518,13 @@ class Pipeline:
         self.stream.compute_seconds += time.perf_counter() - began  # the hop's model time includes the test
         return emb
 
-    def _split(self, ev: SpeechAudio, verdict: ChangeVerdict) -> events.SpeakerChangeEvent:
-        """A change ``verdict.lag_s`` before ``ev``'s end: the new voice begins there, with the audio since."""
+    def _split(self, t_end: float, verdict: ChangeVerdict) -> events.SpeakerChangeEvent:
+        """A change ``verdict.lag_s`` voice seconds before now (``t_end`` in the stream): the new voice
+        begins there, with the audio since (placed in the stream past any bridged gap in between)."""
         self.totals.speaker_changes += 1
-        at = ev.t_end - verdict.lag_s
+        at = t_end - verdict.lag_s - self.voice.gaps_after(self.voice.audio_s - verdict.lag_s)
         self._begin_voice(at, carried=self.voice.recent.last(verdict.lag_s))
-        return events.speaker_change(ev.t_end, at, verdict.similarity)
+        return events.speaker_change(t_end, at, verdict.similarity)
 
     def _hop(self, ev: SpeechAudio) -> events.DecisionEvent | None:
         self._push_pending()
@@ -485,15 +548,18 @@ class Pipeline:
                                self.stream.seconds, latency_ms, compute_ms)
 
     def _summary(self, ev: SpeechEnd) -> events.SpeechEndEvent:
+        """The voice's summary since its start (a change's ``at``, or the start of the first segment
+        it spans when segments continued it), over its speech seconds: the hops and the embeddings
+        are the voice's, so the duration is too, not the closing segment's."""
         voice = self.voice
         if not voice.embeddings:
             # Shorter than min_speech_s: too little audio to say anything.
-            return events.speech_end(ev.t, voice.start, ev.duration_s, voice.hops)
+            return events.speech_end(ev.t, voice.start, voice.audio_s, voice.hops)
         # The mean of the voice's hop embeddings covers the whole turn, not just its last window.
         scores = cosine_scores(unit(np.mean(voice.embeddings, axis=0)), self.centroids)
         d = self.rule.decide(scores, voice.audio_s)
         confidence = self.rule.confidence_of(d.score, min(voice.audio_s, self.rule.scoring.window_s))
-        return events.speech_end(ev.t, voice.start, ev.duration_s, voice.hops, d.speaker, d.accepted, d.score,
+        return events.speech_end(ev.t, voice.start, voice.audio_s, voice.hops, d.speaker, d.accepted, d.score,
                                  confidence, scores)
 
     # ------------------------------------------------------------------ stats

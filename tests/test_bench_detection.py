@@ -89,3 +89,21 @@ def test_decisions_are_scored_per_dev_set_with_urdu_beside_read_english():
     assert "| librispeech-test-other | 1.000 (2) |" in text
     assert "| urdu | 0.500 (2) |" in text
     assert "speechocean-dev" not in text   # sets the run did not hear are left out
+
+
+def test_a_continuing_speech_start_is_no_boundary_but_a_change_after_it_is():
+    conv = mc.Conversation("quiet-x", "a", [], [mc.Turn("a", 0.5, 3.0, ""), mc.Turn("c", 3.4, 6.0, ""),
+                                                 mc.Turn("a", 6.3, 8.0, "")], 8.5, enrolled={"a": ["1.wav"]})
+    events = [{"event": "speech_start", "t": 0.45},
+              {"event": "speech_end", "t": 1.5},
+              {"event": "speech_start", "t": 1.9, "continues": True, "gap_s": 0.4},    # a pause inside turn 1
+              {"event": "speech_end", "t": 3.1},
+              {"event": "speech_start", "t": 3.35, "continues": True, "gap_s": 0.25},  # turn 2, bridged...
+              {"event": "speaker_change", "t": 4.4, "at": 3.35, "similarity": 0.1},    # ...and found
+              {"event": "speech_end", "t": 6.1},
+              {"event": "speech_start", "t": 6.35, "continues": True, "gap_s": 0.25}]  # turn 3, bridged, missed
+    part = bd.score_conversation(events, conv)
+    assert part["boundaries_pred"] == 2 and part["boundaries_hit"] == 2 and part["continued"] == 3
+    assert part["false_splits"] == 0
+    t = bd.totals([dict(part, cpu_s=0.0, audio_s=8.5)])
+    assert t["boundary_precision"] == 1.0 and t["missed_boundaries"] == 1 and t["segments_continued"] == 3

@@ -95,12 +95,35 @@ def test_reset_forgets_pending_pauses():
     assert det.pause_due(10.0) is None
 
 
+def test_a_bridged_gap_is_a_candidate_with_reference_before_it():
+    det = ChangeDetector(ChangeConfig(min_pause_s=0.1, min_reference_s=1.0))
+    assert not det.wants_gap(0.8)                    # 0.8 s of the voice before the gap
+    assert det.wants_gap(1.2)
+    det.reset(2.0)                                   # a new voice from segment time 2.0
+    assert not det.wants_gap(2.5) and det.wants_gap(3.0)
+    assert not ChangeDetector(ChangeConfig(min_pause_s=0.0)).wants_gap(5.0)       # the pause test is off
+    assert not ChangeDetector(ChangeConfig(enabled=False)).wants_gap(5.0)
+
+
+def test_a_pause_can_carry_its_own_threshold():
+    # A bridged gap is judged at change.bridge_threshold, an ordinary pause at change.threshold.
+    det = ChangeDetector(ChangeConfig(threshold=0.45, recent_s=1.0))
+    between = vec(0) + 1.2 * vec(1)                  # cosine to vec(0): 0.64
+    det.pause(2.0, vec(0), threshold=0.7)
+    det.pause(4.0, vec(0))
+    gap = det.test_pause(3.0, between)
+    assert gap.changed and 0.6 < gap.similarity < 0.7
+    assert not det.test_pause(5.0, between).changed
+
+
 def test_change_settings_are_validated():
     from streamsv.errors import StreamsvError
 
     assert Config().with_overrides(**{"change.threshold": 0.3}).change.threshold == 0.3
+    assert Config().with_overrides(**{"change.bridge_s": 0.8}).change.bridge_s == 0.8
     for key, bad in (("change.recent_s", 0), ("change.confirm_hops", 0), ("change.threshold", 2), ("change.enabled", "yes"),
-                     ("change.min_pause_s", -0.1), ("change.continuous", "no")):
+                     ("change.min_pause_s", -0.1), ("change.continuous", "no"), ("change.bridge_s", -0.5),
+                     ("change.bridge_s", 11), ("change.bridge_hold", "maybe"), ("change.bridge_threshold", 1.5)):
         with pytest.raises(StreamsvError, match=key):
             Config().with_overrides(**{key: bad})
 

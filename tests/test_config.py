@@ -217,3 +217,13 @@ def test_duration_slope_is_validated_and_defaults_to_the_scoring_constant():
     assert "scoring.duration_slope: out of range: 1.5" in error_of("scoring:\n  duration_slope: 1.5\n")
     assert "scoring.duration_slope: expected a number" in error_of("scoring:\n  duration_slope: steep\n")
     assert Config().with_overrides(**{"scoring.duration_slope": 0.2}).scoring.duration_slope == 0.2
+
+
+def test_bridge_settings_are_validated_with_one_line_errors():
+    # change.bridge_s: a segment this close to the last one continues its voice (streamsv/pipeline.py).
+    assert Config().change.bridge_s >= 0 and isinstance(Config().change.bridge_hold, bool)
+    assert parse_config("change:\n  bridge_s: 0.8\n").change.bridge_s == 0.8
+    assert "change.bridge_s: out of range: -0.5" in error_of("change:\n  bridge_s: -0.5\n")
+    assert "change.bridge_s: expected a number" in error_of("change:\n  bridge_s: long\n")
+    assert "change.bridge_hold" in error_of("change:\n  bridge_hold: maybe\n")
+    assert "change.bridge_threshold: out of range" in error_of("change:\n  bridge_threshold: 1.5\n")

@@ -81,7 +81,9 @@ def test_what_the_pipeline_emits_is_the_schema_key_for_key(stream):
     # A speaker change needs two voices in one segment: its keys are checked through the constructor above.
     assert seen >= set(events.KINDS) - {"speaker_change"}
     for e in stream:
-        assert list(e) == keys_of(e["event"]), e
+        # Every required key, and an optional one (speech_start's "continues") only in its place.
+        assert list(e) == [k for k in keys_of(e["event"]) if k in e], e
+        assert SCHEMA[e["event"]].__required_keys__ <= set(e), e
         json.loads(events.to_json_line(e))
 
 
@@ -92,3 +94,12 @@ def test_turn_filter_keeps_turn_events_and_label_changes(stream):
     assert sum(1 for e in kept if e["event"] == "stats") == 1          # periodic stats are left out
     assert kinds.count("speech_start") == kinds.count("speech_end") >= 2
     assert "profiles_reloaded" in kinds
+
+
+def test_a_speech_start_that_continues_the_voice_adds_its_fields_after_t():
+    # change.bridge_s: the same turn unless a speaker_change follows. Additive: a plain start is unchanged.
+    ev = events.speech_start(2.0, 0.4321)
+    assert list(ev) == keys_of("speech_start") and ev["continues"] is True and ev["gap_s"] == 0.432
+    assert events.to_json_line(ev) == '{"event":"speech_start","t":2.0,"continues":true,"gap_s":0.432}'
+    assert events.SpeechStartEvent.__optional_keys__ == {"continues", "gap_s"}
+    assert list(events.speech_start(2.0)) == ["event", "t"]

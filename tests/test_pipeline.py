@@ -35,11 +35,13 @@ def test_event_stream_shape(untrained, speech_clips, conversation):
     assert kinds[:2] == ["ready", "speech_start"] and kinds[-1] == "stats" and events[-1]["final"]
     decisions = [e for e in events if e["event"] == "decision"]
     assert len(decisions) >= 3
-    open_seg, seg_start, last_t = False, None, -1.0
+    open_seg, seg_start, last_t, hops = False, None, -1.0, []
     for e in events:
         if e["event"] == "speech_start":
             assert not open_seg
-            open_seg, seg_start, hops = True, e["t"], []
+            open_seg = True
+            if not e.get("continues"):   # a segment that continues the voice keeps its window and hops
+                seg_start, hops = e["t"], []
         elif e["event"] == "speaker_change":
             assert open_seg
             hops = []   # a new voice: its own window, hops and summary from here (streamsv/change.py)
@@ -56,7 +58,7 @@ def test_event_stream_shape(untrained, speech_clips, conversation):
             assert e["latency_ms"] >= 0 and e["compute_ms"] >= 0
             hops.append(e)
             if len(hops) == 1:
-                # The first hop of a segment comes after min_speech_s of its audio: the stream was reset.
+                # The first hop of a voice comes after min_speech_s of its audio: the stream was reset.
                 # (+ a pause's tail: the VAD hands the frames of a pause inside the segment over at once)
                 assert e["speech_s"] <= cfg.scoring.min_speech_s + cfg.vad.hangover_ms / 1000 + 0.03
                 assert e["t"] - seg_start >= cfg.scoring.min_speech_s - 1e-6
@@ -205,3 +207,123 @@ def test_reload_with_config_swaps_thresholds_at_a_chunk_boundary(untrained, spee
     # Scores below 1.0 can no longer be accepted, whatever they were before.
     assert all(not e["accepted"] for e in after if e["score"] is not None and e["score"] < 1.0)
     assert any(e["accepted"] for e in before)   # the enrolled clip itself passes the default rule
+
+
+# ------------------------------------------------------------ a segment that continues the voice
+
+
+def _bridged_run(emb, clips, **overrides) -> list[dict]:
+    """The clips with short pauses between them, every gap bridged (2 s), the change tests pinned by
+    their thresholds: a gap's test says 'change' at bridge_threshold 1.0 and never at -1.0."""
+    from streamsv.bench import TimedSource
+
+    audio, _ = with_pauses(clips, pause_s=0.7)
+    cfg = Config().with_overrides(**{"output.stats_interval_s": 86400, "change.bridge_s": 2.0,
+                                     "change.continuous": False, "change.threshold": -1.0, **overrides})
+    return list(Pipeline(emb, TimedSource(audio), cfg, {"first": emb.embed(clips[0])}).run())
+
+
+def test_a_segment_after_a_short_gap_continues_the_voice(untrained, speech_clips):
+    cfg = Config()
+    events = _bridged_run(untrained, speech_clips, **{"change.bridge_threshold": -1.0})
+    starts = [e for e in events if e["event"] == "speech_start"]
+    ends = [e for e in events if e["event"] == "speech_end"]
+    assert "continues" not in starts[0]
+    continuing = [e for e in starts if e.get("continues")]
+    assert continuing, "no gap short enough to bridge"
+    assert not [e for e in events if e["event"] == "speaker_change"]
+    for e in continuing:
+        before = max(x["t"] for x in ends if x["t"] <= e["t"])
+        assert e["gap_s"] == pytest.approx(e["t"] - before, abs=0.002) and 0 <= e["gap_s"] <= 2.0
+        after = [d for d in events if d["event"] == "decision" and d["t"] > e["t"]]
+        # Held until the gap's pause test has heard recent_s of the new segment; then the window
+        # that went on across the gap, not a fresh one.
+        assert after[0]["t"] - e["t"] >= cfg.change.recent_s - 0.01
+        assert after[0]["speech_s"] > cfg.scoring.min_speech_s + 0.5
+    # Each speech_end summarises the voice since the segment it began in (a segment under
+    # min_reference_s is too short to judge a gap after it: the next one is a new voice): its
+    # start, all its hops so far, its speech seconds.
+    voice_start, decided = None, 0
+    for e in events:
+        if e["event"] == "speech_start" and not e.get("continues"):
+            voice_start, decided, first_end = e["t"], 0, None
+        decided += e["event"] == "decision"
+        if e["event"] == "speech_end":
+            assert e["start"] == voice_start and e["decisions"] == decided
+            first_end = first_end or e
+    assert ends[-1]["start"] == first_end["start"] and ends[-1]["duration_s"] > first_end["duration_s"] + 1.0
+    stats = events[-1]
+    assert stats["segments"] == len(starts) and stats["speaker_changes"] == 0
+    # bridge_s 0: every segment is a new voice.
+    assert not [e for e in _bridged_run(untrained, speech_clips, **{"change.bridge_s": 0.0})
+                if e["event"] == "speech_start" and "continues" in e]
+
+
+def test_a_change_at_a_bridged_gap_restarts_the_voice_where_the_segment_began(untrained, speech_clips):
+    cfg = Config()
+    events = _bridged_run(untrained, speech_clips, **{"change.bridge_threshold": 1.0})
+    continuing = [e for e in events if e["event"] == "speech_start" and e.get("continues")]
+    changes = [e for e in events if e["event"] == "speaker_change"]
+    assert continuing and changes
+    for c in changes:
+        start = max(e["t"] for e in continuing if e["t"] <= c["at"] + 0.002)
+        assert c["at"] == pytest.approx(start, abs=0.002)                       # where the new segment began
+        assert c["t"] - c["at"] >= cfg.change.recent_s - 1e-6                  # once recent_s was heard
+        i = events.index(c)
+        first = next(e for e in events[i:] if e["event"] == "decision")
+        assert first["speech_s"] <= c["t"] - c["at"] + 0.1                     # judged on its own audio
+        end = next(e for e in events[i:] if e["event"] == "speech_end")
+        assert end["start"] == c["at"]
+
+
+def test_without_the_hold_a_continuing_segment_is_decided_at_once_on_the_old_window(untrained, speech_clips):
+    cfg = Config()
+    events = _bridged_run(untrained, speech_clips, **{"change.bridge_threshold": -1.0, "change.bridge_hold": False})
+    for e in (x for x in events if x["event"] == "speech_start" and x.get("continues")):
+        first = next(d for d in events if d["event"] == "decision" and d["t"] > e["t"])
+        assert first["t"] - e["t"] <= cfg.scoring.hop_s + 0.05
+        assert first["speech_s"] > cfg.scoring.min_speech_s
+
+
+def test_a_short_segment_after_a_bridged_gap_is_judged_before_the_next_one_starts(untrained, speech_clips):
+    # A segment that closes before recent_s of it was heard: its gap's test runs on what there is when
+    # the next segment starts, so a voice that took over there is placed there, not at the next gap.
+    from streamsv.bench import TimedSource
+
+    a, b = speech_clips[0], speech_clips[1]
+    loud = np.flatnonzero(np.abs(b) > 0.2 * np.abs(b).max())
+    short = b[loud[0]:loud[0] + int(0.5 * SR)]
+    pause = np.zeros(int(0.6 * SR), np.float32)
+    audio = np.concatenate([pause, a, pause, short, pause, b, pause]).astype(np.float32)
+    cfg = Config().with_overrides(**{"output.stats_interval_s": 86400, "change.bridge_s": 2.0, "change.continuous": False,
+                                     "change.threshold": -1.0, "change.bridge_threshold": 1.0})
+    events = list(Pipeline(untrained, TimedSource(audio), cfg, {}).run())
+    kinds = [e["event"] for e in events]
+    starts = [i for i, k in enumerate(kinds) if k == "speech_start"]
+    short_start = next(events[i] for i in starts if events[i].get("continues")
+                       and abs(events[i]["t"] - (0.6 + len(a) / SR + 0.6)) < 0.35)
+    i = events.index(short_start)
+    j = next(k for k in starts if k > i)                   # the segment after the short one
+    change = events[j - 1]
+    assert change["event"] == "speaker_change" and change["at"] == pytest.approx(short_start["t"], abs=0.002)
+    assert kinds[i + 1:j - 1] == ["speech_end"]            # nothing decided in the short segment
+    assert change["t"] == events[j - 2]["t"] <= events[j]["t"]
+    # The short voice is too little to compare a gap with: the next segment is a new voice.
+    assert "continues" not in events[j]
+
+
+def test_live_view_keeps_one_row_per_voice_across_continued_segments():
+    import io
+
+    from rich.console import Console
+
+    from streamsv import events as ev
+    from streamsv.sinks.console import LiveView
+
+    view = LiveView(console=Console(file=io.StringIO(), width=100))
+    for e in (ev.speech_start(0.5), ev.speech_end(2.0, 0.5, 1.5, 2, "ada", True, 0.8),
+              ev.speech_start(2.4, 0.4), ev.speech_end(4.0, 0.5, 3.1, 5, "ada", True, 0.82),
+              ev.speech_start(5.5), ev.speech_end(7.0, 5.5, 1.5, 1)):
+        view.consume(e)
+    assert len(view.turns) == 2
+    assert "0.50–   4.00s" in view.turns[0] and "ada" in view.turns[0] and "5.50–   7.00s" in view.turns[1]

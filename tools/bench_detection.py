@@ -13,7 +13,9 @@ one thread. Every system and variant hears the same audio. Figures:
                          segment's end; DA = (TP + TN) / frames, DER = (FA + miss) / target frames
   boundary P / R / F1    predicted turn starts (speech_start, speaker_change's ``at``) matched
                          one-to-one to true turn starts within +-0.3 s; false splits are
-                         speaker_change events matching none, missed are true starts with no match
+                         speaker_change events matching none, missed are true starts with no match.
+                         A speech_start that ``continues`` the voice before it (change.bridge_s)
+                         is no boundary: only a speaker_change after it is
   first correct, median  from a turn's start to its first right decision (turns with none counted)
   by dev set             in-turn accuracy per dev set over the run's rooms (urdu beside read English)
   core-s per audio-s     process CPU time / audio time (1 thread)
@@ -143,7 +145,8 @@ def score_conversation(events: list[dict], conv: mc.Conversation) -> dict:
         frames["tn"] += int((~pred & ~truth).sum())
         frames["fa"] += int((pred & ~truth).sum())
         frames["miss"] += int((~pred & truth).sum())
-    starts = [e["t"] for e in events if e["event"] == "speech_start"]
+    starts = [e["t"] for e in events if e["event"] == "speech_start" and not e.get("continues")]
+    continued = sum(1 for e in events if e["event"] == "speech_start" and e.get("continues"))
     changes = [e["at"] for e in events if e["event"] == "speaker_change"]
     truth_b = [turn.start for turn in conv.turns]
     change_hits = match_boundaries(changes, truth_b)
@@ -152,7 +155,7 @@ def score_conversation(events: list[dict], conv: mc.Conversation) -> dict:
         **frames,
         "boundaries_true": len(truth_b), "boundaries_pred": len(starts) + len(changes),
         "boundaries_hit": match_boundaries(starts + changes, truth_b),
-        "changes": len(changes), "false_splits": len(changes) - change_hits,
+        "changes": len(changes), "false_splits": len(changes) - change_hits, "continued": continued,
         "turns": len(conv.turns), "first_correct": [first.get(id(turn)) for turn in conv.turns],
         "dev_set": conv.dev_set,
     }
@@ -208,7 +211,7 @@ def run_conversation(system, audio: np.ndarray, conv: mc.Conversation, overrides
 def totals(parts: list[dict]) -> dict:
     """The figures of a list of scored conversations."""
     s = {k: sum(p[k] for p in parts) for k in ("decisions", "right", "tp", "tn", "fa", "miss", "boundaries_true",
-                                                "boundaries_pred", "boundaries_hit", "changes", "false_splits",
+                                                "boundaries_pred", "boundaries_hit", "changes", "false_splits", "continued",
                                                 "turns", "cpu_s", "audio_s")}
     frames = s["tp"] + s["tn"] + s["fa"] + s["miss"]
     target = s["tp"] + s["miss"]
@@ -224,7 +227,7 @@ def totals(parts: list[dict]) -> dict:
         "detection_error_rate": round(100 * (s["fa"] + s["miss"]) / target, 2) if target else None,
         "boundary_precision": round(precision, 4), "boundary_recall": round(recall, 4),
         "boundary_f1": round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0,
-        "speaker_changes": s["changes"], "false_splits": s["false_splits"],
+        "speaker_changes": s["changes"], "false_splits": s["false_splits"], "segments_continued": s["continued"],
         "missed_boundaries": s["boundaries_true"] - s["boundaries_hit"],
         "first_correct_median_s": round(float(np.median(found)), 2) if found else None,
         "turns_never_right": len(firsts) - len(found),
@@ -241,6 +244,7 @@ ROWS = (("in-turn decision accuracy", "in_turn_accuracy", "{:.3f}"),
         ("speaker_change events", "speaker_changes", "{}"),
         ("  false splits", "false_splits", "{}"),
         ("missed boundaries", "missed_boundaries", "{}"),
+        ("segments continuing a voice (bridged)", "segments_continued", "{}"),
         ("first correct decision, median s", "first_correct_median_s", "{:.2f}"),
         ("turns never decided right", "turns_never_right", "{}"),
         ("core-s per audio-s (1 thread)", "core_s_per_audio_s", "{:.4f}"))

@@ -63,6 +63,7 @@ class LiveView:
         self.decisions = 0
         self.latencies: deque[float] = deque(maxlen=LATENCY_KEEP)
         self.turns: deque[str] = deque(maxlen=RECENT_TURNS)
+        self._turn_start: float | None = None   # the start of the voice the last row summarises
         self.stats: dict = {}
         self._live = None
 
@@ -102,6 +103,9 @@ class LiveView:
             score, conf = event.get("score"), event.get("confidence")
             s = f"{score:.2f}" if score is not None else "  - "
             c = f"  conf {conf:.2f}" if conf is not None else ""
+            if self.turns and event.get("start") == self._turn_start:
+                self.turns.pop()   # a segment that continued the voice: its summary replaces the row
+            self._turn_start = event.get("start")
             self.turns.append(f"{event.get('start', 0):7.2f}–{event['t']:7.2f}s  {who:<16} {s}{c}")
         elif kind == "level":
             self.level = event
