@@ -75,12 +75,19 @@ class ChangeConfig:
     min_pause_s: float = 0.1  # a pause inside a segment this long is tested once recent_s follows it (0 = never)
     # A segment that starts within this many seconds of the last one's end continues its voice (window,
     # smoother, change references, turn summary); the gap is a pause inside it, which the pause test
-    # judges (0 = every segment is a new voice). Needs the pause test (min_pause_s > 0).
-    bridge_s: float = 0.0
-    bridge_hold: bool = True  # after a bridged gap, no decision until its pause test has spoken
-    # The pause test's threshold at a bridged gap: a gap is a turn change far more often than a
-    # pause inside a segment, so the voice after it must score higher to be the same voice.
-    bridge_threshold: float = 0.45
+    # judges (0 = every segment is a new voice). Needs the pause test (min_pause_s > 0). 1.0 s with
+    # bridge_threshold 0.7 won on the tuning conversations of tools.bench_detection (boundary F1
+    # 0.513 -> 0.571 at -50 dBFS, 0.605 -> 0.665 quiet; in-turn accuracy 0.819 -> 0.833 and
+    # 0.832 -> 0.829); 0.5 and 2.0 s did no better (README, Live rooms, third pass).
+    bridge_s: float = 1.0
+    # After a bridged gap, no decision until its pause test has spoken: deciding at once on the window
+    # from before the gap names the previous voice for the next one's first second (in-turn 0.71, tuning).
+    bridge_hold: bool = True
+    # The pause test's threshold at a bridged gap. Half the gaps the VAD leaves are turn changes, and a
+    # change missed there leaves two voices in the window while a false one only restarts it (as an
+    # unbridged segment does), so the voice after a gap must score higher to be the same: 0.45 (the
+    # gap test's EER point) lost in-turn accuracy, 0.55-0.7 gained it as they rose (tuning).
+    bridge_threshold: float = 0.7
 
 
 @dataclass(frozen=True)

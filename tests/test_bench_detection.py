@@ -107,3 +107,12 @@ def test_a_continuing_speech_start_is_no_boundary_but_a_change_after_it_is():
     assert part["false_splits"] == 0
     t = bd.totals([dict(part, cpu_s=0.0, audio_s=8.5)])
     assert t["boundary_precision"] == 1.0 and t["missed_boundaries"] == 1 and t["segments_continued"] == 3
+
+
+def test_decision_latency_p95_comes_from_the_decisions_own_latency():
+    conv = mc.Conversation("quiet-x", "a", [], [mc.Turn("a", 0.0, 30.0, "")], 30.0, enrolled={"a": ["1.wav"]})
+    events = [{"event": "decision", "t": 1.0 + i * 0.5, "accepted": True, "speaker": "a", "latency_ms": float(i)}
+              for i in range(1, 21)]
+    t = bd.totals([dict(bd.score_conversation(events, conv), cpu_s=0.0, audio_s=30.0)])
+    assert t["decision_latency_p95_ms"] == 19.1
+    assert bd.totals([dict(bd.score_conversation(events[:0], conv), cpu_s=0.0, audio_s=30.0)])["decision_latency_p95_ms"] is None

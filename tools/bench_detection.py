@@ -19,6 +19,9 @@ one thread. Every system and variant hears the same audio. Figures:
   first correct, median  from a turn's start to its first right decision (turns with none counted)
   by dev set             in-turn accuracy per dev set over the run's rooms (urdu beside read English)
   core-s per audio-s     process CPU time / audio time (1 thread)
+  decision latency p95   the decisions' own latency_ms: from a 30 ms block's hand-over to the
+                         decision it completes (the block's VAD, change tests and hop; the audio
+                         goes as fast as it goes, so no waiting is in it); wall time on a shared core
 
 Student variants run on the shipped model with the daemon's default scoring; ``before`` is the
 pipeline as it was before issue 10 (webrtcvad without a noise gate, no change test). The teacher
@@ -157,7 +160,7 @@ def score_conversation(events: list[dict], conv: mc.Conversation) -> dict:
         "boundaries_hit": match_boundaries(starts + changes, truth_b),
         "changes": len(changes), "false_splits": len(changes) - change_hits, "continued": continued,
         "turns": len(conv.turns), "first_correct": [first.get(id(turn)) for turn in conv.turns],
-        "dev_set": conv.dev_set,
+        "dev_set": conv.dev_set, "latencies_ms": [e["latency_ms"] for e in decisions if "latency_ms" in e],
     }
 
 
@@ -232,7 +235,12 @@ def totals(parts: list[dict]) -> dict:
         "first_correct_median_s": round(float(np.median(found)), 2) if found else None,
         "turns_never_right": len(firsts) - len(found),
         "core_s_per_audio_s": round(s["cpu_s"] / s["audio_s"], 4) if s["audio_s"] else None,
+        "decision_latency_p95_ms": percentile([ms for p in parts for ms in p.get("latencies_ms", [])], 95),
     }
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
 
 
 ROWS = (("in-turn decision accuracy", "in_turn_accuracy", "{:.3f}"),
@@ -247,7 +255,8 @@ ROWS = (("in-turn decision accuracy", "in_turn_accuracy", "{:.3f}"),
         ("segments continuing a voice (bridged)", "segments_continued", "{}"),
         ("first correct decision, median s", "first_correct_median_s", "{:.2f}"),
         ("turns never decided right", "turns_never_right", "{}"),
-        ("core-s per audio-s (1 thread)", "core_s_per_audio_s", "{:.4f}"))
+        ("core-s per audio-s (1 thread)", "core_s_per_audio_s", "{:.4f}"),
+        ("decision latency p95 ms (block to decision)", "decision_latency_p95_ms", "{:.1f}"))
 
 
 def table(results: dict[str, dict], condition: str) -> str:
