@@ -2,7 +2,9 @@
 
 source chunks ─▶ VAD segments ─▶ per voice: the rolling embedding (one model push per hop) ─▶
 scores against the profiles ─▶ ``decision`` events, the change test between hops ─▶
-``speaker_change``, and each turn's summary ─▶ ``speech_end``.
+``speaker_change``, and each turn's summary ─▶ ``speech_end``. A voice spans segments: one that
+starts within ``change.bridge_s`` of the last one's end continues it, its gap a pause that the
+change test judges (``speech_start`` says ``continues``).
 
 ``Pipeline.run(stop)`` yields the events. It is driven by the CLI and a service layer alike:
 ``add_audio_listener(fn)`` has ``fn(n_samples)`` called for every chunk consumed (a watchdog
@@ -25,9 +27,9 @@ from . import confidence as confidence_mod
 from . import events
 from .change import ChangeDetector, ChangeVerdict
 from .config import Config, ScoringConfig
+from .embedder import MIN_AUDIO_S
 from .errors import StreamsvError
 from .events import Event
-from .embedder import MIN_AUDIO_S
 from .features import SAMPLE_RATE
 from .scoring import Decision, Smoother, cosine_scores, decide, threshold_for, unit
 from .sources import Source
