@@ -262,6 +262,25 @@ def test_run_prepares_each_clip_once_per_cell_for_all_systems(monkeypatch, tmp_p
     assert len(rows) == 4 and len(calls) == 2 * len(utts)  # two cells, each clip prepared once per cell
 
 
+def test_degraded_audio_is_cached_once_and_read_back_the_same(monkeypatch, tmp_path):
+    utts = [datasets.Utterance("s/0", tmp_path / "0" / f"{i}.opus", "s") for i in range(1, 4)]
+    calls = []
+    monkeypatch.setattr(ev, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(datasets, "data_root", lambda required=True: tmp_path)
+    monkeypatch.setattr(datasets, "read_audio", lambda path: np.arange(1000 * int(path.stem), dtype=np.float32))
+    monkeypatch.setattr(ev, "prepare", lambda wave, key, c, d, noise: calls.append(key) or wave * 0.5)
+    first = ev.prepared_waves(utts, "far", "full", None, use_cache=True)
+    again = ev.prepared_waves(utts, "far", "full", None, use_cache=True)
+    assert len(calls) == 3  # the second call read the cache
+    assert [len(w) for w in again] == [1000, 2000, 3000]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    ev.prepared_waves(utts[:2], "far", "full", None, use_cache=True)  # another clip list: its own entry
+    ev.prepared_waves(utts, "clean", "full", None, use_cache=True)  # clean audio is not cached
+    ev.prepared_waves(utts, "clean", "full", None, use_cache=True)
+    assert len(calls) == 3 + 2 + 6
+
+
 # ------------------------------------------------------------ real data
 
 

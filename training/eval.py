@@ -355,8 +355,28 @@ def _clip_keys(utts) -> list[str]:
     return [str(u.path.relative_to(datasets.data_root())) for u in utts]
 
 
-def prepared_waves(utts, condition: str, duration: str, noise) -> list[np.ndarray]:
-    return [prepare(datasets.read_audio(u.path), k, condition, duration, noise) for u, k in zip(utts, _clip_keys(utts))]
+def prepared_waves(utts, condition: str, duration: str, noise, use_cache: bool = False) -> list[np.ndarray]:
+    """Every clip as `prepare` degrades it. With `use_cache`, a degraded cell's audio is kept under
+    cache/eval/audio (float32, so cached and fresh audio are the same samples): a new model's run
+    then skips the slow channels (the telephone codec, the pitch shift) that an earlier run made."""
+    keys = _clip_keys(utts)
+    path = None
+    if use_cache and condition != "clean":
+        digest = zlib.crc32("\n".join(keys).encode())
+        path = CACHE_DIR / "audio" / f"{condition}-{DEGRADE_VERSION}__{duration}__{digest:08x}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                if list(z["keys"]) == keys:
+                    audio, ends = z["audio"], z["ends"]
+                    return [audio[a:b] for a, b in zip(np.concatenate([[0], ends[:-1]]), ends)]
+    waves = [prepare(datasets.read_audio(u.path), k, condition, duration, noise) for u, k in zip(utts, keys)]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # one per process, as for the embeddings
+        np.savez(tmp, audio=np.concatenate(waves).astype(np.float32), ends=np.cumsum([len(w) for w in waves]),
+                 keys=np.asarray(keys))
+        tmp.replace(path)
+    return waves
 
 
 def embeddings(system: System, set_name: str, condition: str, duration: str, utts, noise, use_cache: bool,
@@ -446,7 +466,7 @@ def run(systems: list[System], sets, conditions, durations, use_cache: bool = Tr
 
                 def waves_for(condition=condition, duration=duration, memo=memo):
                     if not memo:
-                        memo.append(prepared_waves(utts, condition, duration, noise))
+                        memo.append(prepared_waves(utts, condition, duration, noise, use_cache))
                     return memo[0]
 
                 for system in systems:
