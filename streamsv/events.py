@@ -264,8 +264,8 @@ class TurnFilter:
     def keep(self, ev: Mapping[str, Any]) -> Any:
         """``ev`` itself when a turn consumer wants it, else None."""
         kind = ev.get("event")
-        if kind in (SPEECH_START, SPEAKER_CHANGE):
-            self._label = ()   # the next decision names the new voice
+        if kind == SPEAKER_CHANGE or (kind == SPEECH_START and not ev.get("continues")):
+            self._label = ()   # the next decision names the new voice (a continuing one keeps its label)
         if kind in TURN_EVENTS or (kind == STATS and ev.get("final")):
             return ev
         if kind == DECISION and ev.get("speaker") != self._label:

@@ -96,6 +96,15 @@ def test_turn_filter_keeps_turn_events_and_label_changes(stream):
     assert "profiles_reloaded" in kinds
 
 
+def test_turn_filter_repeats_no_label_after_a_continuing_start():
+    ada = {"event": "decision", "speaker": "ada"}
+    stream = [events.speech_start(0.0), {**ada, "t": 1.0}, {"event": "speech_end", "t": 1.2},
+              events.speech_start(1.5, 0.3), {**ada, "t": 2.5}, {"event": "speech_end", "t": 3.0},
+              events.speech_start(4.5), {**ada, "t": 5.5}]
+    kept = [e["t"] for e in events.turn_events(stream) if e["event"] == "decision"]
+    assert kept == [1.0, 5.5]  # the bridged segment's ada is the same turn's label
+
+
 def test_a_speech_start_that_continues_the_voice_adds_its_fields_after_t():
     # change.bridge_s: the same turn unless a speaker_change follows. Additive: a plain start is unchanged.
     ev = events.speech_start(2.0, 0.4321)

@@ -542,6 +542,35 @@ def test_a_speaker_change_inside_a_turn_fires_the_new_voices_first_event(broker)
         sub.close()
 
 
+def test_a_continuing_segment_fires_no_second_first_event(broker):
+    # change.bridge_s: a segment that continues the voice is the same turn for automations.
+    from streamsv.config import MqttConfig
+    from streamsv.sinks.mqtt import MqttSink
+
+    sub = Subscriber(broker.port)
+    sink = MqttSink(MqttConfig(url=broker.url, room="hall"), names=["ada", "bob"]).start()
+    try:
+        decision = {"event": "decision", "accepted": True, "score": 0.9, "speaker": "ada", "scores": {"ada": 0.9}}
+        end = {"event": "speech_end", "decisions": 1, "speaker": "ada", "accepted": True, "score": 0.9,
+               "scores": {"ada": 0.9}}
+        sink.consume({"event": "speech_start", "t": 0.0})
+        sink.consume({**decision, "t": 1.0})
+        sink.consume({**end, "t": 1.2})
+        sink.consume({"event": "speech_start", "t": 1.5, "continues": True, "gap_s": 0.3})
+        sink.consume({**decision, "t": 2.5})
+        sink.consume({**end, "t": 3.0})
+        sink.consume({"event": "speech_start", "t": 4.5})
+        sink.consume({**decision, "t": 5.5})
+        sink.consume({**end, "t": 6.0, "start": 4.5})
+        sub.wait_for(lambda m: m[1] == "streamsv/hall/event" and json.loads(m[2])["phase"] == "end"
+                     and json.loads(m[2])["t"] == 6.0)
+        firsts = [json.loads(p)["t"] for _, _, p, _ in sub.all("streamsv/hall/event") if json.loads(p)["phase"] == "first"]
+        assert firsts == [1.0, 5.5]
+    finally:
+        sink.close()
+        sub.close()
+
+
 def _ready(names: list[str]) -> dict:
     from streamsv import events
 

@@ -322,7 +322,8 @@ class MqttSink:
             if names != self.names:
                 self._set_names(names)
         elif kind == "speech_start":
-            self._turn_first_sent = False
+            if not event.get("continues"):   # a bridged gap: the same voice's turn goes on, no second "first"
+                self._turn_first_sent = False
             self._set_state(self.topics.speech, SPEECH_ON)
         elif kind == "speaker_change":  # a new voice inside the segment: its first confident decision fires too
             self._turn_first_sent = False
