@@ -374,6 +374,14 @@ def test_exporter_writes_checks_and_refuses(torch_mod, tmp_path):
     assert emb.info["meta"] == {"note": "t"}
     assert export_weights.main([str(checkpoint), str(out)]) == 2  # exists, no --force
     assert export_weights.main([str(checkpoint), str(out), "--force"]) == 0
+    npz = tmp_path / "baseline" / "student.npz"  # the frozen numpy runtime's weights: the same model back
+    assert export_weights.main([str(checkpoint), str(out), "--force", "--baseline-npz", str(npz)]) == 0
+    again, fingerprint, _, meta = export_weights.read_checkpoint(npz)
+    assert fingerprint == emb.fingerprint and meta == {"note": "t"}
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert export_weights.main([str(checkpoint), str(out), "--force", "--baseline-npz", str(npz)]) == 0
+    assert export_weights.main([str(checkpoint), str(tmp_path / "out2"), "--baseline-npz", str(npz)]) == 2  # no --force
+    assert not (tmp_path / "out2").exists()
 
     class Evil:
         def __reduce__(self):

@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -205,11 +206,27 @@ def write_atomic(path: Path, data: bytes, force: bool = False) -> None:
     os.replace(tmp, path)
 
 
+def npz_bytes(model: SpeakerEncoder, fingerprint: str, backend: dict | None, meta: dict) -> bytes:
+    """The weights as a format-1 .npz (float32 arrays and JSON, no pickle): what read_checkpoint
+    reads back, and what tools/baseline's frozen numpy runtime runs beside the ONNX graphs."""
+    arrays = {NPZ_MODEL_PREFIX + k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    arrays.update({f"backend.{k}": np.asarray(v, np.float32) for k, v in (backend or {}).items()})
+    arrays["format"] = np.array(CHECKPOINT_FORMAT)
+    arrays["config"] = np.array(json.dumps(asdict(model.cfg)))
+    arrays["meta"] = np.array(json.dumps(meta or {}))
+    arrays["fingerprint"] = np.array(fingerprint)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", type=Path, help="training checkpoint (.pt) or format-1 weights (.npz)")
     ap.add_argument("out", type=Path, help="output folder (writes student.onnx, student.int8.onnx, student.pool.onnx) or NAME.onnx")
     ap.add_argument("--force", action="store_true", help="overwrite existing files")
+    ap.add_argument("--baseline-npz", type=Path, metavar="PATH",
+                    help="also write the weights as a format-1 .npz (tools/baseline/student.npz: the numpy runtime the bench compares)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     try:
@@ -217,12 +234,17 @@ def main(argv: list[str] | None = None) -> int:
             raise StreamsvError(f"{args.checkpoint}: not found")
         paths = model_files(args.out)
         refuse_existing(paths, args.force)
+        if args.baseline_npz is not None and args.baseline_npz.exists() and not args.force:
+            raise StreamsvError(f"{args.baseline_npz} exists (use --force to overwrite)")
         try:
             model, fingerprint, backend, meta = read_checkpoint(args.checkpoint)
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint (pickle refused, truncated) is the user's file
             raise StreamsvError(f"{args.checkpoint}: cannot read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         files = export(model, fingerprint, backend, meta)
         write_model(files, paths)
+        if args.baseline_npz is not None:
+            write_atomic(args.baseline_npz, npz_bytes(model, fingerprint, backend, meta), force=True)
+            print(f"wrote {args.baseline_npz}")
     except StreamsvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
