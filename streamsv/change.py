@@ -6,7 +6,10 @@ At every hop the pipeline gives this test two embeddings: the last ``recent_s`` 
 and the segment's window as it was ``recent_s`` ago (audio that does not overlap the recent
 one). A cosine between them below ``threshold`` for ``confirm_hops`` hops in a row is a change:
 the pipeline then emits ``speaker_change`` and restarts its window and smoother on the audio
-since the change, so the new voice is judged on its own.
+since the change, so the new voice is judged on its own. The recent embedding is pooled from the
+live stream's own last frames at the hop (``change.embedding: stream``, no model step of its own)
+or embedded afresh half-way between hops (``offline``); the stream's frames of a new voice carry
+the voice before it, so its change is placed further back (CHANGE_LAG_SHARE).
 
 A pause inside a segment is where a new voice most often takes over (people answer after a
 breath), so a pause of at least ``min_pause_s`` is a candidate change point of its own: once
@@ -30,12 +33,17 @@ import numpy as np
 from .config import ChangeConfig
 from .scoring import unit
 
-# Where in the recent window a change is placed when it is called: the test fires once the new
-# voice fills most of the recent window, so the change lies inside it. Measured on the tuning
-# conversations of tools/bench_detection.py.
-CHANGE_LAG_SHARE = 0.75
+# Where in the recent window a change is placed when it is called, by change.embedding: the test
+# fires once the new voice fills most of the recent window, so the change lies inside it. The
+# stream's frames of a new voice still carry the one before it, so that test fires later and the
+# change lies further back. Measured on the tuning conversations of tools/bench_detection.py
+# (0.4-0.95 tried: 0.75 best offline, 0.85 best on the stream).
+CHANGE_LAG_SHARE = {"offline": 0.75, "stream": 0.85}
 KEEP_WINDOWS = 16           # hop windows remembered: 8 s at a 0.5 s hop, more than a pause test looks back
 EPS_S = 1e-9
+# A reference window may end this far into the recent audio: hops land on 30 ms blocks, so a test at
+# a hop finds the window of recent_s before it up to a block late (a test half-way never comes this close).
+REFERENCE_SLACK_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -46,9 +54,9 @@ class ChangeVerdict:
 
 
 class ChangeDetector:
-    """Feed ``remember(t, window_embedding)`` at every hop, ``test(t, recent_embedding)`` half-way
-    between hops (the continuous test), ``pause(t, reference)`` at every pause inside the segment
-    that ``wants_pause(t, seconds)``, and ``test_pause(t, embedding)`` when ``pause_due(t)``;
+    """Feed ``remember(t, window_embedding)`` at every hop, ``test(t, recent_embedding)`` at or
+    half-way between hops (the continuous test), ``pause(t, reference)`` at every pause inside
+    the segment that ``wants_pause(t, seconds)``, and ``test_pause(t, embedding)`` when ``pause_due(t)``;
     ``reset()`` at a segment start and after a change. Times are segment seconds."""
 
     def __init__(self, settings: ChangeConfig = ChangeConfig()) -> None:
@@ -78,7 +86,7 @@ class ChangeDetector:
 
     def _reference(self, cutoff: float) -> np.ndarray | None:
         """The latest window that ends by ``cutoff`` (so it holds none of the audio after it)."""
-        older = [v for when, v in self._windows if when <= cutoff + EPS_S]
+        older = [v for when, v in self._windows if when <= cutoff + REFERENCE_SLACK_S]
         return older[-1] if older else None
 
     # ------------------------------------------------------------ at pauses
@@ -132,6 +140,8 @@ class ChangeDetector:
         if not self.ready(t):
             return None
         similarity = float(unit(recent_embedding) @ self._reference(t - self.settings.recent_s))
-        self._below = self._below + 1 if similarity < self.settings.threshold else 0
-        changed = self._below >= self.settings.confirm_hops
-        return ChangeVerdict(round(similarity, 4), changed, CHANGE_LAG_SHARE * self.settings.recent_s)
+        s = self.settings
+        threshold = s.threshold if s.continuous_threshold is None else s.continuous_threshold
+        self._below = self._below + 1 if similarity < threshold else 0
+        changed = self._below >= s.confirm_hops
+        return ChangeVerdict(round(similarity, 4), changed, CHANGE_LAG_SHARE[s.embedding] * s.recent_s)

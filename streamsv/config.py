@@ -31,6 +31,7 @@ USER_CONFIG = Path("~/.config/streamsv/config.yaml")
 SYSTEM_CONFIG = Path("/etc/streamsv/config.yaml")
 DEFAULT_PROFILES_DIR = Path("profiles")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+CHANGE_EMBEDDINGS = ("offline", "stream")  # change.embedding: see ChangeConfig
 MAX_CONFIG_BYTES = 256 << 10  # a settings file is a few KB; refuse to parse anything huge
 # Checked on the YAML events before anything is built, so that nothing is expanded or recursed:
 MAX_YAML_DEPTH = 8            # the file is section > key > value: 2 levels
@@ -88,6 +89,17 @@ class ChangeConfig:
     # unbridged segment does), so the voice after a gap must score higher to be the same: 0.45 (the
     # gap test's EER point) lost in-turn accuracy, 0.55-0.7 gained it as they rose (tuning).
     bridge_threshold: float = 0.7
+    # Where the continuous test's recent embedding comes from (one of CHANGE_EMBEDDINGS): "offline"
+    # embeds the last recent_s afresh (a model step over it, half-way between decisions: about half
+    # the pipeline's CPU on continuous speech); "stream" pools the stream's own last recent_s of
+    # frames at the decision's hop (no model step). Pause and gap tests embed offline in both (once
+    # per pause, not every hop). "stream" matched "offline" on the tuning conversations (-50 dBFS:
+    # in-turn 0.832 vs 0.833, boundary F1 0.563 vs 0.571; quiet: 0.842 vs 0.829, 0.670 vs 0.665) at
+    # about a quarter less CPU (README, Performance).
+    embedding: str = "stream"
+    # The continuous test's own threshold (None: threshold). 0.4-0.6 tried with "stream" (tuning):
+    # above 0.45 more false splits and no fewer missed boundaries; 0.4 within noise of 0.45.
+    continuous_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -340,6 +352,8 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "change.bridge_s": _num(0.0, 10.0),
     "change.bridge_hold": _bool,
     "change.bridge_threshold": _num(-1.0, 1.0),
+    "change.embedding": _choice(CHANGE_EMBEDDINGS),
+    "change.continuous_threshold": _optional(_num(-1.0, 1.0)),
     "scoring.threshold": _num(-1.0, 1.0),
     "scoring.min_margin": _num(0.0, 2.0),
     "scoring.min_speech_s": _num(0.0, 60.0),

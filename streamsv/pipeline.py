@@ -1,7 +1,7 @@
 """The live loop: audio in, events out (their schema is streamsv/events.py).
 
 source chunks ─▶ VAD segments ─▶ per voice: the rolling embedding (one model push per hop) ─▶
-scores against the profiles ─▶ ``decision`` events, the change test between hops ─▶
+scores against the profiles ─▶ ``decision`` events, the change test at each hop ─▶
 ``speaker_change``, and each turn's summary ─▶ ``speech_end``. A voice spans segments: one that
 starts within ``change.bridge_s`` of the last one's end continues it, its gap a pause that the
 change test judges (``speech_start`` says ``continues``).
@@ -163,7 +163,7 @@ class ReloadRequest:
 
 
 class RecentAudio:
-    """The last ``keep_s`` of a voice's audio: what the speaker-change test embeds."""
+    """The last ``keep_s`` of a voice's audio: what the pause tests (and an offline continuous test) embed."""
 
     def __init__(self, keep_s: float, first: np.ndarray | None = None) -> None:
         self.keep = int(keep_s * SAMPLE_RATE)
@@ -195,7 +195,7 @@ class Voice:
     recent: RecentAudio
     audio_s: float = 0.0
     next_hop: float = 0.0           # when the next decision is due
-    next_change: float = 0.0        # when the next change test is due (half-way between decisions)
+    next_change: float = 0.0        # when the next offline change test is due (half-way between decisions)
     pending: list = dataclasses.field(default_factory=list)      # audio not yet pushed to the model
     embeddings: list = dataclasses.field(default_factory=list)   # each hop's window, for the summary
     hops: int = 0
@@ -260,7 +260,12 @@ class Pipeline:
         self.segmenter: Segmenter | None = None   # built by run(): silero's session costs ~16 ms
         self.stream = embedder.stream(window_s=cfg.scoring.window_s)
         self.smoother = Smoother(cfg.scoring.smoothing_hops)
-        self.change = ChangeDetector(cfg.change)
+        change_settings = cfg.change
+        if change_settings.embedding == "stream" and not hasattr(self.stream, "recent_embedding"):
+            # A stream that re-embeds its window per call (the teacher's, in the benchmarks) has no
+            # encoded frames to pool: its continuous test embeds offline.
+            change_settings = dataclasses.replace(change_settings, embedding="offline")
+        self.change = ChangeDetector(change_settings)
         self._compute_mark = 0.0                  # stream.compute_seconds at the last hop
         self.voice = self._new_voice(0.0)
         self._last_end: float | None = None       # stream time the last segment ended (its voice may go on)
@@ -388,11 +393,13 @@ class Pipeline:
                     if not ev.voiced:   # a pause inside the segment: a candidate change point
                         self._note_pause(len(ev.audio) / SAMPLE_RATE)
                     changed = self._pause_test(ev)
-                    # The continuous test runs half-way between decisions, so its extra embedding never
-                    # lands on the block that completes a hop (capture-to-decision stays as it was).
+                    # Offline, the continuous test runs half-way between decisions, so its extra embedding
+                    # never lands on the block that completes a hop (capture-to-decision stays as it was);
+                    # on the stream's frames it runs at the hop (below), one pooling before the decision.
                     # Across a bridged gap the pause test judges: a continuous change would be placed
                     # by voice seconds, which do not count the gap.
-                    if changed is None and self.voice.awaiting_gap is None and self.voice.change_due(hop_s):
+                    if (changed is None and self.voice.awaiting_gap is None and not self._test_at_hop
+                            and self.voice.change_due(hop_s)):
                         changed = self._change_test(ev)
                     if changed is not None:
                         out.append(changed)
@@ -401,6 +408,13 @@ class Pipeline:
                     # for the first second of whoever speaks. The hop stays due until the test speaks.
                     continue
                 if self.voice.hop_due(hop_s):
+                    if self._test_at_hop and self.cfg.change.enabled and self.voice.awaiting_gap is None:
+                        # The stream's frames are the test's: pushed for this hop anyway, one pooling more.
+                        self._push_pending()
+                        changed = self._change_test(ev)
+                        if changed is not None:
+                            out.append(changed)
+                            continue   # the new voice decides once it has its own audio
                     d = self._hop(ev)
                     if d is not None:
                         out.append(d)
@@ -485,8 +499,8 @@ class Pipeline:
         new voice begins at the change with the audio since it."""
         if not self.change.ready(self.voice.audio_s):
             return None
-        recent = self.voice.recent.last(self.cfg.change.recent_s)
-        verdict = self.change.test(self.voice.audio_s, self._embed_for_test(recent))
+        recent = self._recent_embedding()
+        verdict = None if recent is None else self.change.test(self.voice.audio_s, recent)
         if verdict is None or not verdict.changed:
             return None
         return self._split(ev.t_end, verdict)
@@ -513,6 +527,18 @@ class Pipeline:
         if self.voice.awaiting_gap is not None and end + EPS_S >= self.voice.awaiting_gap:
             self.voice.awaiting_gap = None   # the last bridged gap has been judged
         return self._split(ev.t_end, verdict) if verdict.changed else None
+
+    @property
+    def _test_at_hop(self) -> bool:
+        """The continuous test on the stream's frames runs at the hop, whose push encodes them."""
+        return self.change.settings.embedding == "stream"
+
+    def _recent_embedding(self) -> np.ndarray | None:
+        """The continuous test's embedding of the voice's last ``recent_s`` (change.embedding)."""
+        seconds = self.cfg.change.recent_s
+        if self.change.settings.embedding == "offline":
+            return self._embed_for_test(self.voice.recent.last(seconds))
+        return self.stream.recent_embedding(seconds)   # at the hop: its push has just encoded them
 
     def _embed_for_test(self, audio: np.ndarray) -> np.ndarray:
         began = time.perf_counter()

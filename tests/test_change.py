@@ -37,7 +37,19 @@ def test_a_new_voice_is_a_change_once_the_reference_is_long_enough():
     # Untestable until 1 s of reference precedes the 1 s recent window (segment time 2 s).
     assert verdicts[0] is None and verdicts[1] is None
     assert [bool(v and v.changed) for v in verdicts].index(True) == 5
-    assert verdicts[5].similarity < 0.5 and verdicts[5].lag_s == pytest.approx(0.75)
+    assert verdicts[5].similarity < 0.5 and verdicts[5].lag_s == pytest.approx(0.85)   # the stream's placement
+    offline = feed(ChangeDetector(ChangeConfig(threshold=0.5, embedding="offline")), [0] * 5 + [1] * 3)
+    assert offline[5].changed and offline[5].lag_s == pytest.approx(0.75)
+
+
+def test_the_continuous_test_can_have_its_own_threshold():
+    # A cosine of 0.6 to the reference: a change at 0.7, none at 0.5 (the pause tests keep threshold).
+    def run(continuous_threshold):
+        det = ChangeDetector(ChangeConfig(threshold=0.5, continuous_threshold=continuous_threshold))
+        det.remember(1.0, vec(0))
+        return det.test(2.5, vec(0) + vec(1) * np.sqrt(1 / 0.36 - 1))
+    assert run(None).similarity == pytest.approx(0.6) and not run(None).changed
+    assert run(0.7).changed and not run(0.5).changed
 
 
 def test_confirm_hops_wants_that_many_in_a_row():
@@ -211,3 +223,49 @@ def test_turns_filter_passes_the_change_and_names_the_new_voice():
     kept = [f.keep(e) for e in stream]
     assert kept[2]["at"] == 2.3
     assert kept[3] is not None and kept[3]["speaker"] == "alice"   # the new turn's first label, even if the same
+
+
+def test_a_test_at_a_hop_finds_the_reference_a_block_late():
+    # Hops land on 30 ms blocks: the window of recent_s before a test at a hop may end a block after
+    # t - recent_s. It is still the reference (50 ms of overlap in 1 s), not the window a hop older.
+    det = ChangeDetector(ChangeConfig(threshold=0.5, recent_s=1.0, min_reference_s=1.0))
+    det.remember(1.02, vec(0))
+    det.remember(2.01, vec(1))
+    det.remember(2.52, vec(2))
+    verdict = det.test(3.0, vec(1))        # cutoff 2.0: the window at 2.01, the same voice
+    assert verdict is not None and verdict.similarity == pytest.approx(1.0) and not verdict.changed
+
+
+class _CountingEmbedder:
+    """The embedder with its offline ``embed`` counted (the change test's model steps of its own)."""
+
+    def __init__(self, embedder):
+        self._embedder, self.offline_calls = embedder, 0
+
+    def __getattr__(self, name):
+        return getattr(self._embedder, name)
+
+    def embed(self, *args, **kwargs):
+        self.offline_calls += 1
+        return self._embedder.embed(*args, **kwargs)
+
+
+@pytest.mark.skipif(len(dev_speakers()) < 2 or data_dir() is None, reason="needs ../shared/data")
+def test_the_stream_test_splits_a_turn_without_an_offline_embed(embedder):
+    # Pause tests off (min_pause_s 0, so no bridging either): only the continuous test runs. On the
+    # stream's frames it makes no model step of its own, and still finds the second voice.
+    a, b = dev_speakers()[:2]
+    first, second = _voice(a, 5.0), _voice(b, 5.0)
+    audio = np.concatenate([np.zeros(SR // 2, np.float32), first, second, np.zeros(SR, np.float32)])
+    boundary = 0.5 + len(first) / SR
+    counted = _CountingEmbedder(embedder)
+    events = _run(counted, audio, **{"change.embedding": "stream", "change.min_pause_s": 0.0})
+    assert counted.offline_calls == 0
+    changes = [e for e in events if e["event"] == "speaker_change"]
+    assert any(abs(e["at"] - boundary) < 1.0 for e in changes), changes
+    after = [e for e in events if e["event"] == "decision" and e["t"] >= changes[0]["t"]]
+    assert after and after[0]["speech_s"] <= Config().scoring.min_speech_s + 0.1
+    # Offline, the same run embeds the recent audio at every test.
+    counted = _CountingEmbedder(embedder)
+    _run(counted, audio, **{"change.embedding": "offline", "change.min_pause_s": 0.0})
+    assert counted.offline_calls >= 10

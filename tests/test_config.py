@@ -227,3 +227,11 @@ def test_bridge_settings_are_validated_with_one_line_errors():
     assert "change.bridge_s: expected a number" in error_of("change:\n  bridge_s: long\n")
     assert "change.bridge_hold" in error_of("change:\n  bridge_hold: maybe\n")
     assert "change.bridge_threshold: out of range" in error_of("change:\n  bridge_threshold: 1.5\n")
+
+
+def test_change_embedding_is_one_of_its_sources():
+    assert parse_config("change:\n  embedding: Stream\n", source="test.yaml").change.embedding == "stream"
+    assert Config().change.embedding == "stream"
+    assert parse_config("change:\n  continuous_threshold: null\n", source="test.yaml").change.continuous_threshold is None
+    msg = error_of("change:\n  embedding: online\n")
+    assert "change.embedding" in msg and "offline, stream" in msg

@@ -327,3 +327,48 @@ def test_live_view_keeps_one_row_per_voice_across_continued_segments():
         view.consume(e)
     assert len(view.turns) == 2
     assert "0.50–   4.00s" in view.turns[0] and "ada" in view.turns[0] and "5.50–   7.00s" in view.turns[1]
+
+
+class _Rewindowing:
+    """A stream like the teacher's: re-embeds its window per call, no encoded frames to pool."""
+
+    def __init__(self, inner):
+        self._inner, self.compute_seconds = inner, 0.0
+
+    seconds = property(lambda self: self._inner.seconds)
+
+    def reset(self):
+        self._inner.reset()
+
+    def push(self, audio):
+        self._inner.push(audio)
+
+    def embedding(self):
+        return self._inner.embedding()
+
+
+class _CountingModel:
+    def __init__(self, inner):
+        self._inner, self.offline_calls = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def stream(self, window_s=3.0):
+        return _Rewindowing(self._inner.stream(window_s))
+
+    def embed(self, *args, **kwargs):
+        self.offline_calls += 1
+        return self._inner.embed(*args, **kwargs)
+
+
+def test_a_stream_with_no_frames_to_pool_is_change_tested_offline(untrained, conversation):
+    path, _ = conversation
+    model = _CountingModel(untrained)
+    cfg = Config().with_overrides(**{"change.embedding": "stream", "change.min_pause_s": 0.0,
+                                     "output.stats_interval_s": 86400})
+    pipeline = Pipeline(model, FileSource(path), cfg, {})
+    assert pipeline.change.settings.embedding == "offline"
+    assert [e for e in pipeline.run() if e["event"] == "decision"]
+    assert model.offline_calls > 0   # only the continuous test embeds (pause tests are off)
+    assert Pipeline(untrained, FileSource(path), cfg, {}).change.settings.embedding == "stream"
