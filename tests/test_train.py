@@ -57,6 +57,22 @@ def test_window_target_weights_each_window_by_its_overlap():
     assert train.window_target(spans, emb, 200, 300) is None
 
 
+def test_cached_arrays_compute_once_per_utterance_list(tmp_path):
+    utts = [datasets.Utterance("so/0", Path(f"/so/{i}"), "so") for i in range(3)]
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"emb": np.arange(6, dtype=np.float32).reshape(3, 2), "first": np.array([0, 1, 2, 3])}
+
+    first = train.cached_arrays(tmp_path / "t.npz", utts, compute)
+    again = train.cached_arrays(tmp_path / "t.npz", utts, compute)
+    assert len(calls) == 1 and set(again) == {"emb", "first"}
+    np.testing.assert_array_equal(first["emb"], again["emb"])
+    train.cached_arrays(tmp_path / "t.npz", utts[:2], compute)  # other utterances: computed again
+    assert len(calls) == 2
+
+
 def test_teacher_windows_joined_keep_each_utterance_its_rows():
     a = train.TeacherWindows(np.ones((3, 2), np.float32), np.array([[0, 1], [1, 2], [2, 3]]), np.array([0, 1, 3]))
     b = train.TeacherWindows(np.full((2, 2), 5, np.float32), np.array([[0, 9], [9, 10]]), np.array([0, 2]))

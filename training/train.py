@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,24 +129,41 @@ def load_waves(utts: list[datasets.Utterance], name: str, trim: bool = False) ->
     return [np.clip(w * 32768, -32768, 32767).astype(np.int16).astype(np.float32) / 32768 for w in waves]
 
 
-def teacher_targets(utts: list[datasets.Utterance], waves: list[np.ndarray], name: str) -> np.ndarray:
-    """Resemblyzer utterance embeddings of the clean audio, computed once and cached."""
-    path = CACHE / f"teacher-{name}.npz"
+TEACHER_BATCH = 64  # clips per teacher call: its partial windows run through the LSTM as one batch
+
+
+def cached_arrays(path: Path, utts: list[datasets.Utterance], compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`compute()`'s arrays, kept in `path` beside the utterances' keys: a later run with the same
+    utterances reads them back instead of running the teacher again."""
     keys = np.array([str(u.path) for u in utts])
     if path.exists():
-        cached = np.load(path)
-        if np.array_equal(cached["keys"], keys):
-            return cached["emb"]
-    from training.teacher import Teacher  # needs resemblyzer: imported only when the cache misses
+        with np.load(path) as cached:
+            if np.array_equal(cached["keys"], keys):
+                return {k: cached[k] for k in cached.files if k != "keys"}
+    arrays = compute()
+    np.savez(path, keys=keys, **arrays)
+    return arrays
+
+
+def teacher_batches(waves: list[np.ndarray], label: str, embed: Callable) -> list:
+    """`embed(teacher, clips)` over `waves`, TEACHER_BATCH clips at a time, with progress."""
+    from training.teacher import Teacher  # needs resemblyzer: imported only when a cache misses
 
     teacher, out = Teacher(), []
-    for i in range(0, len(waves), 64):
-        out.append(teacher.embed_batch(waves[i:i + 64]))
-        print(f"\rteacher targets ({name}) {min(i + 64, len(waves))}/{len(waves)}", end="", flush=True)
+    for i in range(0, len(waves), TEACHER_BATCH):
+        out.append(embed(teacher, waves[i:i + TEACHER_BATCH]))
+        print(f"\rteacher {label} {min(i + TEACHER_BATCH, len(waves))}/{len(waves)}", end="", flush=True)
     print()
-    emb = np.concatenate(out).astype(np.float32)
-    np.savez(path, keys=keys, emb=emb)
-    return emb
+    return out
+
+
+def teacher_targets(utts: list[datasets.Utterance], waves: list[np.ndarray], name: str) -> np.ndarray:
+    """Resemblyzer utterance embeddings of the clean audio, computed once and cached."""
+    def compute() -> dict[str, np.ndarray]:
+        batches = teacher_batches(waves, f"targets ({name})", lambda teacher, clips: teacher.embed_batch(clips))
+        return {"emb": np.concatenate(batches).astype(np.float32)}
+
+    return cached_arrays(CACHE / f"teacher-{name}.npz", utts, compute)["emb"]
 
 
 @dataclass
@@ -168,22 +186,13 @@ class TeacherWindows:
 
 def teacher_windows(utts: list[datasets.Utterance], waves: list[np.ndarray], name: str) -> TeacherWindows:
     """Resemblyzer's partial-window embeddings of the clean audio, computed once and cached."""
-    path = CACHE / f"teacher-windows-{name}.npz"
-    keys = np.array([str(u.path) for u in utts])
-    if path.exists():
-        cached = np.load(path)
-        if np.array_equal(cached["keys"], keys):
-            return TeacherWindows(cached["emb"], cached["spans"], cached["first"])
-    from training.teacher import Teacher
+    def compute() -> dict[str, np.ndarray]:
+        batches = teacher_batches(waves, f"windows ({name})", lambda teacher, clips: teacher.embed_windows(clips))
+        windows = TeacherWindows.joined([TeacherWindows(*b) for b in batches])
+        return {"emb": windows.emb, "spans": windows.spans, "first": windows.first}
 
-    teacher, parts = Teacher(), []
-    for i in range(0, len(waves), 64):
-        parts.append(TeacherWindows(*teacher.embed_windows(waves[i:i + 64])))
-        print(f"\rteacher windows ({name}) {min(i + 64, len(waves))}/{len(waves)}", end="", flush=True)
-    print()
-    windows = TeacherWindows.joined(parts)
-    np.savez(path, keys=keys, emb=windows.emb, spans=windows.spans, first=windows.first)
-    return windows
+    arrays = cached_arrays(CACHE / f"teacher-windows-{name}.npz", utts, compute)
+    return TeacherWindows(arrays["emb"], arrays["spans"], arrays["first"])
 
 
 def prepare_data(recipe: Recipe) -> tuple[list, list, np.ndarray, TeacherWindows | None, list]:
