@@ -536,9 +536,9 @@ class Pipeline:
     def _recent_embedding(self) -> np.ndarray | None:
         """The continuous test's embedding of the voice's last ``recent_s`` (change.embedding)."""
         seconds = self.cfg.change.recent_s
-        if self.change.settings.embedding == "offline":
-            return self._embed_for_test(self.voice.recent.last(seconds))
-        return self.stream.recent_embedding(seconds)   # at the hop: its push has just encoded them
+        if self._test_at_hop:
+            return self.stream.recent_embedding(seconds)   # at the hop: its push has just encoded them
+        return self._embed_for_test(self.voice.recent.last(seconds))
 
     def _embed_for_test(self, audio: np.ndarray) -> np.ndarray:
         began = time.perf_counter()

@@ -233,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.checkpoint.is_file():
             raise StreamsvError(f"{args.checkpoint}: not found")
         paths = model_files(args.out)
-        refuse_existing(paths, args.force)
-        if args.baseline_npz is not None and args.baseline_npz.exists() and not args.force:
-            raise StreamsvError(f"{args.baseline_npz} exists (use --force to overwrite)")
+        refuse_existing(paths if args.baseline_npz is None else {**paths, "baseline": args.baseline_npz}, args.force)
         try:
             model, fingerprint, backend, meta = read_checkpoint(args.checkpoint)
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint (pickle refused, truncated) is the user's file
