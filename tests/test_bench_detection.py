@@ -116,3 +116,19 @@ def test_decision_latency_p95_comes_from_the_decisions_own_latency():
     t = bd.totals([dict(bd.score_conversation(events, conv), cpu_s=0.0, audio_s=30.0)])
     assert t["decision_latency_p95_ms"] == 19.1
     assert bd.totals([dict(bd.score_conversation(events[:0], conv), cpu_s=0.0, audio_s=30.0)])["decision_latency_p95_ms"] is None
+
+
+def test_wrong_decisions_are_counted_by_kind_and_by_how_early_they_came():
+    conv = mc.Conversation("quiet-x", "a", [], [mc.Turn("a", 0.0, 4.0, ""), mc.Turn("c", 4.5, 8.0, "")], 8.5,
+                           enrolled={"a": ["1.wav"], "b": ["2.wav"]}, dev_set="urdu")
+    decisions = [(1.0, True, "a"),     # right
+                 (1.2, False, None),   # a left unknown, early
+                 (3.0, True, "b"),     # a named as b, late
+                 (5.0, True, "a"),     # the stranger accepted, early
+                 (7.0, False, None)]   # the stranger left unknown: right
+    events = [{"event": "decision", "t": t, "accepted": ok, "speaker": who} for t, ok, who in decisions]
+    part = dict(bd.score_conversation(events, conv), cpu_s=0, audio_s=8.5)
+    figures = bd.totals([part])
+    assert figures["in_turn_accuracy"] == 0.4
+    assert (figures["stranger_accepted_share"], figures["enrolled_unknown_share"],
+            figures["enrolled_confused_share"], figures["wrong_early_share"]) == (0.2, 0.2, 0.2, 0.4)

@@ -7,7 +7,9 @@ speaker-change test, rolling window, a decision every hop, smoothing) as fast as
 one thread. Every system and variant hears the same audio. Figures:
 
   in-turn accuracy       decisions inside a turn (and inside no other) that are right: the
-                         enrolled speaker accepted by name, the stranger left unknown
+                         enrolled speaker accepted by name, the stranger left unknown; the
+                         wrong ones split by kind (stranger accepted, enrolled voice unknown or
+                         named as the other) and the share that came in a turn's first 1.5 s
   DA / DER (96 ms)       Picovoice's speaker-recognition benchmark, per enrolled voice as target:
                          the pipeline's latest output is held until the next decision or the
                          segment's end; DA = (TP + TN) / frames, DER = (FA + miss) / target frames
@@ -130,6 +132,20 @@ def right(decision: dict, turn: mc.Turn, enrolled: set[str]) -> bool:
     return not decision["accepted"]
 
 
+def wrong_kind(decision: dict, turn: mc.Turn, enrolled: set[str]) -> str | None:
+    """Which way a decision went wrong (None when right): a stranger accepted as someone, an
+    enrolled voice left unknown, or an enrolled voice named as another."""
+    if right(decision, turn, enrolled):
+        return None
+    if turn.speaker not in enrolled:
+        return "stranger_accepted"
+    return "enrolled_unknown" if not decision["accepted"] else "enrolled_confused"
+
+
+WRONG_KINDS = ("stranger_accepted", "enrolled_unknown", "enrolled_confused")
+EARLY_S = 1.5  # a wrong decision this soon after its turn's start counts as early
+
+
 def score_conversation(events: list[dict], conv: mc.Conversation) -> dict:
     """Counts for one conversation's events against its truth (summed over conversations later)."""
     enrolled = set(conv.enrolled) or {conv.target}
@@ -159,6 +175,8 @@ def score_conversation(events: list[dict], conv: mc.Conversation) -> dict:
         "boundaries_true": len(truth_b), "boundaries_pred": len(starts) + len(changes),
         "boundaries_hit": match_boundaries(starts + changes, truth_b),
         "changes": len(changes), "false_splits": len(changes) - change_hits, "continued": continued,
+        **{kind: sum(wrong_kind(e, turn, enrolled) == kind for e, turn in judged) for kind in WRONG_KINDS},
+        "wrong_early": sum(not right(e, turn, enrolled) and e["t"] - turn.start < EARLY_S for e, turn in judged),
         "turns": len(conv.turns), "first_correct": [first.get(id(turn)) for turn in conv.turns],
         "dev_set": conv.dev_set, "latencies_ms": [e["latency_ms"] for e in decisions if "latency_ms" in e],
     }
@@ -215,7 +233,7 @@ def totals(parts: list[dict]) -> dict:
     """The figures of a list of scored conversations."""
     s = {k: sum(p[k] for p in parts) for k in ("decisions", "right", "tp", "tn", "fa", "miss", "boundaries_true",
                                                 "boundaries_pred", "boundaries_hit", "changes", "false_splits", "continued",
-                                                "turns", "cpu_s", "audio_s")}
+                                                "turns", "cpu_s", "audio_s", *WRONG_KINDS, "wrong_early")}
     frames = s["tp"] + s["tn"] + s["fa"] + s["miss"]
     target = s["tp"] + s["miss"]
     precision = s["boundaries_hit"] / s["boundaries_pred"] if s["boundaries_pred"] else 0.0
@@ -226,6 +244,8 @@ def totals(parts: list[dict]) -> dict:
         "conversations": len(parts), "audio_s": round(s["audio_s"], 1), "turns": s["turns"],
         "in_turn_accuracy": round(s["right"] / s["decisions"], 4) if s["decisions"] else None,
         "decisions": s["decisions"],
+        **{f"{kind}_share": round(s[kind] / s["decisions"], 4) if s["decisions"] else None
+           for kind in (*WRONG_KINDS, "wrong_early")},
         "detection_accuracy": round(100 * (s["tp"] + s["tn"]) / frames, 2) if frames else None,
         "detection_error_rate": round(100 * (s["fa"] + s["miss"]) / target, 2) if target else None,
         "boundary_precision": round(precision, 4), "boundary_recall": round(recall, 4),
@@ -244,6 +264,10 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 ROWS = (("in-turn decision accuracy", "in_turn_accuracy", "{:.3f}"),
+        ("  wrong: stranger accepted (share of decisions)", "stranger_accepted_share", "{:.3f}"),
+        ("  wrong: enrolled voice left unknown", "enrolled_unknown_share", "{:.3f}"),
+        ("  wrong: enrolled voice named as another", "enrolled_confused_share", "{:.3f}"),
+        (f"  wrong within {EARLY_S:g} s of the turn's start", "wrong_early_share", "{:.3f}"),
         ("detection accuracy % (96 ms)", "detection_accuracy", "{:.2f}"),
         ("detection error rate %", "detection_error_rate", "{:.2f}"),
         ("boundary precision (+-0.3 s)", "boundary_precision", "{:.3f}"),
