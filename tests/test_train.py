@@ -149,3 +149,21 @@ def test_training_files_never_name_the_dev_only_set():
     assert datasets.OUT_OF_DOMAIN_SETS
     for name in datasets.OUT_OF_DOMAIN_SETS:
         assert name not in Path(train.__file__).read_text().lower()
+
+
+def test_a_fine_tune_starts_from_the_given_weights_with_their_shape(tmp_path):
+    from training.export_weights import npz_bytes
+    from training.model import ModelDimensions, SpeakerEncoder
+    from training.train import initial_student
+
+    torch.manual_seed(0)
+    source = SpeakerEncoder(ModelDimensions(width=32, n_blocks=1)).eval()
+    path = tmp_path / "w.npz"
+    path.write_bytes(npz_bytes(source, "0123456789abcdef", None, {}))
+    model, fingerprint = initial_student(path)
+    assert fingerprint == "0123456789abcdef" and model.cfg.width == 32 and model.cfg.n_blocks == 1
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    (tmp_path / "bad.npz").write_bytes(b"not weights")
+    with pytest.raises(SystemExit, match="error: --init"):
+        initial_student(tmp_path / "bad.npz")

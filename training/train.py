@@ -397,6 +397,19 @@ def mel_statistics(waves: list[np.ndarray], rng: np.random.Generator, n: int = 4
     return mels.mean(dim=0), mels.std(dim=0).clamp(min=1e-3)
 
 
+def initial_student(path: Path) -> tuple[SpeakerEncoder, str]:
+    """The weights a fine-tune starts from, and their fingerprint; a clear error for a bad file."""
+    from training.export_weights import read_checkpoint
+
+    try:
+        model, fingerprint, backend, _ = read_checkpoint(path)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise SystemExit(f"error: --init {path}: {exc}") from None
+    if backend is not None:
+        raise SystemExit(f"error: --init {path}: weights with a scoring backend cannot be fine-tuned")
+    return model, fingerprint
+
+
 def learning_rate(step: int, recipe: Recipe) -> float:
     if step < recipe.warmup_steps:
         return recipe.lr * (step + 1) / recipe.warmup_steps
@@ -412,6 +425,12 @@ def main() -> None:
     ap.add_argument("--arch", default="mixer", choices=["mixer", "transformer"])
     ap.add_argument("--steps", type=int, default=Recipe.steps)
     ap.add_argument("--aam-weight", type=float, default=Recipe.aam_weight)
+    ap.add_argument("--lr", type=float, default=Recipe.lr, help="peak learning rate")
+    ap.add_argument("--warmup-steps", type=int, default=Recipe.warmup_steps)
+    ap.add_argument("--init", type=Path, metavar="WEIGHTS",
+                    help="start the student from these weights (a .pt checkpoint or format-1 .npz, e.g. "
+                         "tools/baseline/student.npz, the shipped model) instead of at random: a fine-tune; "
+                         "its shape and mel statistics come with it (--width/--blocks are ignored)")
     ap.add_argument("--pitch-semitones", type=float, default=Recipe.pitch_semitones)
     ap.add_argument("--utterance-targets", action="store_true",
                     help="every crop learns its clip's whole-utterance teacher embedding (the recipe before window targets)")
@@ -428,11 +447,13 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    recipe = Recipe(steps=args.steps, aam_weight=args.aam_weight, seed=args.seed,
-                    pitch_semitones=args.pitch_semitones, window_targets=not args.utterance_targets)
+    recipe = Recipe(steps=args.steps, aam_weight=args.aam_weight, seed=args.seed, lr=args.lr,
+                    warmup_steps=args.warmup_steps, pitch_semitones=args.pitch_semitones,
+                    window_targets=not args.utterance_targets)
     if args.width < 8 or args.width % ModelDimensions.groups or args.blocks < 1:
         raise SystemExit(f"error: --width must be a multiple of {ModelDimensions.groups} (>= 8) and --blocks >= 1")
-    cfg = ModelDimensions(arch=args.arch, width=args.width, n_blocks=args.blocks)
+    init = initial_student(args.init) if args.init is not None else None
+    cfg = init[0].cfg if init else ModelDimensions(arch=args.arch, width=args.width, n_blocks=args.blocks)
     torch.manual_seed(recipe.seed)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -442,12 +463,16 @@ def main() -> None:
         print(f"data ready in {time.time() - started:.0f} s")
         return
     mel_mean, mel_std = mel_statistics(waves, np.random.default_rng(recipe.seed))
+    if init:  # a fine-tune keeps the normalisation its weights learnt with
+        mel_mean, mel_std = init[0].stem.mel_mean.clone(), init[0].stem.mel_std.clone()
     sampler = CropSampler(utts, waves, targets, noises, recipe, mel_mean.numpy(), windows)
     print(f"data ready in {time.time() - started:.0f} s: {len(utts)} utterances, {sampler.n_speakers} speakers, "
           f"{sum(map(len, waves)) / SAMPLE_RATE / 3600:.1f} h", flush=True)
 
     model = Distiller(cfg, sampler.n_speakers, recipe)
     model.student.stem.mel_mean, model.student.stem.mel_std = mel_mean, mel_std
+    if init:
+        model.student.load_state_dict(init[0].state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     step, elapsed, cpu_before = 0, 0.0, 0.0
     last = args.out / "last.pt"
@@ -497,7 +522,8 @@ def main() -> None:
             save_checkpoint(args.out / "student.pt", model.student, {
                 "recipe": asdict(recipe), "arch": args.arch, "step": step, "train_minutes": (time.time() - t0) / 60,
                 "train_cpu_minutes": cpu / 60,
-                "teacher": "resemblyzer 0.1.4 VoiceEncoder", "speakers": sampler.n_speakers})
+                "teacher": "resemblyzer 0.1.4 VoiceEncoder", "speakers": sampler.n_speakers,
+                "init": None if not init else {"path": str(args.init), "fingerprint": init[1]}})
     print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min -> {args.out / 'student.pt'}")
 
 
