@@ -11,6 +11,7 @@ Every problem raises ``StreamsvError`` with one line that names the key:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -18,8 +19,6 @@ import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-
-import yaml
 
 from .errors import StreamsvError, shown
 from .safeio import read_bounded
@@ -423,33 +422,38 @@ def _build(tree: Any, where: str, source: str | None) -> Config:
     return cfg
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+@functools.lru_cache(maxsize=1)
+def _yaml() -> tuple[Any, type, Any]:
+    """PyYAML, its strict loader and a scalar resolver, made at the first settings text: importing
+    yaml is ~12 ms of a daemon's start, and most starts read no settings file."""
+    import yaml
 
+    class StrictLoader(yaml.SafeLoader):
+        """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
 
-def _mapping_no_dupes(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
-    seen: dict = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, (str, int, float, bool)) and key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen[key] = True
-    return loader.construct_mapping(node, deep=True)
+    def mapping_no_dupes(loader: StrictLoader, node: yaml.MappingNode) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen[key] = True
+        return loader.construct_mapping(node, deep=True)
 
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_no_dupes)
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping_no_dupes)
+    return yaml, StrictLoader, yaml.resolver.Resolver()
 
 
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
-_RESOLVER = yaml.resolver.Resolver()
 
 
 def _check_shape(text: str) -> None:
     """Walk the YAML events (a flat stream: no recursion, nothing expanded) and refuse, before
     anything is built: aliases (billion laughs), nesting deeper than MAX_YAML_DEPTH, keys that
     are not plain scalars, and scalars or numbers too long for any setting."""
+    yaml, loader, resolver = _yaml()
     stack: list[list] = []          # per open collection: [is_mapping, items seen]
-    for event in yaml.parse(text, Loader=_StrictLoader):
+    for event in yaml.parse(text, Loader=loader):
         mark = event.start_mark
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         is_key = bool(stack) and stack[-1][0] and stack[-1][1] % 2 == 0
@@ -471,7 +475,7 @@ def _check_shape(text: str) -> None:
             if len(value) > MAX_SCALAR_CHARS:
                 raise _Shape(f"a value of {len(value)} characters (at most {MAX_SCALAR_CHARS}){at}")
             if (event.implicit[0] and len(value) > MAX_NUMBER_CHARS
-                    and _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) in _NUMBER_TAGS):
+                    and resolver.resolve(yaml.ScalarNode, value, (True, False)) in _NUMBER_TAGS):
                 raise _Shape(f"a number of {len(value)} characters (at most {MAX_NUMBER_CHARS}){at}")
 
 
@@ -482,9 +486,10 @@ class _Shape(Exception):
 def parse_config(text: str, source: str | None = None) -> Config:
     """Parse and validate YAML text; ``source`` only labels error messages."""
     where = f" (in {source})" if source else ""
+    yaml, loader, _ = _yaml()
     try:
         _check_shape(text)
-        tree = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        tree = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
     except _Shape as exc:
         raise StreamsvError(f"config: refused: {exc}{where}") from None
     except yaml.YAMLError as exc:
