@@ -5,14 +5,18 @@ Every user-fixable problem is a StreamsvError; ``main`` prints it as
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import logging
 import math
 import os
+import re
 import sys
 import time
+import typing
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Iterator, List, Optional
 
 import typer
 
@@ -28,6 +32,9 @@ MAX_ENROLL_SECONDS = 600.0    # --seconds: ten minutes of voice is far more than
 # still loaded torch; with the ONNX model it is ~0.2 s on an idle box. Everything is flushed
 # first. In-process tests turn it off.
 FAST_SERVICE_EXIT = True
+# A number as listen's quick parse takes it (README, Performance: start-up); anything else goes
+# to typer, which says what is wrong with it.
+PLAIN_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 
@@ -41,19 +48,26 @@ class _QuietPipeGroup(typer.core.TyperGroup):
     """
 
     def invoke(self, ctx):
-        try:
+        with _output_failures():
             return super().invoke(ctx)
-        except BrokenPipeError:
-            _silence_stdout()
-            raise typer.Exit(0) from None
-        except OSError as e:
-            # Never a traceback: an OSError that escaped a command is one line. Without a file
-            # name it came from writing stdout (a full disk, /dev/full, a dead terminal).
-            stdout_failed = e.filename is None or _stdout_failed()
-            _silence_stdout()
-            if stdout_failed:
-                raise StreamsvError(f"cannot write the output: {os_reason(e)}") from None
-            raise StreamsvError(f"{shown(e.filename)}: {os_reason(e)}") from None
+
+
+@contextlib.contextmanager
+def _output_failures() -> Iterator[None]:
+    """Around a command: a reader that left is exit 0, any other OSError one ``error:`` line."""
+    try:
+        yield
+    except BrokenPipeError:
+        _silence_stdout()
+        raise typer.Exit(0) from None
+    except OSError as e:
+        # Never a traceback: an OSError that escaped a command is one line. Without a file
+        # name it came from writing stdout (a full disk, /dev/full, a dead terminal).
+        stdout_failed = e.filename is None or _stdout_failed()
+        _silence_stdout()
+        if stdout_failed:
+            raise StreamsvError(f"cannot write the output: {os_reason(e)}") from None
+        raise StreamsvError(f"{shown(e.filename)}: {os_reason(e)}") from None
 
 
 def _stdout_failed() -> bool:
@@ -218,6 +232,85 @@ def listen(
         raise typer.Exit(code)
     emb = application.load_model(cfg.model)
     application.run_listen(cfg, emb, realtime=realtime, turns=turns)
+
+
+def quick_listen_args(argv: list[str]) -> dict[str, Any] | None:
+    """``listen``'s arguments read straight from its declaration above, or None.
+
+    typer coerces every parameter through a pydantic TypeAdapter: importing pydantic and building
+    the adapters is ~90 ms of CPU, a quarter of the daemon's start to READY (README, Performance).
+    A plain ``listen`` command line (its own options, each at most once, as ``--name value``,
+    ``--name=value`` or a flag; numbers written plainly) is read here instead, to the same values
+    typer gives (tests/test_cli.py holds the two to each other). Anything else (help, a typo, an
+    odd value) gives None, and typer parses it with its own messages.
+    """
+    if not argv or argv[0] != "listen":
+        return None
+    hints = typing.get_type_hints(listen)
+    values: dict[str, Any] = {}
+    by_name: dict[str, tuple[str, type, Any]] = {}   # option name -> (parameter, type, flag value)
+    for param in inspect.signature(listen).parameters.values():
+        info, kind = param.default, hints[param.name]
+        if typing.get_origin(kind) is typing.Union:    # Optional[X]: X, or None when not given
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        if not isinstance(info, typer.models.OptionInfo) or kind not in (bool, str, float, Path) \
+                or info.default not in (None, False) or info.envvar or info.callback or info.parser:
+            return None
+        values[param.name] = info.default
+        for decl in info.param_decls:
+            on, _, off = decl.partition("/")
+            if kind is not bool and off:
+                return None
+            by_name[on] = (param.name, kind, True)
+            if off:
+                by_name[off] = (param.name, kind, False)
+    given: set[str] = set()
+    rest = list(argv[1:])
+    while rest:
+        name, eq, value = rest.pop(0).partition("=")
+        if name not in by_name:
+            return None
+        param, kind, flag = by_name[name]
+        if param in given:
+            return None
+        given.add(param)
+        if kind is bool:
+            if eq:
+                return None
+            values[param] = flag
+            continue
+        if not eq:
+            if not rest:
+                return None
+            value = rest.pop(0)
+        if value.startswith("-") and value != "-":
+            return None
+        if kind is float:
+            if not PLAIN_NUMBER.fullmatch(value) or not math.isfinite(float(value)):
+                return None
+            values[param] = float(value)
+        elif kind is Path:
+            if not value:
+                return None
+            values[param] = Path(value)
+        else:
+            values[param] = value
+    return values
+
+
+def _run_quick_listen(kwargs: dict[str, Any]) -> int:
+    """``listen`` called with ``quick_listen_args``' values, its exit status as typer gives it."""
+    try:
+        with _output_failures():
+            listen(**kwargs)
+    except typer.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except EOFError:                      # click's Abort: a blank line, exit 1
+        _err("")
+        return 1
+    return 0
 
 
 def _exit_now(code: int) -> None:
@@ -490,8 +583,13 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(sys, stream) is None:
             setattr(sys, stream, open(os.devnull, "w"))
     try:
-        # standalone_mode=False: usage errors come back here to be printed in the one style.
-        code = app(args=argv, prog_name="streamsv", standalone_mode=False)
+        # listen, the daemon, skips typer's parsing when its command line is plain (start-up).
+        quick = quick_listen_args(list(sys.argv[1:] if argv is None else argv))
+        if quick is not None:
+            code = _run_quick_listen(quick)
+        else:
+            # standalone_mode=False: usage errors come back here to be printed in the one style.
+            code = app(args=argv, prog_name="streamsv", standalone_mode=False)
     except StreamsvError as e:
         _err(f"error: {e}")
         sys.exit(EXIT_ERROR)

@@ -185,3 +185,52 @@ def test_stdin_source_subprocess(tmp_path, speech_clips):
     events = [json.loads(line) for line in r.stdout.decode().splitlines()]   # not a TTY → JSON lines
     assert events[-1]["event"] == "stats" and events[-1]["audio_s"] == pytest.approx(len(audio) / SR, abs=0.03)
     assert sum(e["event"] == "speech_start" for e in events) >= 2
+
+
+# --------------------------------------------------------------------------- listen's quick parse (start-up)
+
+def _typer_listen_params(argv: list[str]) -> dict:
+    import typer
+
+    command = typer.main.get_command(cli.app).commands["listen"]
+    with command.make_context("listen", list(argv[1:])) as ctx:
+        return dict(ctx.params)
+
+
+@pytest.mark.parametrize("argv", [
+    ["listen"],
+    ["listen", "--source", "talk.wav", "--json", "--threshold", "0.6"],
+    ["listen", "--source=-", "--no-json", "--min-confidence", "0.9", "--min-margin", ".05", "--turns", "--realtime"],
+    ["listen", "--service", "--mqtt", "mqtts://broker:8883", "--room", "kitchen", "--config", "c.yaml",
+     "--profiles-dir", "/var/lib/streamsv/profiles", "--model", "m.onnx", "--device", "USB mic"],
+    ["listen", "--threshold=1e-1", "--source", "-", "--device", ""],
+    ["listen", "--min-margin", "+0.1", "--threshold", "7"],      # out of range: the config refuses it, not the parse
+])
+def test_quick_listen_args_are_what_typer_parses(argv):
+    quick = cli.quick_listen_args(argv)
+    assert quick is not None and quick == _typer_listen_params(argv)
+    assert all(type(quick[k]) is type(v) for k, v in _typer_listen_params(argv).items())
+
+
+@pytest.mark.parametrize("argv", [
+    ["listen", "--help"], ["listen", "--bogus"], ["listen", "extra"], ["listen", "--source"],
+    ["listen", "--threshold", "abc"], ["listen", "--threshold", "nan"], ["listen", "--threshold", "-0.5"],
+    ["listen", "--json", "--no-json"], ["listen", "--source", "a", "--source", "b"], ["listen", "--realtime=1"],
+    ["listen", "--config", ""], ["listen", "--", "--json"], ["verify", "alice", "a.wav"], [],
+])
+def test_quick_listen_args_leave_the_rest_to_typer(argv):
+    assert cli.quick_listen_args(argv) is None
+
+
+def test_a_listen_line_typer_must_parse_keeps_typers_error(capsys):
+    code, _, err = run(capsys, "listen", "--threshold", "abc")
+    assert code == 2 and err.startswith("error: ") and "Invalid value for '--threshold'" in err
+
+
+def test_quick_listen_runs_listen_with_the_same_exit_status(capsys, tmp_path, speech_clips):
+    audio, _ = with_pauses(speech_clips[:1], 0.5)
+    wav = tmp_path / "talk.wav"
+    sf.write(wav, audio, SR)
+    code, out, err = run(capsys, "listen", "--source", str(wav), "--json", "--turns")
+    events = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and events[0]["event"] == "ready" and events[-1]["event"] == "stats", err

@@ -1,10 +1,17 @@
 """The package's import graph has no cycles (issue 12): read from the source with ast, so a
 cycle through a function-level import counts too; only ``if TYPE_CHECKING:`` blocks are left out
-(they never run)."""
+(they never run). And what a real `streamsv listen` has loaded when it is READY (issue 11)."""
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import numpy as np
+import soundfile as sf
 
 PACKAGE = "streamsv"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
@@ -130,3 +137,39 @@ def test_sinks_depend_on_events_not_on_the_runtime_around_them():
     assert "streamsv.sinks.mqtt" in sinks
     for name in sinks:
         assert not g[name] & {"streamsv.pipeline", "streamsv.service", "streamsv.app"}, (name, g[name])
+
+
+# What `streamsv listen` must not load before it is READY (issue 11's start-up): pydantic (typer's
+# coercion, ~90 ms: listen's plain command lines skip it), webrtcvad's wrapper and the
+# importlib.metadata it looks its version up with (15-35 ms: vad.py calls the C engine), yaml
+# without a settings file, rich with JSON output, sounddevice for a file, and never torch or onnx
+# (the daemon runs on onnxruntime).
+NOT_BEFORE_READY = ("pydantic", "typer._adapters", "webrtcvad", "importlib.metadata", "yaml", "rich", "sounddevice",
+                    "torch", "onnx")
+MODULES_AT_READY = """
+import json, sys
+import streamsv.sinks.jsonl as jsonl
+consume = jsonl.JsonWriter.consume
+def at_ready(self, event):
+    if event["event"] == "ready":
+        with open(sys.argv[1], "w") as f:
+            json.dump(sorted(sys.modules), f)
+    consume(self, event)
+jsonl.JsonWriter.consume = at_ready
+from streamsv import cli
+cli.main(["listen", "--source", sys.argv[2], "--json"])
+"""
+
+
+def test_listen_loads_none_of_the_heavy_modules_before_ready(tmp_path):
+    wav, seen = tmp_path / "quiet.wav", tmp_path / "modules.json"
+    sf.write(wav, np.zeros(1600, np.float32), 16000)
+    env = {k: v for k, v in os.environ.items() if k != "STREAMSV_CONFIG"}
+    env.update(HOME=str(tmp_path), STREAMSV_PROFILES_DIR=str(tmp_path / "profiles"))
+    r = subprocess.run([sys.executable, "-c", MODULES_AT_READY, str(seen), str(wav)], capture_output=True, text=True,
+                       env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0 and '"event":"ready"' in r.stdout, r.stderr
+    loaded = set(json.loads(seen.read_text()))
+    assert {"numpy", "onnxruntime", "streamsv.pipeline", "typer"} <= loaded     # the probe saw a real start
+    early = sorted(m for m in loaded if m.split(".")[0] in NOT_BEFORE_READY or m in NOT_BEFORE_READY)
+    assert early == [], early
