@@ -205,3 +205,18 @@ def test_the_pipeline_decides_nothing_on_a_closing_tail(embedder, speech_clips):
     ends = [e["t"] for e in events if e["event"] == "speech_end"]
     assert tails and len(ends) == len(tails) and len(decided) > 20
     assert not [t for t in decided if min(abs(t - tail) for tail in tails) < 1e-3]
+
+
+@pytest.mark.parametrize("aggressiveness", [0, 2, 3])
+def test_the_engine_called_directly_gives_webrtcvads_own_verdicts(speech_clips, aggressiveness):
+    # WebrtcGated calls webrtcvad's C engine as webrtcvad.Vad does (skipping its wrapper's slow
+    # import, issue 11's start-up): the same verdict on every frame of speech and of noise.
+    import webrtcvad
+
+    from streamsv.vad import _to_pcm16
+
+    audio = np.concatenate([speech_clips[0], noise_at(-40, 2), speech_clips[1]])
+    ours, theirs = WebrtcGated(aggressiveness, snr_db=0.0), webrtcvad.Vad(aggressiveness)
+    frames = [audio[i:i + FRAME] for i in range(0, len(audio) - FRAME + 1, FRAME)]
+    verdicts = [(ours.is_speech(f), theirs.is_speech(_to_pcm16(f), SR)) for f in frames]
+    assert all(a == b for a, b in verdicts) and 0 < sum(a for a, _ in verdicts) < len(verdicts)
