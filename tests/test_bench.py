@@ -143,3 +143,17 @@ def test_startup_child_reports_ready_and_memory(tmp_path):
         assert out["torch_loaded"] is False, kind
         assert out["rss_steady_mb"] > 10 and out["rss_peak_mb"] >= out["rss_steady_mb"], kind
 
+
+
+def test_startup_child_reads_its_profiles_and_caches_bytecode(tmp_path):
+    # As an installed daemon starts: profiles read, not embedded, and no source compiled (README, Performance).
+    import soundfile as sf
+
+    path, profiles, cache = tmp_path / "a.wav", tmp_path / "p.npz", tmp_path / "bytecode"
+    wave = bench.synthetic_speech(2.5)
+    sf.write(path, wave, 16000, subtype="FLOAT")
+    emb, _ = bench.load_student("fp32", None)
+    np.savez(profiles, **bench.bench_profiles(emb, wave))
+    out = bench.startup("fp32", None, str(path), "streamsv.bench", str(profiles), str(cache))
+    assert 0 < out["ready_cpu_s"] and 0 < out["ready_s"] < out["first_decision_s"]
+    assert list(cache.rglob("streamsv/pipeline.*.pyc")), "the child wrote no bytecode into the cache"
