@@ -4,6 +4,7 @@
     taskset -c 0 python -m tools.bench_startup --repeat 10                      # this checkout
     git worktree add /tmp/before HEAD~3
     taskset -c 0 python -m tools.bench_startup --against /tmp/before --repeat 10  # before / after
+    taskset -c 0 python -m tools.bench_startup --against /tmp/a --this /tmp/b       # two other commits
 
 Each start is the console script's own path (``streamsv.cli.main``) on a file source at real-time
 pace, JSON output, three profiles of 36 embeddings each (a good 20 s enrollment holds about that
@@ -95,6 +96,7 @@ def spread(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tools.bench_startup", description=__doc__.split("\n\n")[0])
     p.add_argument("--against", type=Path, help="another checkout's root (a git worktree of another commit)")
+    p.add_argument("--this", type=Path, default=HERE, help="the checkout measured as 'this' (default: this one)")
     p.add_argument("--repeat", type=int, default=10, help="starts per checkout, alternating")
     p.add_argument("--variant", default="fp32", choices=["fp32", "int8"], help="the shipped model's variant")
     p.add_argument("--bytecode", default="cached", choices=["cached", "source"],
@@ -102,11 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.repeat < 1:
         raise StreamsvError("--repeat: at least 1")
-    roots = {"this": HERE}
+    for flag, root in (("--this", a.this), ("--against", a.against)):
+        if root is not None and not (root / "streamsv" / "cli.py").is_file():
+            raise StreamsvError(f"{flag}: {root} is not a streamsv checkout (no streamsv/cli.py)")
+    roots = {"this": a.this.resolve()}
     if a.against is not None:
-        if not (a.against / "streamsv" / "cli.py").is_file():
-            raise StreamsvError(f"--against: {a.against} is not a streamsv checkout (no streamsv/cli.py)")
-        roots = {"against": a.against.resolve(), "this": HERE}
+        roots = {"against": a.against.resolve(), "this": a.this.resolve()}
     import soundfile as sf
 
     from streamsv.bench import synthetic_speech
