@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from .errors import StreamsvError, shown
 from .safeio import read_bounded
-from .scoring import DEFAULT_DURATION_SLOPE, DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD
+from .scoring import DEFAULT_DURATION_SLOPE, DEFAULT_MIN_MARGIN, DEFAULT_SMOOTHING_HOPS, DEFAULT_THRESHOLD
 
 ENV_CONFIG = "STREAMSV_CONFIG"
 ENV_PROFILES_DIR = "STREAMSV_PROFILES_DIR"
@@ -108,7 +108,7 @@ class ScoringConfig:
     min_speech_s: float = 1.0
     hop_s: float = 0.5
     window_s: float = 3.0
-    smoothing_hops: int = 3
+    smoothing_hops: int = DEFAULT_SMOOTHING_HOPS
     # The accept threshold is lowered by this much per second a window is short of window_s
     # (short windows score lower for the same voice); `streamsv calibrate` measures it.
     duration_slope: float = DEFAULT_DURATION_SLOPE

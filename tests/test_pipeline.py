@@ -372,3 +372,40 @@ def test_a_stream_with_no_frames_to_pool_is_change_tested_offline(untrained, con
     assert [e for e in pipeline.run() if e["event"] == "decision"]
     assert model.offline_calls > 0   # only the continuous test embeds (pause tests are off)
     assert Pipeline(untrained, FileSource(path), cfg, {}).change.settings.embedding == "stream"
+
+
+class _RawScores(Pipeline):
+    """The pipeline, keeping each hop's own cosines (before any smoothing) beside its events."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.raw = []
+
+    def _hop(self, ev):
+        from streamsv.scoring import cosine_scores
+
+        d = super()._hop(ev)
+        if d is not None:
+            self.raw.append(cosine_scores(self.voice.embeddings[-1], self.centroids))
+        return d
+
+
+def test_by_default_a_decision_is_its_own_window_and_names_the_best_at_the_bar(untrained, speech_clips, conversation):
+    """scoring.smoothing_hops 1 and min_margin 0 (README, Live rooms, fifth pass): each decision's
+    scores are its window's own cosines, and the best profile is named once it reaches the bar,
+    however close a twin profile scores."""
+    path, _ = conversation
+    first = untrained.embed(speech_clips[0])
+    twin = first + 0.01 * np.linalg.norm(first) * np.sin(np.arange(len(first)))
+    cfg = Config().with_overrides(**{"scoring.threshold": 0.0, "output.stats_interval_s": 86400})
+    pipeline = _RawScores(untrained, FileSource(path), cfg, {"first": first, "twin": twin})
+    decisions = [e for e in pipeline.run() if e["event"] == "decision"]
+    assert len(decisions) == len(pipeline.raw) >= 3
+    for e, raw in zip(decisions, pipeline.raw):
+        assert e["scores"] == pytest.approx(raw, abs=1e-4)
+        assert abs(raw["first"] - raw["twin"]) < 0.05          # within the old margin of each other...
+        assert e["accepted"] and e["speaker"] == max(raw, key=raw.get)   # ...and named all the same
+    smoothed = _RawScores(untrained, FileSource(path), cfg.with_overrides(**{"scoring.smoothing_hops": 3}),
+                          {"first": first, "twin": twin})
+    later = [e for e in smoothed.run() if e["event"] == "decision"]
+    assert any(e["scores"] != pytest.approx(raw, abs=1e-4) for e, raw in zip(later, smoothed.raw))   # 3 hops do average

@@ -35,6 +35,19 @@ def test_smoother_averages_recent_hops_and_resets():
     assert s.push({"a": 0.2}) == {"a": 0.2}
 
 
+def test_by_default_the_best_profile_is_named_at_the_bar_however_close_the_runner_up():
+    # min_margin 0 (README, Live rooms, fifth pass): a margin left more voices unknown than it saved confusions
+    d = decide({"a": 0.80, "b": 0.79}, threshold=0.7)
+    assert d.accepted and d.speaker == "a"
+    assert not decide({"a": 0.69, "b": 0.2}, threshold=0.7).accepted
+
+
+def test_the_default_smoother_passes_each_hop_through():
+    s = Smoother()
+    assert s.push({"a": 0.9, "b": 0.1}) == {"a": 0.9, "b": 0.1}
+    assert s.push({"a": 0.3, "b": 0.7}) == {"a": 0.3, "b": 0.7}   # the latest window alone decides
+
+
 def test_calibrate_eer_and_target_far():
     rng = np.random.default_rng(0)
     gen = rng.normal(0.8, 0.05, 2000)

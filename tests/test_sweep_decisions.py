@@ -1,0 +1,50 @@
+"""tools/sweep_decisions.py: a recorded pipeline run replays to the same decisions with the
+pipeline's own scoring, and re-decides with another policy. Shipped model, no shared data needed."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from conftest import with_pauses
+from streamsv.config import Config
+from tools import sweep_decisions as sd
+
+RECORDED = {"scoring.smoothing_hops": 3, "scoring.min_margin": 0.05, "scoring.threshold": 0.3}
+
+
+@pytest.fixture(scope="module")
+def recording(untrained, speech_clips):
+    audio, _ = with_pauses(speech_clips, pause_s=0.4)
+    profiles = {"first": untrained.embed(speech_clips[0]), "other": untrained.embed(speech_clips[1][::-1].copy())}
+    return sd.record(untrained, audio, None, RECORDED, profiles)
+
+
+def decisions(events):
+    return [(e["speaker"], e["accepted"]) for e in events if e["event"] == "decision"]
+
+
+def test_replay_with_the_pipelines_scoring_gives_its_decisions_back(recording):
+    scoring = Config().with_overrides(**RECORDED).scoring
+    assert len(decisions(recording.events)) >= 5
+    assert decisions(sd.replay(recording, scoring, {})) == decisions(recording.events)
+    sd.check_replay([recording], scoring)   # does not stop
+
+
+def test_replay_re_decides_and_the_check_catches_a_wrong_replay(recording):
+    scoring = Config().with_overrides(**RECORDED).scoring
+    none = sd.replay(recording, dataclasses.replace(scoring, threshold=1.0), {})
+    assert all(not accepted for _, accepted in decisions(none))
+    every = sd.replay(recording, dataclasses.replace(scoring, threshold=-1.0, min_margin=0.0), {})
+    assert all(accepted for _, accepted in decisions(every))
+    # A replay that does not reset where the pipeline resets (or scores other windows) disagrees.
+    shuffled = dataclasses.replace(recording, embeddings=[np.roll(e, 7) for e in recording.embeddings])
+    with pytest.raises(SystemExit, match="disagrees"):
+        sd.check_replay([shuffled], scoring)
+
+
+def test_policy_keys_are_checked():
+    assert sd.split_policy({"threshold": 0.5, "alpha": 0.6}) == ({"threshold": 0.5}, {"alpha": 0.6})
+    with pytest.raises(SystemExit, match="unknown policy key"):
+        sd.split_policy({"thresold": 0.5})

@@ -1,0 +1,248 @@
+"""Decision policies side by side on the live-room conversations, from ONE pipeline run.
+
+The live decision (scores -> smoothing -> threshold + margin) feeds nothing back into the rest of
+the pipeline: the VAD, the change tests, bridging and the window are the same whatever is
+decided. So each conversation is streamed once through the real listen pipeline (the variant's
+change/VAD settings), every hop's embedding is recorded with the window's seconds, and each
+policy is replayed on them with streamsv's own Smoother and DecisionRule (reset where the
+pipeline resets them: a new voice's speech_start and a speaker_change). The replayed events are
+scored with tools.bench_detection's own scorer, so the figures are bench_detection's.
+
+Before any figure is printed, the pipeline's own scoring settings are replayed and must give
+every recorded decision back exactly (else the tool stops: the replay would not be the pipeline).
+
+    taskset -c 0 python -m tools.sweep_decisions --split tuning --per-set 3 --condition floor-50 \
+        --condition quiet --policy default: --policy m0:min_margin=0 --policy m0s1:min_margin=0,smoothing_hops=1
+
+Policy keys: the ScoringConfig's (threshold, min_margin, duration_slope, smoothing_hops), replayed
+with the daemon's own code, and prototypes measured here and not in the daemon (README, Live rooms,
+fifth pass): ``alpha`` (an exponential average of the scores), ``excess=1`` (average each hop's
+score minus its own duration bar), ``pool=embedding`` (average the last smoothing_hops windows'
+embeddings, then score), ``confirm=N`` (a name is said only once it has led N hops in a row;
+``switch_only=1``: only a name that replaces another in the voice), ``stay=D`` (the voice's
+current name stays accepted down to D below the bar).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tools import bench_detection as bd
+from tools import make_conversations as mc
+from training import datasets
+
+SUMMARY_ROWS = (("in-turn", "in_turn_accuracy", "{:.3f}"),
+                ("stranger acc.", "stranger_accepted_share", "{:.3f}"),
+                ("enrolled unk.", "enrolled_unknown_share", "{:.3f}"),
+                ("confused", "enrolled_confused_share", "{:.3f}"),
+                ("early", "wrong_early_share", "{:.3f}"),
+                ("DA %", "detection_accuracy", "{:.2f}"),
+                ("DER %", "detection_error_rate", "{:.2f}"),
+                ("first ok s", "first_correct_median_s", "{:.2f}"),
+                ("never ok", "turns_never_right", "{}"))
+
+
+@dataclasses.dataclass
+class Recording:
+    """One conversation through the pipeline: its events and, per decision event, the hop's
+    embedding and the window's seconds."""
+
+    conv: mc.Conversation
+    events: list[dict]
+    embeddings: list[np.ndarray]
+    seconds: list[float]
+    centroids: dict[str, np.ndarray]
+
+
+def record(system, audio: np.ndarray, conv: mc.Conversation, overrides: dict,
+           profiles: dict[str, np.ndarray]) -> Recording:
+    from streamsv.bench import TimedSource
+    from streamsv.config import Config
+    from streamsv.pipeline import Pipeline
+
+    class RecordingPipeline(Pipeline):
+        def _hop(self, ev):
+            d = super()._hop(ev)
+            if d is not None:
+                hops.append((self.voice.embeddings[-1], self.stream.seconds))
+            return d
+
+    hops: list[tuple[np.ndarray, float]] = []
+    cfg = Config().with_overrides(**{"output.stats_interval_s": 86400, **overrides})
+    pipeline = RecordingPipeline(system, TimedSource(audio), cfg, profiles)
+    events = list(pipeline.run())
+    n = sum(e["event"] == "decision" for e in events)
+    assert n == len(hops), (n, len(hops))
+    return Recording(conv, events, [h[0] for h in hops], [h[1] for h in hops], dict(pipeline.centroids))
+
+
+def scoring_config(base, policy: dict):
+    """The ScoringConfig of a policy: ``base`` with the policy's scoring keys."""
+    keys = {f.name for f in dataclasses.fields(base)}
+    return dataclasses.replace(base, **{k: v for k, v in policy.items() if k in keys})
+
+
+def replay(rec: Recording, scoring, extras: dict) -> list[dict]:
+    """The recording's events with each decision re-made by ``scoring`` (and the prototype
+    ``extras``, below), the smoothing reset where the pipeline resets its own."""
+    from streamsv.pipeline import DecisionRule
+    from streamsv.scoring import Smoother, cosine_scores, decide, unit
+
+    rule = DecisionRule(scoring, None)
+    smoother = Smoother(scoring.smoothing_hops)
+    alpha = extras.get("alpha")            # exponential average of the scores instead of a flat one
+    excess = bool(extras.get("excess"))    # average each hop's score minus its own bar
+    pool = extras.get("pool") == "embedding"   # average the hops' embeddings, then score
+    confirm = int(extras.get("confirm", 1))    # hops a new name must lead before it is said
+    stay = float(extras.get("stay", 0.0))      # the voice's current name keeps its place this far below the bar
+    switch_only = bool(extras.get("switch_only"))   # confirm only a name that replaces another in the voice
+    out, k = [], 0
+    state: dict = {}
+
+    def reset():
+        smoother.reset()
+        state.clear()
+        state.update(ema=None, recent=[], named=None, run_name=None, run=0)
+
+    reset()
+    for e in rec.events:
+        kind = e["event"]
+        if (kind == "speech_start" and not e.get("continues")) or kind == "speaker_change":
+            reset()
+        if kind == "decision":
+            emb, seconds = rec.embeddings[k], rec.seconds[k]
+            k += 1
+            bar = rule.threshold_at(seconds)
+            if pool:
+                state["recent"] = (state["recent"] + [unit(emb)])[-scoring.smoothing_hops:]
+                smoothed = cosine_scores(np.mean(state["recent"], axis=0), rec.centroids)
+            else:
+                raw = cosine_scores(emb, rec.centroids)
+                if excess:
+                    raw = {n: s - bar for n, s in raw.items()}
+                if alpha is not None:
+                    prev = state["ema"]
+                    smoothed = raw if prev is None else {n: alpha * s + (1 - alpha) * prev.get(n, s) for n, s in raw.items()}
+                    state["ema"] = smoothed
+                else:
+                    smoothed = smoother.push(raw)
+            d = decide(smoothed, 0.0 if excess else bar, scoring.min_margin)
+            named = state["named"]
+            if not d.accepted and stay > 0 and named is not None and d.best == named:
+                d = decide(smoothed, (0.0 if excess else bar) - stay, scoring.min_margin)
+            speaker = d.speaker
+            if confirm > 1:
+                state["run"] = state["run"] + 1 if speaker is not None and speaker == state["run_name"] else (1 if speaker else 0)
+                state["run_name"] = speaker
+                if (speaker is not None and speaker != named and state["run"] < confirm
+                        and not (switch_only and named is None)):
+                    speaker = None
+            if speaker is not None:
+                state["named"] = speaker
+            e = {**e, "speaker": speaker, "accepted": speaker is not None}
+        out.append(e)
+    return out
+
+
+def split_policy(policy: dict) -> tuple[dict, dict]:
+    from streamsv.config import ScoringConfig
+
+    keys = {f.name for f in dataclasses.fields(ScoringConfig)}
+    unknown = [k for k in policy if k not in keys and k not in SMOOTHER_KEYS]
+    if unknown:
+        raise SystemExit(f"error: unknown policy key(s): {', '.join(unknown)}")
+    return ({k: v for k, v in policy.items() if k in keys},
+            {k: v for k, v in policy.items() if k in SMOOTHER_KEYS})
+
+
+SMOOTHER_KEYS = ("alpha", "excess", "pool", "confirm", "stay", "switch_only")
+
+
+def check_replay(recs: list[Recording], scoring) -> None:
+    """The pipeline's own settings, replayed, must give back every decision it made."""
+    mismatches = 0
+    for rec in recs:
+        again = replay(rec, scoring, {})
+        mismatches += sum(a["speaker"] != b["speaker"] or a["accepted"] != b["accepted"]
+                          for a, b in zip(rec.events, again) if a["event"] == "decision")
+    if mismatches:
+        raise SystemExit(f"error: the replay disagrees with the pipeline on {mismatches} decisions")
+
+
+def summary(results: dict[str, dict], title: str) -> str:
+    lines = [title, "| policy | " + " | ".join(name for name, _, _ in SUMMARY_ROWS) + " |",
+             "|---|" + "---:|" * len(SUMMARY_ROWS)]
+    for label, t in results.items():
+        cells = ["-" if t[key] is None else fmt.format(t[key]) for _, key, fmt in SUMMARY_ROWS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--condition", action="append", choices=mc.CONDITIONS, help="room (repeatable; default: all)")
+    p.add_argument("--split", default="tuning", choices=mc.SPLITS)
+    p.add_argument("--per-set", type=int, default=3)
+    p.add_argument("--pipeline", default="", metavar="key=value,...",
+                   help="config overrides of the recorded pipeline (its scoring is replayed as the check)")
+    p.add_argument("--policy", action="append", default=[], metavar="LABEL:key=value,...",
+                   help="a decision policy (repeatable; keys: scoring.* names without the prefix, and the prototypes': "
+                        + ", ".join(SMOOTHER_KEYS) + ")")
+    p.add_argument("--json", metavar="PATH", help="also write every figure: per room, all rooms and by dev set")
+    a = p.parse_args(argv)
+    if datasets.data_root(required=False) is None:
+        print("error: shared data not found (set STREAMSV_DATA)", file=sys.stderr)
+        return 2
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from streamsv.config import Config
+    from streamsv.embedder import load_embedder
+
+    student = load_embedder()
+    pipeline_overrides = bd._parse_variant("pipeline:" + a.pipeline)[1]
+    base = Config().with_overrides(**pipeline_overrides).scoring
+    policies = {label: split_policy(pol) for label, pol in (bd._parse_variant(s) for s in a.policy or ["default:"])}
+    profiles = bd.Profiles()
+    per_policy: dict[str, list[dict]] = {label: [] for label in policies}
+    everything: dict[str, dict] = {}
+    print(f"model {student.fingerprint}, split {a.split}, {a.per_set} household(s) per dev set; pipeline {pipeline_overrides or 'default'}")
+    for condition in a.condition or mc.CONDITIONS:
+        recs = [record(student, audio, conv, pipeline_overrides, profiles.of(student, conv))
+                for audio, conv in mc.conversations(condition, a.split, a.per_set)]
+        check_replay(recs, base)
+        results = {}
+        for label, (scoring_keys, smoother_kwargs) in policies.items():
+            scoring = scoring_config(base, scoring_keys)
+            parts = [{**bd.score_conversation(replay(rec, scoring, smoother_kwargs), rec.conv),
+                      "cpu_s": 0.0, "audio_s": rec.conv.seconds} for rec in recs]
+            per_policy[label] += parts
+            results[label] = bd.totals(parts)
+        everything[condition] = results
+        print(summary(results, f"{condition}: {len(recs)} conversations"), flush=True)
+        print()
+    if len(a.condition or mc.CONDITIONS) > 1:
+        overall = {label: bd.totals(parts) for label, parts in per_policy.items()}
+        print(summary(overall, "all conditions"))
+        print()
+        print(bd.by_set_table(per_policy))
+        everything["all"] = overall
+    everything["by_dev_set"] = {label: {s: bd.totals([p for p in parts if p["dev_set"] == s])["in_turn_accuracy"]
+                                        for s in mc.SETS} for label, parts in per_policy.items()}
+    if a.json:
+        Path(a.json).write_text(json.dumps(everything, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    from streamsv.errors import StreamsvError
+
+    try:
+        sys.exit(main())
+    except StreamsvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
