@@ -167,3 +167,15 @@ def test_a_fine_tune_starts_from_the_given_weights_with_their_shape(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not weights")
     with pytest.raises(SystemExit, match="error: --init"):
         initial_student(tmp_path / "bad.npz")
+
+
+def test_the_unlabeled_share_sets_the_batches_mix_and_keeps_the_labelled_ratios():
+    default = _sampler(train.Recipe())
+    assert dict(zip(default.corpora, default.corpus_p)) == pytest.approx(train.CORPUS_WEIGHTS)
+    none = _sampler(train.Recipe(batch=64, unlabeled_share=0.0))
+    shares = dict(zip(none.corpora, none.corpus_p))
+    assert shares["unl"] == 0 and shares["so"] / shares["ls"] == pytest.approx(0.25 / 0.2)
+    _, labels, _ = none.batch()
+    assert (labels >= 0).all()
+    half = _sampler(train.Recipe(unlabeled_share=0.5))
+    assert dict(zip(half.corpora, half.corpus_p))["unl"] == pytest.approx(0.5)

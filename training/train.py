@@ -61,6 +61,7 @@ class Recipe:
     noise_prob: float = 0.6
     snr_db: tuple[float, float] = (0.0, 20.0)
     reverb_prob: float = 0.4
+    unlabeled_share: float = CORPUS_WEIGHTS["unl"]  # of each batch; the labelled corpora keep their ratios
     pitch_prob: float = 0.5  # resampling: pitch and tempo move together
     pitch_semitones: float = 3.0  # +-3 semitones = +-16% tempo
     window_targets: bool = True  # a crop learns the teacher's clean windows it overlaps, not the whole clip's mean
@@ -254,7 +255,11 @@ class CropSampler:
             self.by_corpus.setdefault(u.corpus, {}).setdefault(u.speaker, []).append(i)
         self.speakers = {c: sorted(spk) for c, spk in self.by_corpus.items()}
         self.corpora = sorted(self.by_corpus)
-        weights = np.array([CORPUS_WEIGHTS[c] for c in self.corpora])
+        shares = dict(CORPUS_WEIGHTS)
+        if recipe.unlabeled_share != CORPUS_WEIGHTS["unl"]:
+            labelled = sum(w for c, w in CORPUS_WEIGHTS.items() if c != "unl")
+            shares["unl"] = recipe.unlabeled_share * labelled / (1 - recipe.unlabeled_share)
+        weights = np.array([shares[c] for c in self.corpora])
         self.corpus_p = weights / weights.sum()
         octaves = np.log2(np.linspace(1, 2 ** 6, N_MELS))  # mel band position on a rough octave scale
         self.band_position = (octaves / octaves[-1] - 0.5).astype(np.float32)  # -0.5 .. 0.5
@@ -432,6 +437,9 @@ def main() -> None:
                          "tools/baseline/student.npz, the shipped model) instead of at random: a fine-tune; "
                          "its shape and mel statistics come with it (--width/--blocks are ignored)")
     ap.add_argument("--pitch-semitones", type=float, default=Recipe.pitch_semitones)
+    ap.add_argument("--pitch-prob", type=float, default=Recipe.pitch_prob, help="share of crops pitch/tempo shifted")
+    ap.add_argument("--unlabeled-share", type=float, default=Recipe.unlabeled_share,
+                    help="share of each batch from the unlabeled speech (0: labelled speakers only)")
     ap.add_argument("--utterance-targets", action="store_true",
                     help="every crop learns its clip's whole-utterance teacher embedding (the recipe before window targets)")
     ap.add_argument("--width", type=int, default=ModelDimensions.width, help="channels (a smaller network: issue 11)")
@@ -448,8 +456,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     recipe = Recipe(steps=args.steps, aam_weight=args.aam_weight, seed=args.seed, lr=args.lr,
-                    warmup_steps=args.warmup_steps, pitch_semitones=args.pitch_semitones,
+                    warmup_steps=args.warmup_steps, pitch_semitones=args.pitch_semitones, pitch_prob=args.pitch_prob,
+                    unlabeled_share=args.unlabeled_share,
                     window_targets=not args.utterance_targets)
+    if not 0 <= args.unlabeled_share < 1 or not 0 <= args.pitch_prob <= 1:
+        raise SystemExit("error: --unlabeled-share must be in [0, 1) and --pitch-prob in [0, 1]")
     if args.width < 8 or args.width % ModelDimensions.groups or args.blocks < 1:
         raise SystemExit(f"error: --width must be a multiple of {ModelDimensions.groups} (>= 8) and --blocks >= 1")
     init = initial_student(args.init) if args.init is not None else None
