@@ -47,8 +47,8 @@ MIN_INT8_COSINE = 0.98
 # int8 keeps these float. stem_w carries the mel normalisation folded in (each input row divided
 # by that mel's std), so one per-tensor int8 scale rounds the rows of small-std mels coarsely.
 # Mean (1 - cosine to fp32) on 174 training clips, one group quantized at a time: stem_w 0.54e-4,
-# the stem's output linear 0.20e-4, the 30 block matmuls together 0.05e-4; all quantized 0.79e-4
-# (the int8 graph before), all but these two 0.09e-4.
+# the stem's output linear 0.20e-4, the blocks' 30 MatMuls together 0.05e-4, their 6 group-mix
+# Gemms 0.00e-4; all quantized 0.79e-4 (the int8 graph before), all but these two 0.09e-4.
 FLOAT_WEIGHT_PREFIXES = ("stem_w", "encoder.stem.")
 QUANTIZED_OPS = ("MatMul", "Gemm")
 CHECK_SECONDS = 6.0
@@ -81,8 +81,8 @@ def read_checkpoint(path: Path) -> tuple[SpeakerEncoder, str, dict | None, dict]
 
 
 def stem_nodes(model) -> list[str]:
-    """Names of the MatMul/Gemm nodes of ``model`` (an onnx ModelProto) whose weight is one of
-    FLOAT_WEIGHT_PREFIXES': the nodes int8 keeps float."""
+    """Names of the MatMul/Gemm nodes of ``model`` (an onnx ModelProto) whose weight's name
+    starts with one of FLOAT_WEIGHT_PREFIXES: the nodes int8 keeps float."""
     return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS
             and any(x.startswith(FLOAT_WEIGHT_PREFIXES) for x in n.input[1:2])]
 
