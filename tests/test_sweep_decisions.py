@@ -48,3 +48,14 @@ def test_policy_keys_are_checked():
     assert sd.split_policy({"threshold": 0.5, "alpha": 0.6}) == ({"threshold": 0.5}, {"alpha": 0.6})
     with pytest.raises(SystemExit, match="unknown policy key"):
         sd.split_policy({"thresold": 0.5})
+
+
+def test_compare_counts_cells_won_tied_and_lost():
+    def part(room, right):
+        return {"room": room, "dev_set": "asc", "right": right, "decisions": 10}
+
+    text = sd.compare_cells(("old", [part("quiet", 5), part("tv", 5), part("babble", 7)]),
+                            ("new", [part("quiet", 6), part("tv", 5), part("babble", 4)]))
+    assert "3 cells): better 1, equal 1, worse 1" in text
+    assert "worse: babble, asc: 0.700 -> 0.400 (10 decisions)" in text
+    assert "lowest cell: old 0.500, new 0.400" in text

@@ -184,6 +184,21 @@ def summary(results: dict[str, dict], title: str) -> str:
     return "\n".join(lines)
 
 
+def compare_cells(first: tuple[str, list[dict]], second: tuple[str, list[dict]], worst: int = 3) -> str:
+    """In-turn accuracy of two policies in each recorded conversation (a room x household): how many
+    cells the second wins, ties and loses, its worst losses and each policy's worst cell."""
+    (label_a, parts_a), (label_b, parts_b) = first, second
+    cells = [(p["room"], p["dev_set"], p["right"] / p["decisions"], q["right"] / q["decisions"], p["decisions"])
+             for p, q in zip(parts_a, parts_b) if p["decisions"]]
+    wins = sum(b > a for _, _, a, b, _ in cells)
+    losses = sorted((b - a, room, dev_set, a, b, n) for room, dev_set, a, b, n in cells if b < a)
+    lines = [f"{label_b} against {label_a}, in-turn accuracy per room x household ({len(cells)} cells): "
+             f"better {wins}, equal {len(cells) - wins - len(losses)}, worse {len(losses)}"]
+    lines += [f"  worse: {room}, {dev_set}: {a:.3f} -> {b:.3f} ({n} decisions)" for _, room, dev_set, a, b, n in losses[:worst]]
+    lines.append(f"  lowest cell: {label_a} {min(c[2] for c in cells):.3f}, {label_b} {min(c[3] for c in cells):.3f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--condition", action="append", choices=mc.CONDITIONS, help="room (repeatable; default: all)")
@@ -195,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a decision policy (repeatable; keys: scoring.* names without the prefix, and the prototypes': "
                         + ", ".join(SMOOTHER_KEYS) + ")")
     p.add_argument("--json", metavar="PATH", help="also write every figure: per room, all rooms and by dev set")
+    p.add_argument("--compare", action="store_true",
+                   help="also: the second policy against the first in every room x household (better / equal / worse)")
     a = p.parse_args(argv)
     if datasets.data_root(required=False) is None:
         print("error: shared data not found (set STREAMSV_DATA)", file=sys.stderr)
@@ -219,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, (scoring_keys, smoother_kwargs) in policies.items():
             scoring = scoring_config(base, scoring_keys)
             parts = [{**bd.score_conversation(replay(rec, scoring, smoother_kwargs), rec.conv),
-                      "cpu_s": 0.0, "audio_s": rec.conv.seconds} for rec in recs]
+                      "cpu_s": 0.0, "audio_s": rec.conv.seconds, "room": condition} for rec in recs]
             per_policy[label] += parts
             results[label] = bd.totals(parts)
         everything[condition] = results
@@ -233,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         everything["all"] = overall
     everything["by_dev_set"] = {label: {s: bd.totals([p for p in parts if p["dev_set"] == s])["in_turn_accuracy"]
                                         for s in mc.SETS} for label, parts in per_policy.items()}
+    if a.compare and len(per_policy) > 1:
+        print()
+        print(compare_cells(*list(per_policy.items())[:2]))
     if a.json:
         Path(a.json).write_text(json.dumps(everything, indent=1))
     return 0
