@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 
 SHOWN_MAX_CHARS = 160   # a path of 4,096 bytes is still reported on one readable line
 
@@ -32,3 +34,13 @@ def shown(text: object) -> str:
 def os_reason(exc: OSError) -> str:
     """The short reason of an OSError ("No space left on device"), without the path it repeats."""
     return exc.strerror or type(exc).__name__
+
+
+def run_tool(main: Callable[[], int]) -> None:
+    """Exit with ``main()``'s status; a StreamsvError becomes its one ``error:`` line and status 2
+    (the ``python -m tools.X`` entry points)."""
+    try:
+        sys.exit(main())
+    except StreamsvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

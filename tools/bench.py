@@ -15,8 +15,6 @@ Run from the repository root (tools/ and training/ are packages of the checkout)
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from streamsv import bench
@@ -109,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except StreamsvError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    from streamsv.errors import run_tool
+
+    run_tool(main)  # a bad option value: one error line, not a traceback

@@ -430,10 +430,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from streamsv.errors import StreamsvError
+    from streamsv.errors import run_tool
 
-    try:
-        sys.exit(main())
-    except StreamsvError as exc:  # a bad --variant key or value: one line, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)  # a bad option value: one error line, not a traceback

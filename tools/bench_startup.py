@@ -144,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except StreamsvError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    from streamsv.errors import run_tool
+
+    run_tool(main)  # a bad option value: one error line, not a traceback
