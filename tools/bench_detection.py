@@ -364,9 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", action="store_true",
                    help="instead: capture-to-decision and CPU of the student variants on continuous speech (streamsv.bench)")
     a = p.parse_args(argv)
-    if datasets.data_root(required=False) is None:
-        print("error: shared data not found (set STREAMSV_DATA)", file=sys.stderr)
-        return 2
+    mc.require_data()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from streamsv.embedder import load_embedder
 

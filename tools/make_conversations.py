@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -88,6 +87,14 @@ class Conversation:
     # Every enrolled voice of the household -> its enrollment files (target is one of them).
     enrolled: dict[str, list[str]] = field(default_factory=dict)
     dev_set: str = ""  # the dev set (SETS) the household's voices come from
+
+
+def require_data() -> None:
+    """Stop with one error line where the shared data is not there (every tool built on this one needs it)."""
+    from streamsv.errors import StreamsvError
+
+    if datasets.data_root(required=False) is None:
+        raise StreamsvError("shared data not found (set STREAMSV_DATA)")
 
 
 def split_speakers(utts: list[datasets.Utterance]) -> tuple[list[str], list[str]]:
@@ -346,9 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-set", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    if datasets.data_root(required=False) is None:
-        print("error: shared data not found (set STREAMSV_DATA)", file=sys.stderr)
-        return 2
+    require_data()
     import soundfile as sf
 
     out = Path(a.out)
@@ -361,4 +366,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from streamsv.errors import run_tool
+
+    run_tool(main)

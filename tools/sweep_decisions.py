@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -213,9 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", action="store_true",
                    help="also: the second policy against the first in every room x household (better / equal / worse)")
     a = p.parse_args(argv)
-    if datasets.data_root(required=False) is None:
-        print("error: shared data not found (set STREAMSV_DATA)", file=sys.stderr)
-        return 2
+    mc.require_data()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from streamsv.config import Config
     from streamsv.embedder import load_embedder
