@@ -438,6 +438,9 @@ def main() -> None:
                          "its shape and mel statistics come with it (--width/--blocks are ignored)")
     ap.add_argument("--pitch-semitones", type=float, default=Recipe.pitch_semitones)
     ap.add_argument("--pitch-prob", type=float, default=Recipe.pitch_prob, help="share of crops pitch/tempo shifted")
+    ap.add_argument("--channel-prob", type=float, nargs=3, metavar=("TELEPHONE", "EQ", "FREQ_MASK"),
+                    default=(Recipe.telephone_prob, Recipe.eq_prob, Recipe.freq_mask_prob),
+                    help="shares of crops through the telephone channel, a microphone EQ and a frequency mask")
     ap.add_argument("--unlabeled-share", type=float, default=Recipe.unlabeled_share,
                     help="share of each batch from the unlabeled speech (0: labelled speakers only)")
     ap.add_argument("--utterance-targets", action="store_true",
@@ -457,10 +460,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     recipe = Recipe(steps=args.steps, aam_weight=args.aam_weight, seed=args.seed, lr=args.lr,
                     warmup_steps=args.warmup_steps, pitch_semitones=args.pitch_semitones, pitch_prob=args.pitch_prob,
-                    unlabeled_share=args.unlabeled_share,
+                    unlabeled_share=args.unlabeled_share, telephone_prob=args.channel_prob[0],
+                    eq_prob=args.channel_prob[1], freq_mask_prob=args.channel_prob[2],
                     window_targets=not args.utterance_targets)
-    if not 0 <= args.unlabeled_share < 1 or not 0 <= args.pitch_prob <= 1:
-        raise SystemExit("error: --unlabeled-share must be in [0, 1) and --pitch-prob in [0, 1]")
+    if not 0 <= args.unlabeled_share < 1 or not all(0 <= x <= 1 for x in (args.pitch_prob, *args.channel_prob)):
+        raise SystemExit("error: --unlabeled-share must be in [0, 1), --pitch-prob and --channel-prob in [0, 1]")
     if args.width < 8 or args.width % ModelDimensions.groups or args.blocks < 1:
         raise SystemExit(f"error: --width must be a multiple of {ModelDimensions.groups} (>= 8) and --blocks >= 1")
     init = initial_student(args.init) if args.init is not None else None
