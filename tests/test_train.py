@@ -179,3 +179,11 @@ def test_the_unlabeled_share_sets_the_batches_mix_and_keeps_the_labelled_ratios(
     assert (labels >= 0).all()
     half = _sampler(train.Recipe(unlabeled_share=0.5))
     assert dict(zip(half.corpora, half.corpus_p))["unl"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("flags", [["--channel-prob", "2", "0", "0"], ["--unlabeled-share", "1"], ["--pitch-prob", "-0.1"]])
+def test_shares_outside_their_range_are_one_error_line_before_anything_runs(flags, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["train", "--out", str(tmp_path / "run"), *flags])
+    with pytest.raises(SystemExit, match="^error: --unlabeled-share must be in"):
+        train.main()
+    assert not (tmp_path / "run").exists()
