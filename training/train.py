@@ -477,9 +477,10 @@ def main() -> None:
     if args.prepare_only:
         print(f"data ready in {time.time() - started:.0f} s")
         return
-    mel_mean, mel_std = mel_statistics(waves, np.random.default_rng(recipe.seed))
     if init:  # a fine-tune keeps the normalisation its weights learnt with
         mel_mean, mel_std = init[0].stem.mel_mean.clone(), init[0].stem.mel_std.clone()
+    else:
+        mel_mean, mel_std = mel_statistics(waves, np.random.default_rng(recipe.seed))
     sampler = CropSampler(utts, waves, targets, noises, recipe, mel_mean.numpy(), windows)
     print(f"data ready in {time.time() - started:.0f} s: {len(utts)} utterances, {sampler.n_speakers} speakers, "
           f"{sum(map(len, waves)) / SAMPLE_RATE / 3600:.1f} h", flush=True)
