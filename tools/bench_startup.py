@@ -69,8 +69,9 @@ def start_once(root: Path, args: list[str], env: dict[str, str], cwd: Path) -> t
         line = proc.stdout.readline()
         wall = time.monotonic() - started
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
+        # os.kill, not proc.poll()/send_signal: those may reap the child, and then wait4 has no
+        # rusage left to read. An exited, unreaped child is a zombie; killing it is harmless.
+        os.kill(proc.pid, signal.SIGKILL)
         _, _, usage = os.wait4(proc.pid, 0)
         proc.returncode = -1
         proc.stdout.close()
