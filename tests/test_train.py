@@ -73,6 +73,18 @@ def test_cached_arrays_compute_once_per_utterance_list(tmp_path):
     assert len(calls) == 2
 
 
+def test_cache_keys_do_not_depend_on_where_the_data_folder_is(tmp_path, monkeypatch):
+    keys = []
+    for place in ("a", "b"):
+        root = tmp_path / place / "data"
+        (root / "so").mkdir(parents=True)
+        monkeypatch.setenv("STREAMSV_DATA", str(root))
+        keys.append(train.cache_keys([datasets.Utterance("so/0", root / "so" / "1.opus", "so")]))
+    assert keys[0] == keys[1] == ["so/1.opus"]
+    outside = train.cache_keys([datasets.Utterance("so/0", tmp_path / "x.opus", "so")])
+    assert outside == [str((tmp_path / "x.opus").resolve())]
+
+
 def test_teacher_windows_joined_keep_each_utterance_its_rows():
     a = train.TeacherWindows(np.ones((3, 2), np.float32), np.array([[0, 1], [1, 2], [2, 3]]), np.array([0, 1, 3]))
     b = train.TeacherWindows(np.full((2, 2), 5, np.float32), np.array([[0, 9], [9, 10]]), np.array([0, 2]))

@@ -112,11 +112,20 @@ def trim_silence(wave: np.ndarray, floor_db: float = TRIM_FLOOR_DB, pad_s: float
     return wave[max(0, loud[0] * hop - pad): min(len(wave), (loud[-1] + 1) * hop + pad)]
 
 
+def cache_keys(utts: list[datasets.Utterance]) -> list[str]:
+    """The utterances' paths inside the data folder: a cache made in one checkout (or with the data
+    mounted elsewhere) serves another."""
+    root = datasets.data_root(required=False)
+    root = root.resolve() if root is not None else None
+    paths = [u.path.resolve() for u in utts]
+    return [str(p.relative_to(root)) if root is not None and p.is_relative_to(root) else str(p) for p in paths]
+
+
 def load_waves(utts: list[datasets.Utterance], name: str, trim: bool = False) -> list[np.ndarray]:
     """Decoded audio, cached as one int16 blob so later runs skip the Opus decoding."""
     CACHE.mkdir(exist_ok=True)
     blob, index = CACHE / f"{name}.int16.npy", CACHE / f"{name}.json"
-    keys = [str(u.path) for u in utts]
+    keys = cache_keys(utts)
     if blob.exists() and index.exists() and json.loads(index.read_text())["keys"] == keys:
         data = np.load(blob, mmap_mode="r")
         bounds = json.loads(index.read_text())["bounds"]
@@ -136,7 +145,7 @@ TEACHER_BATCH = 64  # clips per teacher call: its partial windows run through th
 def cached_arrays(path: Path, utts: list[datasets.Utterance], compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """`compute()`'s arrays, kept in `path` beside the utterances' keys: a later run with the same
     utterances reads them back instead of running the teacher again."""
-    keys = np.array([str(u.path) for u in utts])
+    keys = np.array(cache_keys(utts))
     if path.exists():
         with np.load(path) as cached:
             if np.array_equal(cached["keys"], keys):
@@ -469,7 +478,6 @@ def main() -> None:
         raise SystemExit(f"error: --width must be a multiple of {ModelDimensions.groups} (>= 8) and --blocks >= 1")
     init = initial_student(args.init) if args.init is not None else None
     cfg = init[0].cfg if init else ModelDimensions(arch=args.arch, width=args.width, n_blocks=args.blocks)
-    torch.manual_seed(recipe.seed)
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.time()
@@ -485,6 +493,9 @@ def main() -> None:
     print(f"data ready in {time.time() - started:.0f} s: {len(utts)} utterances, {sampler.n_speakers} speakers, "
           f"{sum(map(len, waves)) / SAMPLE_RATE / 3600:.1f} h", flush=True)
 
+    # Seeded here, after the data: a cache miss runs the teacher, whose construction draws from
+    # torch's generator, and the new heads must not depend on whether the cache was warm.
+    torch.manual_seed(recipe.seed)
     model = Distiller(cfg, sampler.n_speakers, recipe)
     model.student.stem.mel_mean, model.student.stem.mel_std = mel_mean, mel_std
     if init:
