@@ -69,7 +69,7 @@ class FixedAsr(AsyncEventHandler):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Shipped model, ada + bob profiles, and one spoken command per voice (16 kHz float)."""
-    from streamsv.config import Config
+    from streamsv.config import Config, ScoringConfig
     from streamsv.demo import VOICES, synthesize
 
     folder = tmp_path_factory.mktemp("wyoming-voices")
@@ -79,7 +79,11 @@ def setup(tmp_path_factory):
     def profiles() -> dict:
         return {n: p.centroid for n, p in store.load_all(emb.fingerprint, emb.dim).items()}
 
-    return {"emb": emb, "cfg": Config(), "profiles": profiles, "commands": commands, "store_dir": store.dir}
+    # The demo's voices are one synthesiser: its stranger scores 0.49 against bob on the shipped
+    # model, above that model's bar (0.47), where enrolled commands score 0.87-0.95. These tests are
+    # about how the proxy handles known and unknown voices, so their bar sits between the two.
+    cfg = Config(scoring=ScoringConfig(threshold=0.6))
+    return {"emb": emb, "cfg": cfg, "profiles": profiles, "commands": commands, "store_dir": store.dir}
 
 
 def pcm16(wave: np.ndarray) -> bytes:

@@ -81,12 +81,13 @@ def collisions() -> None:
     ``enroll --from`` does from disjoint utterances (the shipped model): where the bar goes."""
     from streamsv import load_embedder
     from streamsv.profiles import enroll
+    from streamsv.scoring import DEFAULT_THRESHOLD
 
     emb = load_embedder()
     bar = enrollment.COLLISION_THRESHOLD
     print(f"model {emb.fingerprint}; collision bar {bar:.2f}")
     print("| set | speakers | same: min / median | different: max / p99 / median | "
-          f"different >= {bar:.2f} | different >= 0.56 |")
+          f"different >= {bar:.2f} | different >= {DEFAULT_THRESHOLD:.2f} |")
     print("|---|---:|---|---|---:|---:|")
     for name, n in COLLISION_SETS.items():
         by_spk = {spk: [u.path for u in clips] for spk, clips in by_speaker(dev_set(name)).items()}
@@ -98,7 +99,7 @@ def collisions() -> None:
         diff = np.array([float(first[s] @ second[t]) for s in by_spk for t in by_spk if s != t])
         print(f"| {name} ({n} utterances per profile) | {len(by_spk)} | {same.min():.2f} / {np.median(same):.2f} | "
               f"{diff.max():.2f} / {np.percentile(diff, 99):.2f} / {np.median(diff):.2f} | "
-              f"{np.mean(diff >= bar):.1%} | {np.mean(diff >= 0.56):.1%} |")
+              f"{np.mean(diff >= bar):.1%} | {np.mean(diff >= DEFAULT_THRESHOLD):.1%} |")
 
 
 def main() -> int:

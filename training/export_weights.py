@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path, help="output folder (writes student.onnx, student.int8.onnx, student.pool.onnx) or NAME.onnx")
     ap.add_argument("--force", action="store_true", help="overwrite existing files")
     ap.add_argument("--baseline-npz", type=Path, metavar="PATH",
-                    help="also write the weights as a format-1 .npz (tools/baseline/student.npz: the numpy runtime the bench compares)")
+                    help="also write the weights as a format-1 .npz, which training.train --init and tools/baseline's "
+                         "numpy runtime read (the shipped model's: training/shipped.npz)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     try:

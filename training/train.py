@@ -462,7 +462,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--stop-at", type=int, default=None,
                     help="end this sitting after step N (checkpointed), the schedule still that of --steps; "
-                         "tools/make_default_model.sh replays the shipped run's sittings with it")
+                         "--resume continues it")
     ap.add_argument("--prepare-only", action="store_true", help="decode the audio and cache the teacher targets, then stop")
     args = ap.parse_args()
 
