@@ -347,11 +347,17 @@ def _parse_variant(spec: str) -> tuple[str, dict]:
     return label, overrides
 
 
+def add_room_arguments(p: argparse.ArgumentParser, split: str, per_set: int) -> None:
+    """The conversations a run streams: --condition (rooms), --split, --per-set (this tool's and
+    tools.sweep_decisions')."""
+    p.add_argument("--condition", action="append", choices=mc.CONDITIONS, help="room (repeatable; default: all)")
+    p.add_argument("--split", default=split, choices=mc.SPLITS)
+    p.add_argument("--per-set", type=int, default=per_set, help="households per dev set and condition (4 sets)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--condition", action="append", choices=mc.CONDITIONS, help="room (repeatable; default: all)")
-    p.add_argument("--split", default="reporting", choices=mc.SPLITS)
-    p.add_argument("--per-set", type=int, default=1, help="households per dev set and condition (4 sets)")
+    add_room_arguments(p, split="reporting", per_set=1)
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:key=value,...",
                    help="a student pipeline with config overrides (repeatable; default: before, student, student-silero)")
     p.add_argument("--no-teacher", action="store_true")

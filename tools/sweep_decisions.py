@@ -200,9 +200,7 @@ def compare_cells(first: tuple[str, list[dict]], second: tuple[str, list[dict]],
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--condition", action="append", choices=mc.CONDITIONS, help="room (repeatable; default: all)")
-    p.add_argument("--split", default="tuning", choices=mc.SPLITS)
-    p.add_argument("--per-set", type=int, default=3)
+    bd.add_room_arguments(p, split="tuning", per_set=3)
     p.add_argument("--pipeline", default="", metavar="key=value,...",
                    help="config overrides of the recorded pipeline (its scoring is replayed as the check)")
     p.add_argument("--policy", action="append", default=[], metavar="LABEL:key=value,...",
