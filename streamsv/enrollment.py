@@ -46,7 +46,8 @@ MODULATION_REFUSE_DB = 2.5    # std of frame levels (dB) over loud frames: dev s
 
 # --- consistency: mean cosine of the enrollment embeddings to their centroid (1 s prefixes
 # included). Clean single-speaker enrollments of the dev speakers (first 5 utterances of
-# speechocean762 dev, first 3 of LibriSpeech test-other) measured 0.72-0.93 with the shipped model
+# speechocean762 dev, first 3 of LibriSpeech test-other; `python -m tools.enrollment_verdicts
+# --consistency`) measured 0.72-0.93 with the shipped model
 # (0.77-0.93 with the one before, whose bar was 0.75); urdu, out of domain, 0.67-0.93.
 CONSISTENCY_GOOD = 0.70
 CONSISTENCY_USABLE = 0.60

@@ -11,6 +11,7 @@ judges them: clean, with held-out ESC-10 noise at 10, 5 and 0 dB SNR, and with w
 the count of each verdict and the first reasons given.
 
     python -m tools.enrollment_verdicts --collisions    # the collision bar's figures (loads the model)
+    python -m tools.enrollment_verdicts --consistency   # the consistency bars' figures (loads the model)
 """
 from __future__ import annotations
 
@@ -102,9 +103,34 @@ def collisions() -> None:
               f"{np.mean(diff >= bar):.1%} | {np.mean(diff >= DEFAULT_THRESHOLD):.1%} |")
 
 
+CONSISTENCY_SETS = {**COLLISION_SETS, "urdu": 3}    # utterances per profile; urdu: out of domain
+
+
+def consistency() -> None:
+    """``--consistency``: the consistency of one clean profile per dev speaker (its first
+    utterances, as ``enroll --from`` enrolls them; the shipped model): where the bars go."""
+    from streamsv import load_embedder
+    from streamsv.profiles import enroll
+
+    emb = load_embedder()
+    good, usable = enrollment.CONSISTENCY_GOOD, enrollment.CONSISTENCY_USABLE
+    print(f"model {emb.fingerprint}; consistency bars: good {good:.2f}, usable {usable:.2f}")
+    print(f"| set | profiles | min / p10 / median / max | below {good:.2f} | below {usable:.2f} |")
+    print("|---|---:|---|---:|---:|")
+    for name, n in CONSISTENCY_SETS.items():
+        clips = [c for c in by_speaker(dev_set(name)).values() if len(c) >= n]
+        means = np.array([enroll(emb, "p", [read_audio(u.path) for u in c[:n]])[0].consistency()[0] for c in clips])
+        print(f"| {name} ({n} utterances per profile) | {len(means)} | {means.min():.2f} / "
+              f"{np.percentile(means, 10):.2f} / {np.median(means):.2f} / {means.max():.2f} | "
+              f"{np.mean(means < good):.0%} | {np.mean(means < usable):.0%} |")
+
+
 def main() -> int:
     if "--collisions" in sys.argv[1:]:
         collisions()
+        return 0
+    if "--consistency" in sys.argv[1:]:
+        consistency()
         return 0
     rng = np.random.default_rng(SEED)
     noises = [read_audio(p) for p in noise_files("heldout")[::4]]
