@@ -199,3 +199,54 @@ def test_shares_outside_their_range_are_one_error_line_before_anything_runs(flag
     with pytest.raises(SystemExit, match="^error: --unlabeled-share must be in"):
         train.main()
     assert not (tmp_path / "run").exists()
+
+
+def test_deepen_appends_blocks_that_leave_the_function_unchanged_and_can_learn():
+    from training.model import ModelDimensions, SpeakerEncoder, deepen
+
+    torch.manual_seed(0)
+    source = SpeakerEncoder(ModelDimensions(width=32, n_blocks=2, groups=2, chunk_frames=8)).eval()
+    for p in source.parameters():  # trained-looking weights: every branch active
+        p.data.add_(0.05 * torch.randn_like(p))
+    deeper = deepen(source, 2).eval()
+    assert deeper.cfg.n_blocks == 4 and source.cfg.n_blocks == 2
+    mel = torch.randn(2, 90, source.cfg.n_mels)
+    with torch.no_grad():
+        assert torch.allclose(deeper(mel), source(mel), atol=1e-5)
+    # the new blocks are not frozen at the identity: their zeroed layers get a gradient
+    deeper.train()
+    deeper(mel).square().sum().backward()
+    assert deeper.blocks[3].group_mix.weight.grad.abs().sum() > 0
+    assert deeper.blocks[2].scale_out.parts[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        deepen(source, 0)
+
+
+def test_grow_blocks_needs_init_and_is_one_error_line(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["train", "--out", str(tmp_path / "run"), "--grow-blocks", "2"])
+    with pytest.raises(SystemExit, match="^error: --grow-blocks needs --init"):
+        train.main()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_soup_is_the_weighted_mean_of_fine_tunes_of_one_shape(tmp_path, monkeypatch):
+    from training.export_weights import npz_bytes, read_checkpoint
+    from training.model import ModelDimensions, SpeakerEncoder
+    from training.soup import average_weights, main, parse_ingredient
+
+    config = ModelDimensions(width=32, n_blocks=1)
+    torch.manual_seed(0)
+    a, b = SpeakerEncoder(config).eval(), SpeakerEncoder(config).eval()
+    for name, model in (("a", a), ("b", b)):
+        (tmp_path / f"{name}.npz").write_bytes(npz_bytes(model, f"{name}" * 16, None, {}))
+    assert parse_ingredient("x/y.npz:0.25") == (Path("x/y.npz"), 0.25) and parse_ingredient("c:/y.pt") == (Path("c:/y.pt"), 1.0)
+    monkeypatch.setattr("sys.argv", ["soup", str(tmp_path / "s.pt"), f"{tmp_path / 'a.npz'}:3", str(tmp_path / "b.npz")])
+    main()
+    soup, _, _, meta = read_checkpoint(tmp_path / "s.pt")
+    key = "blocks.0.group_mix.weight"
+    assert torch.allclose(soup.state_dict()[key], 0.75 * a.state_dict()[key] + 0.25 * b.state_dict()[key], atol=1e-6)
+    assert [i["weight"] for i in meta["soup"]] == [3.0, 1.0]
+    with pytest.raises(SystemExit, match="^error: .* exists"):
+        main()
+    with pytest.raises(ValueError, match="differ in shape"):
+        average_weights([a.state_dict(), SpeakerEncoder(ModelDimensions(width=64, n_blocks=1)).state_dict()], [1, 1])

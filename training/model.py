@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
@@ -309,6 +309,37 @@ class SpeakerEncoder(nn.Module):
         """Offline: (B, T, n_mels) -> un-normalised embeddings (B, embedding_dim)."""
         features, logits, _ = self.encode(mel)
         return self.head.pool(features, logits)
+
+
+def deepen(model: SpeakerEncoder, extra_blocks: int, seed: int = 0) -> SpeakerEncoder:
+    """``model`` with ``extra_blocks`` SV-Mixer blocks appended that leave its function unchanged.
+
+    Each new block's residual branches end in zeroed layers (the narrow convolution, the token
+    mixer's second matrix, the running-mean projection, the scale and group mixers), so it starts
+    as the identity while its inner layers keep a random initialisation and every zeroed layer
+    still gets a gradient. The head's layer mix splits the old last block's weight evenly between it
+    and the new blocks (``w - log(n)``), whose outputs equal its own, so the pooled features are the
+    same too. A fine-tune then grows capacity from a model that already decides well (issue 9)."""
+    if model.cfg.arch != "mixer" or extra_blocks < 1:
+        raise ValueError("deepen: a mixer model and at least one extra block")
+    cfg = ModelDimensions(**{**asdict(model.cfg), "n_blocks": model.cfg.n_blocks + extra_blocks})
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    deeper = SpeakerEncoder(cfg)
+    torch.random.set_rng_state(generator_state)
+    old = model.state_dict()
+    state = deeper.state_dict()
+    state.update({k: v for k, v in old.items() if k != "head.layer_weights"})
+    last_weight = old["head.layer_weights"][-1] - math.log(extra_blocks + 1)
+    state["head.layer_weights"] = torch.cat([old["head.layer_weights"][:-1], last_weight.repeat(extra_blocks + 1)])
+    for i in range(model.cfg.n_blocks, cfg.n_blocks):
+        for name in ("local_narrow.conv.weight", "local_narrow.conv.bias", "chunk_mix.w2", "chunk_mix.b2",
+                     "utterance_mix.proj.weight", "utterance_mix.proj.bias", "group_mix.weight", "group_mix.bias"):
+            state[f"blocks.{i}.{name}"] = torch.zeros_like(state[f"blocks.{i}.{name}"])
+        for name in [k for k in state if k.startswith(f"blocks.{i}.scale_out.")]:
+            state[name] = torch.zeros_like(state[name])
+    deeper.load_state_dict(state)
+    return deeper
 
 
 def count_parameters(model: nn.Module) -> int:

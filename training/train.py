@@ -32,7 +32,7 @@ from scipy.signal import butter, fftconvolve, resample_poly, sosfilt
 from streamsv.features import N_MELS, SAMPLE_RATE, log_mel
 from training import datasets
 from training.eval import TELEPHONE_BAND_HZ, TELEPHONE_RATE  # the one telephone channel, trained on and evaluated
-from training.model import CHECKPOINT_FORMAT, ModelDimensions, SpeakerEncoder, count_parameters
+from training.model import CHECKPOINT_FORMAT, ModelDimensions, SpeakerEncoder, count_parameters, deepen
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -456,6 +456,8 @@ def main() -> None:
                     help="every crop learns its clip's whole-utterance teacher embedding (the recipe before window targets)")
     ap.add_argument("--width", type=int, default=ModelDimensions.width, help="channels (a smaller network: issue 11)")
     ap.add_argument("--blocks", type=int, default=ModelDimensions.n_blocks, help="SV-Mixer blocks")
+    ap.add_argument("--grow-blocks", type=int, default=0, metavar="N",
+                    help="with --init: append N SV-Mixer blocks that start as the identity (training.model.deepen)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=Recipe.seed)
     ap.add_argument("--checkpoint-every", type=int, default=100)
@@ -476,7 +478,11 @@ def main() -> None:
         raise SystemExit("error: --unlabeled-share must be in [0, 1), --pitch-prob and --channel-prob in [0, 1]")
     if args.width < 8 or args.width % ModelDimensions.groups or args.blocks < 1:
         raise SystemExit(f"error: --width must be a multiple of {ModelDimensions.groups} (>= 8) and --blocks >= 1")
+    if args.grow_blocks and (args.init is None or args.grow_blocks < 0):
+        raise SystemExit("error: --grow-blocks needs --init and a positive count")
     init = initial_student(args.init) if args.init is not None else None
+    if init and args.grow_blocks:
+        init = (deepen(init[0], args.grow_blocks, seed=args.seed), init[1])
     cfg = init[0].cfg if init else ModelDimensions(arch=args.arch, width=args.width, n_blocks=args.blocks)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -550,7 +556,8 @@ def main() -> None:
                 "recipe": asdict(recipe), "arch": args.arch, "step": step, "train_minutes": (time.time() - t0) / 60,
                 "train_cpu_minutes": cpu / 60,
                 "teacher": "resemblyzer 0.1.4 VoiceEncoder", "speakers": sampler.n_speakers,
-                "init": None if not init else {"path": str(args.init), "fingerprint": init[1]}})
+                "init": None if not init else {"path": str(args.init), "fingerprint": init[1],
+                                                "grow_blocks": args.grow_blocks}})
     print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min -> {args.out / 'student.pt'}")
 
 
