@@ -201,32 +201,31 @@ def test_shares_outside_their_range_are_one_error_line_before_anything_runs(flag
     assert not (tmp_path / "run").exists()
 
 
-def test_deepen_appends_blocks_that_leave_the_function_unchanged_and_can_learn():
-    from training.model import ModelDimensions, SpeakerEncoder, deepen
+def test_resize_blocks_appends_identity_blocks_or_keeps_the_first_ones():
+    from training.model import ModelDimensions, SpeakerEncoder, resize_blocks
 
     torch.manual_seed(0)
-    source = SpeakerEncoder(ModelDimensions(width=32, n_blocks=2, groups=2, chunk_frames=8)).eval()
+    source = SpeakerEncoder(ModelDimensions(width=32, n_blocks=3, groups=2, chunk_frames=8)).eval()
     for p in source.parameters():  # trained-looking weights: every branch active
         p.data.add_(0.05 * torch.randn_like(p))
-    deeper = deepen(source, 2).eval()
-    assert deeper.cfg.n_blocks == 4 and source.cfg.n_blocks == 2
+    deeper = resize_blocks(source, 5).eval()
+    assert deeper.cfg.n_blocks == 5 and source.cfg.n_blocks == 3
     mel = torch.randn(2, 90, source.cfg.n_mels)
     with torch.no_grad():
         assert torch.allclose(deeper(mel), source(mel), atol=1e-5)
     # the new blocks are not frozen at the identity: their zeroed layers get a gradient
     deeper.train()
     deeper(mel).square().sum().backward()
-    assert deeper.blocks[3].group_mix.weight.grad.abs().sum() > 0
-    assert deeper.blocks[2].scale_out.parts[0].weight.grad.abs().sum() > 0
+    assert deeper.blocks[4].group_mix.weight.grad.abs().sum() > 0
+    assert deeper.blocks[3].scale_out.parts[0].weight.grad.abs().sum() > 0
+    # fewer: the first blocks and the head as they were, the mix renormalised over what is left
+    shallower = resize_blocks(source, 2)
+    assert shallower.cfg.n_blocks == 2 and len(shallower.blocks) == 2
+    for key, value in shallower.state_dict().items():
+        expected = source.state_dict()[key]
+        assert torch.equal(value, expected[:2] if key == "head.layer_weights" else expected), key
     with pytest.raises(ValueError):
-        deepen(source, 0)
-
-
-def test_grow_blocks_needs_init_and_is_one_error_line(tmp_path, monkeypatch):
-    monkeypatch.setattr("sys.argv", ["train", "--out", str(tmp_path / "run"), "--grow-blocks", "2"])
-    with pytest.raises(SystemExit, match="^error: --grow-blocks needs --init"):
-        train.main()
-    assert not (tmp_path / "run").exists()
+        resize_blocks(source, 0)
 
 
 def test_a_soup_is_the_weighted_mean_of_fine_tunes_of_one_shape(tmp_path, monkeypatch):

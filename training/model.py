@@ -311,35 +311,41 @@ class SpeakerEncoder(nn.Module):
         return self.head.pool(features, logits)
 
 
-def deepen(model: SpeakerEncoder, extra_blocks: int, seed: int = 0) -> SpeakerEncoder:
-    """``model`` with ``extra_blocks`` SV-Mixer blocks appended that leave its function unchanged.
+def resize_blocks(model: SpeakerEncoder, n_blocks: int, seed: int = 0) -> SpeakerEncoder:
+    """``model`` with ``n_blocks`` SV-Mixer blocks: its first ones kept, or new ones appended.
 
-    Each new block's residual branches end in zeroed layers (the narrow convolution, the token
-    mixer's second matrix, the running-mean projection, the scale and group mixers), so it starts
-    as the identity while its inner layers keep a random initialisation and every zeroed layer
-    still gets a gradient. The head's layer mix splits the old last block's weight evenly between it
-    and the new blocks (``w - log(n)``), whose outputs equal its own, so the pooled features are the
-    same too. A fine-tune then grows capacity from a model that already decides well (issue 9)."""
-    if model.cfg.arch != "mixer" or extra_blocks < 1:
-        raise ValueError("deepen: a mixer model and at least one extra block")
-    cfg = ModelDimensions(**{**asdict(model.cfg), "n_blocks": model.cfg.n_blocks + extra_blocks})
+    Fewer: the first ``n_blocks`` blocks and their share of the head's layer mix (layer dropping;
+    a fine-tune recovers what the dropped blocks added). More: each new block's residual branches
+    end in zeroed layers (the narrow convolution, the token mixer's second matrix, the running-mean
+    projection, the scale and group mixers), so it starts as the identity while its inner layers
+    keep a random initialisation and every zeroed layer still gets a gradient; the head's layer
+    mix splits the old last block's weight evenly between it and the new blocks (``w - log(n)``),
+    whose outputs equal its own, so the function is unchanged."""
+    old_n = model.cfg.n_blocks
+    if model.cfg.arch != "mixer" or n_blocks < 1:
+        raise ValueError("resize_blocks: a mixer model and at least one block")
+    cfg = ModelDimensions(**{**asdict(model.cfg), "n_blocks": n_blocks})
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    deeper = SpeakerEncoder(cfg)
+    resized = SpeakerEncoder(cfg)
     torch.random.set_rng_state(generator_state)
-    old = model.state_dict()
-    state = deeper.state_dict()
-    state.update({k: v for k, v in old.items() if k != "head.layer_weights"})
-    last_weight = old["head.layer_weights"][-1] - math.log(extra_blocks + 1)
-    state["head.layer_weights"] = torch.cat([old["head.layer_weights"][:-1], last_weight.repeat(extra_blocks + 1)])
-    for i in range(model.cfg.n_blocks, cfg.n_blocks):
-        for name in ("local_narrow.conv.weight", "local_narrow.conv.bias", "chunk_mix.w2", "chunk_mix.b2",
-                     "utterance_mix.proj.weight", "utterance_mix.proj.bias", "group_mix.weight", "group_mix.bias"):
-            state[f"blocks.{i}.{name}"] = torch.zeros_like(state[f"blocks.{i}.{name}"])
-        for name in [k for k in state if k.startswith(f"blocks.{i}.scale_out.")]:
-            state[name] = torch.zeros_like(state[name])
-    deeper.load_state_dict(state)
-    return deeper
+    old, state = model.state_dict(), resized.state_dict()
+    kept = {k: v for k, v in old.items() if not k.startswith("blocks.") or int(k.split(".")[1]) < n_blocks}
+    state.update(kept)
+    weights = old["head.layer_weights"]
+    if n_blocks <= old_n:
+        state["head.layer_weights"] = weights[:n_blocks].clone()
+    else:
+        extra = n_blocks - old_n
+        state["head.layer_weights"] = torch.cat([weights[:-1], (weights[-1] - math.log(extra + 1)).repeat(extra + 1)])
+        for i in range(old_n, n_blocks):
+            zeroed = [f"blocks.{i}.{name}" for name in (
+                "local_narrow.conv.weight", "local_narrow.conv.bias", "chunk_mix.w2", "chunk_mix.b2",
+                "utterance_mix.proj.weight", "utterance_mix.proj.bias", "group_mix.weight", "group_mix.bias")]
+            zeroed += [k for k in state if k.startswith(f"blocks.{i}.scale_out.")]
+            state.update({k: torch.zeros_like(state[k]) for k in zeroed})
+    resized.load_state_dict(state)
+    return resized
 
 
 def count_parameters(model: nn.Module) -> int:

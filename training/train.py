@@ -32,7 +32,7 @@ from scipy.signal import butter, fftconvolve, resample_poly, sosfilt
 from streamsv.features import N_MELS, SAMPLE_RATE, log_mel
 from training import datasets
 from training.eval import TELEPHONE_BAND_HZ, TELEPHONE_RATE  # the one telephone channel, trained on and evaluated
-from training.model import CHECKPOINT_FORMAT, ModelDimensions, SpeakerEncoder, count_parameters, deepen
+from training.model import CHECKPOINT_FORMAT, ModelDimensions, SpeakerEncoder, count_parameters, resize_blocks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -444,7 +444,8 @@ def main() -> None:
     ap.add_argument("--init", type=Path, metavar="WEIGHTS",
                     help="start the student from these weights (a .pt checkpoint or format-1 .npz, e.g. "
                          "tools/baseline/student.npz, the shipped model) instead of at random: a fine-tune; "
-                         "its shape and mel statistics come with it (--width/--blocks are ignored)")
+                         "its shape and mel statistics come with it (--width is ignored; --blocks keeps its first blocks "
+                         "or appends blocks that start as the identity: training.model.resize_blocks)")
     ap.add_argument("--pitch-semitones", type=float, default=Recipe.pitch_semitones)
     ap.add_argument("--pitch-prob", type=float, default=Recipe.pitch_prob, help="share of crops pitch/tempo shifted")
     ap.add_argument("--channel-prob", type=float, nargs=3, metavar=("TELEPHONE", "EQ", "FREQ_MASK"),
@@ -455,9 +456,7 @@ def main() -> None:
     ap.add_argument("--utterance-targets", action="store_true",
                     help="every crop learns its clip's whole-utterance teacher embedding (the recipe before window targets)")
     ap.add_argument("--width", type=int, default=ModelDimensions.width, help="channels (a smaller network: issue 11)")
-    ap.add_argument("--blocks", type=int, default=ModelDimensions.n_blocks, help="SV-Mixer blocks")
-    ap.add_argument("--grow-blocks", type=int, default=0, metavar="N",
-                    help="with --init: append N SV-Mixer blocks that start as the identity (training.model.deepen)")
+    ap.add_argument("--blocks", type=int, default=None, help=f"SV-Mixer blocks (default {ModelDimensions.n_blocks}, or --init's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=Recipe.seed)
     ap.add_argument("--checkpoint-every", type=int, default=100)
@@ -476,14 +475,13 @@ def main() -> None:
                     window_targets=not args.utterance_targets)
     if not 0 <= args.unlabeled_share < 1 or not all(0 <= x <= 1 for x in (args.pitch_prob, *args.channel_prob)):
         raise SystemExit("error: --unlabeled-share must be in [0, 1), --pitch-prob and --channel-prob in [0, 1]")
-    if args.width < 8 or args.width % ModelDimensions.groups or args.blocks < 1:
+    if args.width < 8 or args.width % ModelDimensions.groups or (args.blocks is not None and args.blocks < 1):
         raise SystemExit(f"error: --width must be a multiple of {ModelDimensions.groups} (>= 8) and --blocks >= 1")
-    if args.grow_blocks and (args.init is None or args.grow_blocks < 0):
-        raise SystemExit("error: --grow-blocks needs --init and a positive count")
     init = initial_student(args.init) if args.init is not None else None
-    if init and args.grow_blocks:
-        init = (deepen(init[0], args.grow_blocks, seed=args.seed), init[1])
-    cfg = init[0].cfg if init else ModelDimensions(arch=args.arch, width=args.width, n_blocks=args.blocks)
+    if init and args.blocks is not None and args.blocks != init[0].cfg.n_blocks:
+        init = (resize_blocks(init[0], args.blocks, seed=args.seed), init[1])
+    cfg = init[0].cfg if init else ModelDimensions(arch=args.arch, width=args.width,
+                                                   n_blocks=args.blocks or ModelDimensions.n_blocks)
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.time()
@@ -557,7 +555,7 @@ def main() -> None:
                 "train_cpu_minutes": cpu / 60,
                 "teacher": "resemblyzer 0.1.4 VoiceEncoder", "speakers": sampler.n_speakers,
                 "init": None if not init else {"path": str(args.init), "fingerprint": init[1],
-                                                "grow_blocks": args.grow_blocks}})
+                                                "blocks": cfg.n_blocks}})
     print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min -> {args.out / 'student.pt'}")
 
 
