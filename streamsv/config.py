@@ -30,7 +30,7 @@ USER_CONFIG = Path("~/.config/streamsv/config.yaml")
 SYSTEM_CONFIG = Path("/etc/streamsv/config.yaml")
 DEFAULT_PROFILES_DIR = Path("profiles")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-CHANGE_EMBEDDINGS = ("offline", "stream")  # change.embedding: see ChangeConfig
+CHANGE_EMBEDDINGS = ("offline", "stream")  # change.embedding, change.pause_embedding: see ChangeConfig
 MAX_CONFIG_BYTES = 256 << 10  # a settings file is a few KB; refuse to parse anything huge
 # Checked on the YAML events before anything is built, so that nothing is expanded or recursed:
 MAX_YAML_DEPTH = 8            # the file is section > key > value: 2 levels
@@ -94,11 +94,19 @@ class ChangeConfig:
     # Where the continuous test's recent embedding comes from (one of CHANGE_EMBEDDINGS): "offline"
     # embeds the last recent_s afresh (a model step over it, half-way between decisions: about half
     # the pipeline's CPU on continuous speech); "stream" pools the stream's own last recent_s of
-    # frames at the decision's hop (no model step). Pause and gap tests embed offline in both (once
-    # per pause, not every hop). "stream" matched "offline" on the tuning conversations (-50 dBFS:
-    # in-turn 0.832 vs 0.833, boundary F1 0.563 vs 0.571; quiet: 0.842 vs 0.829, 0.670 vs 0.665) at
-    # about a quarter less CPU (README, Performance).
+    # frames at the decision's hop (no model step); the pause and gap tests: pause_embedding. "stream"
+    # matched "offline" on the tuning conversations (-50 dBFS: in-turn 0.832 vs 0.833, boundary F1
+    # 0.563 vs 0.571; quiet: 0.842 vs 0.829, 0.670 vs 0.665) at about a quarter less CPU (README,
+    # Performance).
     embedding: str = "stream"
+    # Where the pause and gap tests' embedding of the recent_s after a pause comes from (one of
+    # CHANGE_EMBEDDINGS): "offline" embeds that audio afresh (a model step over recent_s, once per
+    # candidate pause); "stream" pushes the audio pending for the next hop when the test is due
+    # and pools the stream's own last frames (no step over recent_s; frames that carry the context
+    # of the voice before the pause). On the tuning conversations (-50 dBFS and quiet) "stream" cost
+    # 0.004 of in-turn accuracy and 0.005 of boundary F1 for 9% less CPU: "offline" stays (README,
+    # Live rooms, seventh pass).
+    pause_embedding: str = "offline"
     # The continuous test's own threshold (None: threshold). 0.4-0.6 tried with "stream" (tuning):
     # above 0.45 more false splits and no fewer missed boundaries; 0.4 within noise of 0.45.
     continuous_threshold: float | None = None
@@ -355,6 +363,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "change.bridge_hold": _bool,
     "change.bridge_threshold": _num(-1.0, 1.0),
     "change.embedding": _choice(CHANGE_EMBEDDINGS),
+    "change.pause_embedding": _choice(CHANGE_EMBEDDINGS),
     "change.continuous_threshold": _optional(_num(-1.0, 1.0)),
     "scoring.threshold": _num(-1.0, 1.0),
     "scoring.min_margin": _num(0.0, 2.0),

@@ -261,10 +261,10 @@ class Pipeline:
         self.stream = embedder.stream(window_s=cfg.scoring.window_s)
         self.smoother = Smoother(cfg.scoring.smoothing_hops)
         change_settings = cfg.change
-        if change_settings.embedding == "stream" and not hasattr(self.stream, "recent_embedding"):
+        if not hasattr(self.stream, "recent_embedding"):
             # A stream that re-embeds its window per call (the teacher's, in the benchmarks) has no
-            # encoded frames to pool: its continuous test embeds offline.
-            change_settings = dataclasses.replace(change_settings, embedding="offline")
+            # encoded frames to pool: its change tests embed offline.
+            change_settings = dataclasses.replace(change_settings, embedding="offline", pause_embedding="offline")
         self.change = ChangeDetector(change_settings)
         self._compute_mark = 0.0                  # stream.compute_seconds at the last hop
         self.voice = self._new_voice(0.0)
@@ -463,12 +463,13 @@ class Pipeline:
         voice = self.voice
         if voice.awaiting_gap is None or self._last_end is None:
             return None
-        after = voice.recent.last(voice.audio_s - voice.awaiting_gap)
+        after_s = voice.audio_s - voice.awaiting_gap
         voice.awaiting_gap = None
-        if len(after) < MIN_AUDIO_S * SAMPLE_RATE:
+        embedding = self._after_pause_embedding(after_s, after_s)
+        if embedding is None:
             self.change.drop_pauses()   # too little to embed: nothing to judge
             return None
-        verdict = self.change.test_pause(voice.audio_s, self._embed_for_test(after))
+        verdict = self.change.test_pause(voice.audio_s, embedding)
         return self._split(self._last_end, verdict) if verdict.changed else None
 
     def _bridged_gap(self, start: float) -> float | None:
@@ -522,8 +523,12 @@ class Pipeline:
         end = self.change.pause_due(self.voice.audio_s)
         if end is None:
             return None
-        after = self.voice.recent.last(self.voice.audio_s - end)[: int(self.cfg.change.recent_s * SAMPLE_RATE)]
-        verdict = self.change.test_pause(self.voice.audio_s, self._embed_for_test(after))
+        after_s = self.voice.audio_s - end
+        embedding = self._after_pause_embedding(after_s, min(after_s, self.cfg.change.recent_s))
+        if embedding is None:   # too little audio to embed (recent_s set below MIN_AUDIO_S)
+            self.change.drop_pauses()
+            return None
+        verdict = self.change.test_pause(self.voice.audio_s, embedding)
         if self.voice.awaiting_gap is not None and end + EPS_S >= self.voice.awaiting_gap:
             self.voice.awaiting_gap = None   # the last bridged gap has been judged
         return self._split(ev.t_end, verdict) if verdict.changed else None
@@ -539,6 +544,17 @@ class Pipeline:
         if self._test_at_hop:
             return self.stream.recent_embedding(seconds)   # at the hop: its push has just encoded them
         return self._embed_for_test(self.voice.recent.last(seconds))
+
+    def _after_pause_embedding(self, after_s: float, seconds: float) -> np.ndarray | None:
+        """The embedding of the first ``seconds`` of the voice's last ``after_s`` (the audio after a
+        pause or gap), by change.pause_embedding: pooled from the stream's frames, whose pending audio
+        is pushed now (the hop's push gets the less), or embedded afresh. None: under MIN_AUDIO_S."""
+        if self.change.settings.pause_embedding == "stream":
+            # The last ``seconds``, not the first: a test falls due within a block of them.
+            self._push_pending()
+            return self.stream.recent_embedding(seconds)
+        audio = self.voice.recent.last(after_s)[: int(seconds * SAMPLE_RATE)]
+        return self._embed_for_test(audio) if len(audio) >= MIN_AUDIO_S * SAMPLE_RATE else None
 
     def _embed_for_test(self, audio: np.ndarray) -> np.ndarray:
         began = time.perf_counter()

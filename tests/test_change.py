@@ -135,7 +135,8 @@ def test_change_settings_are_validated():
     assert Config().with_overrides(**{"change.bridge_s": 0.8}).change.bridge_s == 0.8
     for key, bad in (("change.recent_s", 0), ("change.confirm_hops", 0), ("change.threshold", 2), ("change.enabled", "yes"),
                      ("change.min_pause_s", -0.1), ("change.continuous", "no"), ("change.bridge_s", -0.5),
-                     ("change.bridge_s", 11), ("change.bridge_hold", "maybe"), ("change.bridge_threshold", 1.5)):
+                     ("change.bridge_s", 11), ("change.bridge_hold", "maybe"), ("change.bridge_threshold", 1.5),
+                     ("change.pause_embedding", "online")):
         with pytest.raises(StreamsvError, match=key):
             Config().with_overrides(**{key: bad})
 
@@ -269,3 +270,23 @@ def test_the_stream_test_splits_a_turn_without_an_offline_embed(embedder):
     counted = _CountingEmbedder(embedder)
     _run(counted, audio, **{"change.embedding": "offline", "change.min_pause_s": 0.0})
     assert counted.offline_calls >= 10
+
+
+@pytest.mark.skipif(len(dev_speakers()) < 2 or data_dir() is None, reason="needs ../shared/data")
+def test_the_pause_test_on_the_stream_splits_at_the_pause_without_an_offline_embed(embedder):
+    # The continuous test off: only the pause test (here at a bridged gap) can find the second voice, who
+    # answers after 0.3 s. On the stream's frames it makes no model step of its own.
+    a, b = dev_speakers()[:2]
+    first, second = _voice(a, 4.0), _voice(b, 4.0)
+    pause = np.zeros(int(0.3 * SR), np.float32)
+    audio = np.concatenate([np.zeros(SR // 2, np.float32), first, pause, second, np.zeros(SR, np.float32)])
+    answer = 0.5 + (len(first) + len(pause)) / SR
+    for where, offline_calls in (("stream", lambda n: n == 0), ("offline", lambda n: n >= 1)):
+        counted = _CountingEmbedder(embedder)
+        events = _run(counted, audio, **{"change.continuous": False, "change.pause_embedding": where})
+        assert offline_calls(counted.offline_calls), (where, counted.offline_calls)
+        # The VAD's segments close in the pause and the next one continues the voice (a bridged gap):
+        # the gap's test splits it there.
+        assert any(e["event"] == "speech_start" and e.get("continues") for e in events)
+        changes = [e for e in events if e["event"] == "speaker_change"]
+        assert any(abs(e["at"] - answer) < 0.3 for e in changes), (where, changes)
