@@ -61,29 +61,11 @@ class ChangeDetector:
 
     def __init__(self, settings: ChangeConfig = ChangeConfig()) -> None:
         self.settings = settings
-        self._profiles = np.zeros((0, 0), np.float32)   # the enrolled voices, unit rows (set_profiles)
         self._windows: deque[tuple[float, np.ndarray]] = deque(maxlen=KEEP_WINDOWS)
         # (pause end, the segment before it, the threshold its test uses), oldest first
         self._pauses: deque[tuple[float, np.ndarray, float]] = deque()
         self._below = 0
         self._start = 0.0
-
-    def set_profiles(self, centroids: list[np.ndarray]) -> None:
-        """The household's enrolled voices, for ``profile_bar`` (call again after a reload)."""
-        self._profiles = np.stack([unit(c) for c in centroids]) if centroids else np.zeros((0, 0), np.float32)
-
-    def _known_change(self, before: np.ndarray, after: np.ndarray) -> bool | None:
-        """With ``profile_bar``: True when both embeddings name different enrolled voices, False when
-        the same one (each scoring at least the bar against its best profile), else None (the cosine
-        between them decides)."""
-        bar = self.settings.profile_bar
-        if bar is None or not len(self._profiles):
-            return None
-        s_before, s_after = self._profiles @ before, self._profiles @ after
-        i_before, i_after = int(np.argmax(s_before)), int(np.argmax(s_after))
-        if s_before[i_before] < bar or s_after[i_after] < bar:
-            return None
-        return i_before != i_after
 
     def reset(self, t: float = 0.0) -> None:
         """A fresh segment (or the new voice after a change) begins at segment time ``t``."""
@@ -148,10 +130,8 @@ class ChangeDetector:
         """The embedding of the ``recent_s`` after the due pause against the segment before it; a
         change lies at the pause's end (``lag_s`` before ``t``)."""
         end, reference, threshold = self._pauses.popleft()
-        after = unit(after_embedding)
-        similarity = float(after @ reference)
-        known = self._known_change(reference, after)
-        return ChangeVerdict(round(similarity, 4), similarity < threshold if known is None else known, t - end)
+        similarity = float(unit(after_embedding) @ reference)
+        return ChangeVerdict(round(similarity, 4), similarity < threshold, t - end)
 
     # ------------------------------------------------------------ continuous
 
@@ -159,11 +139,9 @@ class ChangeDetector:
         """Compare the recent audio's embedding with the segment before it; None when untestable."""
         if not self.ready(t):
             return None
-        recent, reference = unit(recent_embedding), self._reference(t - self.settings.recent_s)
-        similarity = float(recent @ reference)
+        similarity = float(unit(recent_embedding) @ self._reference(t - self.settings.recent_s))
         s = self.settings
         threshold = s.threshold if s.continuous_threshold is None else s.continuous_threshold
-        known = self._known_change(reference, recent)
-        self._below = self._below + 1 if (similarity < threshold if known is None else known) else 0
+        self._below = self._below + 1 if similarity < threshold else 0
         changed = self._below >= s.confirm_hops
         return ChangeVerdict(round(similarity, 4), changed, CHANGE_LAG_SHARE[s.embedding] * s.recent_s)

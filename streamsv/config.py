@@ -110,10 +110,6 @@ class ChangeConfig:
     # The continuous test's own threshold (None: threshold). 0.4-0.6 tried with "stream" (tuning):
     # above 0.45 more false splits and no fewer missed boundaries; 0.4 within noise of 0.45.
     continuous_threshold: float | None = None
-    # The household's own voices as evidence (None: off): when the audio on both sides of a test
-    # scores at least this against its best enrolled profile, the two best profiles decide (the
-    # same one: no change; different ones: a change) instead of the cosine between the two sides.
-    profile_bar: float | None = None
 
 
 @dataclass(frozen=True)
@@ -369,7 +365,6 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "change.embedding": _choice(CHANGE_EMBEDDINGS),
     "change.pause_embedding": _choice(CHANGE_EMBEDDINGS),
     "change.continuous_threshold": _optional(_num(-1.0, 1.0)),
-    "change.profile_bar": _optional(_num(-1.0, 1.0)),
     "scoring.threshold": _num(-1.0, 1.0),
     "scoring.min_margin": _num(0.0, 2.0),
     "scoring.min_speech_s": _num(0.0, 60.0),

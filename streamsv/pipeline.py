@@ -250,6 +250,9 @@ class Pipeline:
         self.source = source
         self.cfg = cfg
         self.rule = rule or DecisionRule.load(cfg.scoring, embedder.fingerprint, cfg.profiles.resolved())
+        self._loader: ProfileLoader = profiles if callable(profiles) else (lambda p=dict(profiles): p)
+        self.centroids: dict[str, np.ndarray] = {}
+        self.reload_profiles()
         self._reload = ReloadRequest()
         self._audio_listeners: list[AudioListener] = []
         self.levels = LevelMeter(level_interval_s)
@@ -263,9 +266,6 @@ class Pipeline:
             # encoded frames to pool: its change tests embed offline.
             change_settings = dataclasses.replace(change_settings, embedding="offline", pause_embedding="offline")
         self.change = ChangeDetector(change_settings)
-        self._loader: ProfileLoader = profiles if callable(profiles) else (lambda p=dict(profiles): p)
-        self.centroids: dict[str, np.ndarray] = {}
-        self.reload_profiles()
         self._compute_mark = 0.0                  # stream.compute_seconds at the last hop
         self.voice = self._new_voice(0.0)
         self._last_end: float | None = None       # stream time the last segment ended (its voice may go on)
@@ -288,7 +288,6 @@ class Pipeline:
     def reload_profiles(self) -> int:
         """Re-read profiles now (call from the loop's thread); returns how many are loaded."""
         self.centroids = {n: unit(c) for n, c in self._loader().items()}
-        self.change.set_profiles(list(self.centroids.values()))
         return len(self.centroids)
 
     def request_reload(self, cfg: Config | None = None) -> None:
