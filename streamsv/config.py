@@ -67,9 +67,10 @@ class ChangeConfig:
     # A cosine of the recent audio to the segment before it below this is a change. 0.45 with the
     # pause test (below) beat 0.4 without it on the tuning conversations of tools.bench_detection
     # (-50 dBFS and quiet: in-turn accuracy and boundary F1 both higher; README, Live rooms) for
-    # the model before today's; today's scores the same voice about 0.08 lower (its calibrated
-    # threshold is 0.473 where that one's was 0.556), and 0.37 / bridge 0.62, the old bars moved
-    # by as much, did best of those tried on the tuning split (0.34-0.45, 0.58-0.70).
+    # the base model; the 6-block fine-tune scored the same voice about 0.08 lower (its calibrated
+    # threshold 0.473 where the base's was 0.556), and 0.37 / bridge 0.62, the old bars moved by as
+    # much, did best of those tried on the tuning split (0.34-0.45, 0.58-0.70). The 2-block model
+    # shipped since (threshold 0.480) was measured at the same bars.
     threshold: float = 0.37
     recent_s: float = 1.0  # the recent audio compared with the segment before it
     confirm_hops: int = 1  # hops in a row below the threshold before a change is called
@@ -90,7 +91,7 @@ class ChangeConfig:
     # change missed there leaves two voices in the window while a false one only restarts it (as an
     # unbridged segment does), so the voice after a gap must score higher to be the same: 0.45 (the
     # gap test's EER point) lost in-turn accuracy, 0.55-0.7 gained it as they rose (tuning).
-    bridge_threshold: float = 0.62  # 0.7 for the model before today's (see threshold)
+    bridge_threshold: float = 0.62  # 0.7 for the base model (see threshold)
     # Where the continuous test's recent embedding comes from (one of CHANGE_EMBEDDINGS): "offline"
     # embeds the last recent_s afresh (a model step over it, half-way between decisions: about half
     # the pipeline's CPU on continuous speech); "stream" pools the stream's own last recent_s of

@@ -47,16 +47,16 @@ MODULATION_REFUSE_DB = 2.5    # std of frame levels (dB) over loud frames: dev s
 # --- consistency: mean cosine of the enrollment embeddings to their centroid (1 s prefixes
 # included). Clean single-speaker enrollments of the dev speakers (first 5 utterances of
 # speechocean762 dev, first 3 of LibriSpeech test-other; `python -m tools.enrollment_verdicts
-# --consistency`) measured 0.72-0.93 with the shipped model
-# (0.77-0.93 with the one before, whose bar was 0.75); urdu, out of domain, 0.67-0.93.
+# --consistency`) measured 0.71-0.92 with the shipped model (0.72-0.93 with the 6-block fine-tune
+# before it; 0.77-0.93 with the base, whose bar was 0.75); urdu, out of domain, 0.66-0.92.
 CONSISTENCY_GOOD = 0.70
 CONSISTENCY_USABLE = 0.60
 
 # --- collisions: the new profile's centroid against each existing one. On the dev speakers
 # (two profiles per speaker from disjoint utterances, shipped model; `python -m
-# tools.enrollment_verdicts --collisions`) the same speaker scored at least 0.79
-# (speechocean762) and 0.65 (LibriSpeech); different speakers exceeded 0.70 in 0.8% / 0% of
-# pairs but the live threshold 0.47 in 6.7% / 2.2%, hence a bar of its own.
+# tools.enrollment_verdicts --collisions`) the same speaker scored at least 0.80
+# (speechocean762) and 0.64 (LibriSpeech); different speakers exceeded 0.70 in 0.7% / 0% of
+# pairs but the live threshold 0.48 in 5.8% / 1.1%, hence a bar of its own.
 COLLISION_THRESHOLD = 0.70
 
 # --- analysis frames

@@ -19,6 +19,8 @@ from tools import bench as tools_bench
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("hop_p50_ms", "hop_p95_ms", "hop_p99_ms", "rtf", "latency_p50_ms", "latency_p95_ms", "stage_step_ms")
 QUICK = ["--seconds", "3", "--realtime-s", "2", "--warmup-s", "1", "--no-startup", "--json"]
+SHIPPED_PARAMS = 508_994     # the shipped graph's (two blocks)
+BASELINE_PARAMS = 1_090_374  # tools/baseline's numpy runtime: the base's six blocks
 
 
 def test_synthetic_speech_is_taken_for_speech_by_the_vad():
@@ -68,7 +70,7 @@ def test_daemon_bench_json_has_every_figure_side_by_side(capsys):
     assert out["audio"] == bench.SYNTHETIC_AUDIO and out["prog"] == "streamsv bench"
     for name, system in out["systems"].items():
         figs = system["figures"]
-        assert figs["params"] == 1_090_374, name
+        assert figs["params"] == SHIPPED_PARAMS, name
         assert len(system["runs"]) == 2
         for key in FIGURES:
             assert figs[key] is not None and figs[key] > 0, (name, key)
@@ -88,8 +90,9 @@ def test_tools_bench_adds_the_numpy_baseline_on_the_same_audio(capsys, tmp_path)
     out = json.loads(capsys.readouterr().out)
     assert list(out["systems"]) == ["numpy-baseline", "fp32"] and out["audio"] == f"file {path}"
     assert "tools/baseline" in out["systems"]["numpy-baseline"]["desc"] and out["prog"] == "tools.bench"
+    assert out["systems"]["numpy-baseline"]["figures"]["params"] == BASELINE_PARAMS
+    assert out["systems"]["fp32"]["figures"]["params"] == SHIPPED_PARAMS
     for name, system in out["systems"].items():
-        assert system["figures"]["params"] == 1_090_374, name
         assert all(system["figures"][key] > 0 for key in FIGURES), name
     # The baseline runs only its own weights: beside another model it is left out, with a note.
     assert tools_bench.main(["--systems", "numpy-baseline,fp32", "--model", str(DEFAULT_WEIGHTS), *QUICK]) == 0
