@@ -56,8 +56,13 @@ def test_bench_step_times_graphs_side_by_side(capsys, tmp_path):
     int8 = DEFAULT_WEIGHTS.with_name("student.int8.onnx")
     assert bench_step.main([str(DEFAULT_WEIGHTS), str(int8), "--frames", "3", "--rounds", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("step of 3 frames") and len(lines) == 3
+    assert lines[0].startswith("3 frames a call") and len(lines) == 3
     assert str(DEFAULT_WEIGHTS) in lines[1] and "(1.00x)" in lines[1] and str(int8) in lines[2]
+    pool = DEFAULT_WEIGHTS.with_name("student.pool.onnx")   # a pooling graph is timed on a window
+    assert bench_step.main([str(pool), "--frames", "150", "--rounds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("150 frames a call") and str(pool) in lines[1]
+    assert float(lines[1].split("p50 ")[1].split()[0]) > 0
     (tmp_path / "bad.onnx").write_bytes(b"not a graph")
     assert bench_step.main([str(tmp_path / "bad.onnx")]) == 2
     err = capsys.readouterr().err

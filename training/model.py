@@ -275,9 +275,13 @@ class AttentiveStatsHead(nn.Module):
         return mixed, self.attention(mixed)
 
     def pool(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        weights = torch.softmax(logits, dim=1)
-        mean = (weights * features).sum(dim=1)
-        std = ((weights * features.square()).sum(dim=1) - mean.square()).clamp(min=1e-5).sqrt()
+        # Channels first, so the softmax and the sums run over the innermost axis: ONNX Runtime's
+        # kernels for a middle axis made the exported pooling 1.6x slower (95 vs 59 us on a 3 s
+        # window here; README, Performance).
+        features, logits = features.transpose(1, 2), logits.transpose(1, 2)
+        weighted = torch.softmax(logits, dim=-1) * features
+        mean = weighted.sum(dim=-1)
+        std = ((weighted * features).sum(dim=-1) - mean.square()).clamp(min=1e-5).sqrt()
         return self.proj(self.stats_norm(torch.cat([mean, std], dim=-1)))
 
 
