@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a decision policy (repeatable; keys: scoring.* names without the prefix, and the prototypes': "
                         + ", ".join(SMOOTHER_KEYS) + ")")
     p.add_argument("--json", metavar="PATH", help="also write every figure: per room, all rooms and by dev set")
+    p.add_argument("--model", metavar="STEP.onnx", help="the student's step graph (default: the shipped model)")
     p.add_argument("--compare", action="store_true",
                    help="also: the second policy against the first in every room x household (better / equal / worse)")
     a = p.parse_args(argv)
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamsv.config import Config
     from streamsv.embedder import load_embedder
 
-    student = load_embedder()
+    student = load_embedder(a.model)
     pipeline_overrides = bd._parse_variant("pipeline:" + a.pipeline)[1]
     base = Config().with_overrides(**pipeline_overrides).scoring
     policies = {label: split_policy(pol) for label, pol in (bd._parse_variant(s) for s in a.policy or ["default:"])}

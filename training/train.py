@@ -453,6 +453,8 @@ def main() -> None:
                     help="shares of crops through the telephone channel, a microphone EQ and a frequency mask")
     ap.add_argument("--unlabeled-share", type=float, default=Recipe.unlabeled_share,
                     help="share of each batch from the unlabeled speech (0: labelled speakers only)")
+    ap.add_argument("--crop-s", type=float, nargs=2, metavar=("MIN", "MAX"), default=(Recipe.min_crop_s, Recipe.max_crop_s),
+                    help="each batch's crop length is drawn from [MIN, MAX] seconds")
     ap.add_argument("--utterance-targets", action="store_true",
                     help="every crop learns its clip's whole-utterance teacher embedding (the recipe before window targets)")
     ap.add_argument("--width", type=int, default=ModelDimensions.width, help="channels (a smaller network: issue 11)")
@@ -472,7 +474,9 @@ def main() -> None:
                     warmup_steps=args.warmup_steps, pitch_semitones=args.pitch_semitones, pitch_prob=args.pitch_prob,
                     unlabeled_share=args.unlabeled_share, telephone_prob=args.channel_prob[0],
                     eq_prob=args.channel_prob[1], freq_mask_prob=args.channel_prob[2],
-                    window_targets=not args.utterance_targets)
+                    window_targets=not args.utterance_targets, min_crop_s=args.crop_s[0], max_crop_s=args.crop_s[1])
+    if not 0 < args.crop_s[0] <= args.crop_s[1]:
+        raise SystemExit("error: --crop-s needs 0 < MIN <= MAX")
     if not 0 <= args.unlabeled_share < 1 or not all(0 <= x <= 1 for x in (args.pitch_prob, *args.channel_prob)):
         raise SystemExit("error: --unlabeled-share must be in [0, 1), --pitch-prob and --channel-prob in [0, 1]")
     if args.width < 8 or args.width % ModelDimensions.groups or (args.blocks is not None and args.blocks < 1):
