@@ -381,7 +381,17 @@ def test_exporter_writes_checks_and_refuses(torch_mod, tmp_path):
     out = tmp_path / "out"
     assert export_weights.main([str(checkpoint), str(out)]) == 0
     emb = load_embedder(out / "student.onnx")
-    assert emb.fingerprint == sha256(checkpoint.read_bytes()).hexdigest()[:16]
+    assert emb.fingerprint == export_weights.weights_fingerprint(model.cfg.__dict__, model.state_dict(), None)
+    # The fingerprint is the weights', not the file's: the same weights saved with other notes (a
+    # reproduced run records another training time) keep it; one changed weight does not.
+    resaved = tmp_path / "resaved.pt"
+    torch.save({"format": 1, "config": model.cfg.__dict__, "state_dict": model.state_dict(), "meta": {"note": "u"}}, resaved)
+    assert sha256(resaved.read_bytes()).digest() != sha256(checkpoint.read_bytes()).digest()
+    assert export_weights.read_checkpoint(resaved)[1] == emb.fingerprint
+    changed = {k: v.clone() for k, v in model.state_dict().items()}
+    changed["stem.stack.weight"][0, 0] += 1e-3
+    torch.save({"format": 1, "config": model.cfg.__dict__, "state_dict": changed}, resaved)
+    assert export_weights.read_checkpoint(resaved)[1] != emb.fingerprint
     assert load_embedder(out / "student.int8.onnx").fingerprint == emb.fingerprint + "-int8"
     assert emb.info["meta"] == {"note": "t"}
     assert export_weights.main([str(checkpoint), str(out)]) == 2  # exists, no --force

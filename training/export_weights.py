@@ -10,9 +10,10 @@ stem's two, which stay float: see quantize_int8) and OUT/student.pool.onnx (pool
 norm + the scoring backend if the checkpoint has one).
 OUT may also name the fp32 step file (OUT/NAME.onnx). Existing files need --force.
 
-Fingerprints: the fp32 model keeps the checkpoint's (the SHA-256 of the .pt file, first 16 hex
-digits; a .npz's stored one), so profiles enrolled with the checkpoint, the .npz or the numpy
-runtime stay valid. The int8 model's embeddings differ a little, so it gets its own
+Fingerprints: the fp32 model keeps the checkpoint's (``weights_fingerprint``: the SHA-256 of the
+model's config and weights, first 16 hex digits; a .npz's stored one), so profiles enrolled with
+the checkpoint, the .npz or the numpy runtime stay valid, and the same weights reproduced by the
+recipe get the same fingerprint (the .pt file also records its training time). The int8 model's embeddings differ a little, so it gets its own
 (``<fp32 fingerprint>-int8``): profiles are bound to the variant that made them.
 
 Checks before writing: the ONNX step, fed random push sizes, gives the torch model's offline
@@ -55,6 +56,19 @@ CHECK_SECONDS = 6.0
 NPZ_MODEL_PREFIX = "model."
 
 
+def weights_fingerprint(config: dict, state: dict[str, torch.Tensor], backend: dict[str, torch.Tensor] | None) -> str:
+    """A model's identity, from what decides its embeddings only: the SHA-256 of its config (JSON,
+    sorted keys) and of every weight and backend tensor (name, shape, float32 bytes, in name order),
+    first 16 hex digits."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    tensors = {**{f"model.{k}": v for k, v in state.items()}, **{f"backend.{k}": v for k, v in (backend or {}).items()}}
+    for name in sorted(tensors):
+        array = tensors[name].detach().to(torch.float32).contiguous().numpy()
+        digest.update(f"{name}{tuple(array.shape)}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def read_checkpoint(path: Path) -> tuple[SpeakerEncoder, str, dict | None, dict]:
     """A .pt checkpoint (torch weights_only) or a format-1 .npz -> (model, fingerprint, backend, meta)."""
     if path.suffix == ".npz":
@@ -67,13 +81,12 @@ def read_checkpoint(path: Path) -> tuple[SpeakerEncoder, str, dict | None, dict]
             fingerprint = str(data["fingerprint"])
             meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
     else:
-        raw = path.read_bytes()
-        payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
         if payload.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"unsupported checkpoint format {payload.get('format')!r}")
         config, state = payload["config"], {k: v.float() for k, v in payload["state_dict"].items()}
         backend = payload.get("backend")
-        fingerprint = hashlib.sha256(raw).hexdigest()[:16]
+        fingerprint = weights_fingerprint(config, state, backend)
         meta = payload.get("meta") or {}
     model = SpeakerEncoder(ModelDimensions(**config))
     model.load_state_dict(state)
