@@ -13,8 +13,9 @@ OUT may also name the fp32 step file (OUT/NAME.onnx). Existing files need --forc
 Fingerprints: the fp32 model keeps the checkpoint's (``weights_fingerprint``: the SHA-256 of the
 model's config and weights, first 16 hex digits; a .npz's stored one), so profiles enrolled with
 the checkpoint, the .npz or the numpy runtime stay valid, and the same weights reproduced by the
-recipe get the same fingerprint (the .pt file also records its training time). The int8 model's embeddings differ a little, so it gets its own
-(``<fp32 fingerprint>-int8``): profiles are bound to the variant that made them.
+recipe get the same fingerprint (the .pt file also records its training time, so its hash would
+not). The int8 model's embeddings differ a little, so it gets its own (``<fp32
+fingerprint>-int8``): profiles are bound to the variant that made them.
 
 Checks before writing: the ONNX step, fed random push sizes, gives the torch model's offline
 embedding to cosine >= MIN_COSINE; the int8 model's embedding stays within MIN_INT8_COSINE of
