@@ -126,10 +126,14 @@ class ChangeDetector:
             return self._pauses[0][0]
         return None
 
-    def test_pause(self, t: float, after_embedding: np.ndarray) -> ChangeVerdict:
+    def test_pause(self, t: float, after_embedding: np.ndarray, short_gap: bool = False) -> ChangeVerdict:
         """The embedding of the ``recent_s`` after the due pause against the segment before it; a
-        change lies at the pause's end (``lag_s`` before ``t``)."""
+        change lies at the pause's end (``lag_s`` before ``t``). ``short_gap``: the pause is a
+        bridged gap whose segment closed before ``recent_s`` of it (settings.short_gap_threshold)."""
         end, reference, threshold = self._pauses.popleft()
+        if short_gap:
+            s = self.settings
+            threshold = s.threshold if s.short_gap_threshold is None else s.short_gap_threshold
         similarity = float(unit(after_embedding) @ reference)
         return ChangeVerdict(round(similarity, 4), similarity < threshold, t - end)
 

@@ -469,7 +469,7 @@ class Pipeline:
         if embedding is None:
             self.change.drop_pauses()   # too little to embed: nothing to judge
             return None
-        verdict = self.change.test_pause(voice.audio_s, embedding)
+        verdict = self.change.test_pause(voice.audio_s, embedding, short_gap=True)
         return self._split(self._last_end, verdict) if verdict.changed else None
 
     def _bridged_gap(self, start: float) -> float | None:

@@ -128,6 +128,19 @@ def test_a_pause_can_carry_its_own_threshold():
     assert not det.test_pause(5.0, between).changed
 
 
+
+def test_a_gap_judged_on_a_short_segment_uses_the_short_gap_threshold():
+    # The segment after a bridged gap closed before recent_s of it: less speech scores lower against
+    # the same voice, so that test is not held to the gap's own (bridge) bar.
+    between = vec(0) + 1.2 * vec(1)                  # cosine to vec(0): 0.64
+    for short_gap_threshold, changed in ((None, False), (0.5, False), (0.7, True)):
+        det = ChangeDetector(ChangeConfig(threshold=0.45, short_gap_threshold=short_gap_threshold))
+        det.gap(2.0, vec(0), threshold=0.7)
+        assert det.test_pause(2.6, between, short_gap=True).changed is changed
+    det = ChangeDetector(ChangeConfig(threshold=0.45))
+    det.gap(2.0, vec(0), threshold=0.7)
+    assert det.test_pause(3.0, between).changed      # heard in full: the gap's own bar
+
 def test_change_settings_are_validated():
     from streamsv.errors import StreamsvError
 

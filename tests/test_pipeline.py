@@ -296,7 +296,8 @@ def test_a_short_segment_after_a_bridged_gap_is_judged_before_the_next_one_start
     pause = np.zeros(int(0.6 * SR), np.float32)
     audio = np.concatenate([pause, a, pause, short, pause, b, pause]).astype(np.float32)
     cfg = Config().with_overrides(**{"output.stats_interval_s": 86400, "change.bridge_s": 2.0, "change.continuous": False,
-                                     "change.threshold": -1.0, "change.bridge_threshold": 1.0})
+                                     "change.threshold": -1.0, "change.bridge_threshold": 1.0,
+                                     "change.short_gap_threshold": 1.0})
     events = list(Pipeline(untrained, TimedSource(audio), cfg, {}).run())
     kinds = [e["event"] for e in events]
     starts = [i for i, k in enumerate(kinds) if k == "speech_start"]
@@ -310,6 +311,10 @@ def test_a_short_segment_after_a_bridged_gap_is_judged_before_the_next_one_start
     assert change["t"] == events[j - 2]["t"] <= events[j]["t"]
     # The short voice is too little to compare a gap with: the next segment is a new voice.
     assert "continues" not in events[j]
+    # By default the short segment's test has the in-segment bar (here -1: no change), not the gap's.
+    cfg = cfg.with_overrides(**{"change.short_gap_threshold": None})
+    events = list(Pipeline(untrained, TimedSource(audio), cfg, {}).run())
+    assert not [e for e in events if e["event"] == "speaker_change" and abs(e["at"] - short_start["t"]) < 0.01]
 
 
 def test_live_view_keeps_one_row_per_voice_across_continued_segments():
