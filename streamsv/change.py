@@ -89,6 +89,10 @@ class ChangeDetector:
         older = [v for when, v in self._windows if when <= cutoff + REFERENCE_SLACK_S]
         return older[-1] if older else None
 
+    def _bar(self, own: float | None) -> float:
+        """A test's own threshold setting, or the segment's ``threshold`` where it has none."""
+        return self.settings.threshold if own is None else own
+
     # ------------------------------------------------------------ at pauses
 
     def wants_pause(self, t: float, seconds: float) -> bool:
@@ -132,8 +136,7 @@ class ChangeDetector:
         bridged gap whose segment closed before ``recent_s`` of it (settings.short_gap_threshold)."""
         end, reference, threshold = self._pauses.popleft()
         if short_gap:
-            s = self.settings
-            threshold = s.threshold if s.short_gap_threshold is None else s.short_gap_threshold
+            threshold = self._bar(self.settings.short_gap_threshold)
         similarity = float(unit(after_embedding) @ reference)
         return ChangeVerdict(round(similarity, 4), similarity < threshold, t - end)
 
@@ -145,7 +148,7 @@ class ChangeDetector:
             return None
         similarity = float(unit(recent_embedding) @ self._reference(t - self.settings.recent_s))
         s = self.settings
-        threshold = s.threshold if s.continuous_threshold is None else s.continuous_threshold
+        threshold = self._bar(s.continuous_threshold)
         self._below = self._below + 1 if similarity < threshold else 0
         changed = self._below >= s.confirm_hops
         return ChangeVerdict(round(similarity, 4), changed, CHANGE_LAG_SHARE[s.embedding] * s.recent_s)

@@ -128,7 +128,6 @@ def test_a_pause_can_carry_its_own_threshold():
     assert not det.test_pause(5.0, between).changed
 
 
-
 def test_a_gap_judged_on_a_short_segment_uses_the_short_gap_threshold():
     # The segment after a bridged gap closed before recent_s of it: less speech scores lower against
     # the same voice, so that test is not held to the gap's own (bridge) bar.
@@ -140,6 +139,7 @@ def test_a_gap_judged_on_a_short_segment_uses_the_short_gap_threshold():
     det = ChangeDetector(ChangeConfig(threshold=0.45))
     det.gap(2.0, vec(0), threshold=0.7)
     assert det.test_pause(3.0, between).changed      # heard in full: the gap's own bar
+
 
 def test_change_settings_are_validated():
     from streamsv.errors import StreamsvError
