@@ -51,6 +51,7 @@ class ChangeVerdict:
     similarity: float     # cosine of the recent audio to the segment before it
     changed: bool
     lag_s: float          # seconds before the hop where the change is placed (when changed)
+    reference: np.ndarray | None = None   # the segment before it (unit), for the pipeline's profile check
 
 
 class ChangeDetector:
@@ -138,7 +139,7 @@ class ChangeDetector:
         if short_gap:
             threshold = self._bar(self.settings.short_gap_threshold)
         similarity = float(unit(after_embedding) @ reference)
-        return ChangeVerdict(round(similarity, 4), similarity < threshold, t - end)
+        return ChangeVerdict(round(similarity, 4), similarity < threshold, t - end, reference)
 
     # ------------------------------------------------------------ continuous
 
@@ -146,9 +147,10 @@ class ChangeDetector:
         """Compare the recent audio's embedding with the segment before it; None when untestable."""
         if not self.ready(t):
             return None
-        similarity = float(unit(recent_embedding) @ self._reference(t - self.settings.recent_s))
+        reference = self._reference(t - self.settings.recent_s)
+        similarity = float(unit(recent_embedding) @ reference)
         s = self.settings
         threshold = self._bar(s.continuous_threshold)
         self._below = self._below + 1 if similarity < threshold else 0
         changed = self._below >= s.confirm_hops
-        return ChangeVerdict(round(similarity, 4), changed, CHANGE_LAG_SHARE[s.embedding] * s.recent_s)
+        return ChangeVerdict(round(similarity, 4), changed, CHANGE_LAG_SHARE[s.embedding] * s.recent_s, reference)

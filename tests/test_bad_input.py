@@ -380,13 +380,30 @@ def test_an_unwritable_home_leaves_the_error_one_line(tmp_path):
     # nothing onnxruntime says about a HOME it cannot write to may come before the error line.
     short = tmp_path / "short.wav"
     sf.write(short, np.zeros(SR // 20, dtype=np.float32), SR)
-    env = {k: v for k, v in os.environ.items() if k != "STREAMSV_CONFIG"}
-    env.update(HOME="/nonexistent", PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-m", "streamsv.cli", "embed", str(short)], env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = _embed_with_home(short, "/nonexistent")
     assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
     assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
     assert "audio too short" in r.stderr
+
+
+def test_onnxruntime_keeps_no_telemetry_identifier_in_home(tmp_path):
+    # onnxruntime's Linux wheels persist a telemetry device ID under $HOME unless told not to before
+    # they load (as a user whose HOME is not writable, that is a warning on stderr; as root, a file).
+    short, home = tmp_path / "short.wav", tmp_path / "home"
+    sf.write(short, np.zeros(SR // 20, dtype=np.float32), SR)
+    home.mkdir()
+    r = _embed_with_home(short, str(home))
+    assert r.returncode == 2 and "audio too short" in r.stderr, r.stderr
+    assert not list(home.rglob("*")), list(home.rglob("*"))
+
+
+def _embed_with_home(wav: Path, home: str) -> subprocess.CompletedProcess:
+    """``streamsv embed wav`` in a fresh process with HOME=``home``; neither the test's config nor
+    a telemetry setting inherited from this process (streamsv sets its own at import)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("STREAMSV_CONFIG", "ORT_DISABLE_TELEMETRY")}
+    env.update(HOME=home, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "streamsv.cli", "embed", str(wav)], env=env,
+                          capture_output=True, text=True, timeout=120)
 
 
 # --------------------------------------------------------------------------- permissions

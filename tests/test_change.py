@@ -97,6 +97,7 @@ def test_the_audio_after_a_pause_is_judged_against_the_segment_before_it():
     assert det.pause_due(3.6) is None and det.pause_due(4.52) == 3.5
     other = det.test_pause(4.52, vec(1, 0.1))
     assert other.changed and other.lag_s == pytest.approx(1.02)   # the change lies at the pause's end
+    assert np.allclose(other.reference, vec(0) / np.linalg.norm(vec(0)))   # what it was judged against
     assert det.pause_due(10.0) is None
 
 

@@ -31,12 +31,32 @@ def test_brown_noise_is_low_heavy_and_hum_sits_on_the_mains():
     assert freqs[np.argmax(hum)] == pytest.approx(mc.MAINS_HZ, abs=1)
 
 
+def assert_cut_to_speech(out: np.ndarray, speech: np.ndarray) -> None:
+    """The trimmed clip holds the speech and no more than the trim's margins and a frame each side."""
+    assert len(speech) <= len(out) <= len(speech) + 2 * mc.TRIM_MARGIN_S * SR + 2 * mc.TRIM_FRAME_S * SR
+
+
 def test_trim_cuts_the_silence_around_a_clip():
     rng = np.random.default_rng(0)
     speech = (0.1 * rng.standard_normal(SR)).astype(np.float32)
     padded = np.concatenate([np.zeros(SR // 2, np.float32), speech, np.zeros(SR, np.float32)])
     out = mc.trim(padded)
-    assert len(speech) <= len(out) <= len(speech) + 2 * mc.TRIM_MARGIN_S * SR + 2 * mc.TRIM_FRAME_S * SR
+    assert_cut_to_speech(out, speech)
+
+
+def test_trim_cuts_a_recordings_own_hiss_and_click_before_the_voice():
+    # A read clip as speechocean762 has them: hiss 30 dB under the voice (inside the old
+    # peak-relative bar), a record button's click, half a second of hiss, then the voice.
+    rng = np.random.default_rng(0)
+
+    def hiss(n: int) -> np.ndarray:
+        return (0.001 * rng.standard_normal(n)).astype(np.float32)
+
+    click = (0.02 * rng.standard_normal(int(0.02 * SR))).astype(np.float32)
+    speech = (0.03 * rng.standard_normal(SR)).astype(np.float32)
+    lead = np.concatenate([hiss(SR // 10), click, hiss(SR // 2)])
+    out = mc.trim(np.concatenate([lead, speech, hiss(SR // 2)]))
+    assert_cut_to_speech(out, speech)
 
 
 def conv():

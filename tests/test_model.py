@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from streamsv import StreamsvError, load_embedder
-from streamsv.embedder import DEFAULT_WEIGHTS, FRAMES_PER_SECOND, WEIGHTS_DIR, Embedder
+from streamsv.embedder import DEFAULT_WEIGHTS, FRAMES_PER_SECOND, WEIGHTS_DIR, Embedder, model_paths
 from streamsv.features import StreamingLogMel, log_mel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,15 +145,30 @@ def test_int8_variant_is_close_to_fp32_and_has_its_own_fingerprint(shipped):
     assert float(int8.embed(wave) @ _stream(int8, wave, window_s=3.0, seed=1)) >= 0.999
 
 
-def test_int8_keeps_the_stem_float_and_stays_this_close_to_fp32(shipped):
-    """The shipped int8 graph leaves the stem's matmuls float (training/export_weights.py,
-    quantize_int8): its embedding is within cosine 0.99993 of fp32 on this audio (the 2-block
-    model shipped since 2026-11-30 measured 0.999961 and 0.999948; the 6-block one before it 0.99998
-    and 0.99996, where its graph that quantized the stem too measured 0.99990 and 0.99985)."""
+def test_int8_stays_this_close_to_fp32(shipped):
+    """The shipped int8 graph's embedding stays within cosine 0.9998 of fp32 on this audio. How
+    close depends on the CPU's int8 kernels: the 2-block model measured 0.999961 and 0.999948
+    (seeds 5, 6) on an x86-64 host with AVX-512 VNNI, 0.999888 and 0.999918 on one with AVX2 only,
+    whose kernels sum pairs of u8 x s8 products in saturating int16 (seeds 7, 8 there: 0.999904,
+    0.999827)."""
     int8 = load_embedder(variant="int8")
     for seed in (5, 6):
         wave = _speechlike(3.0, seed=seed)
-        assert float(int8.embed(wave) @ shipped.embed(wave)) >= 0.99993
+        assert float(int8.embed(wave) @ shipped.embed(wave)) >= 0.9998
+
+
+@pytest.mark.torch
+def test_int8_keeps_the_stem_float():
+    """The stem's matmuls stay float in the shipped int8 graph (training/export_weights.py,
+    quantize_int8): a graph that quantized them too measured cosine 0.99990 and 0.99985 to fp32
+    where this one measures 0.999961 and 0.999948 (AVX-512 VNNI, the test above's audio)."""
+    import onnx
+
+    from training import export_weights
+
+    int8 = onnx.load(str(model_paths(variant="int8")[0]))
+    assert len(export_weights.stem_nodes(int8)) == len(export_weights.FLOAT_WEIGHT_PREFIXES)
+    assert any(n.op_type == "DynamicQuantizeMatMul" for n in int8.graph.node)   # the rest is int8
 
 
 def test_threads_setting_reaches_the_session():

@@ -276,6 +276,21 @@ def test_a_change_at_a_bridged_gap_restarts_the_voice_where_the_segment_began(un
         assert end["start"] == c["at"]
 
 
+def test_no_change_where_both_sides_score_as_the_same_enrolled_voice(untrained, speech_clips):
+    # Every gap's test says "change" (bridge_threshold 1.0). At a decision bar of -1 every stretch
+    # of speech is the one enrolled voice, so the profile check vetoes every one of them; at a bar
+    # no score reaches, or with the check off, the changes stand.
+    def changes(**overrides):
+        events = _bridged_run(untrained, speech_clips, **{"change.bridge_threshold": 1.0, **overrides})
+        return [e for e in events if e["event"] == "speaker_change"]
+
+    everyone_known = {"scoring.threshold": -1.0, "scoring.duration_slope": 0.0}
+    assert not changes(**everyone_known)
+    assert changes(**everyone_known, **{"change.profile_veto": False})
+    assert len(changes(**{"scoring.threshold": 1.0, "scoring.duration_slope": 0.0})) == len(
+        changes(**everyone_known, **{"change.profile_veto": False}))
+
+
 def test_without_the_hold_a_continuing_segment_is_decided_at_once_on_the_old_window(untrained, speech_clips):
     cfg = Config()
     events = _bridged_run(untrained, speech_clips, **{"change.bridge_threshold": -1.0, "change.bridge_hold": False})

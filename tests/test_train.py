@@ -156,6 +156,19 @@ def test_aam_sees_only_labelled_crops():
     assert aam_mixed.item() == pytest.approx(aam_first.item(), rel=1e-5)
 
 
+def test_the_relational_term_compares_each_crops_pattern_over_the_batch():
+    torch.manual_seed(0)
+    teacher = torch.nn.functional.normalize(torch.randn(16, 256), dim=1)
+    student = torch.randn(16, 192)
+    assert train.relation_loss(teacher, teacher).item() == pytest.approx(0.0, abs=1e-5)
+    # A different space with the teacher's pattern of cosines (a rotation, a scale) costs nothing.
+    rotation, _ = torch.linalg.qr(torch.randn(256, 256))
+    assert train.relation_loss(3.0 * teacher @ rotation, teacher).item() == pytest.approx(0.0, abs=1e-4)
+    unrelated = train.relation_loss(student, teacher).item()
+    assert 1.0 < unrelated < 3.0   # 2 (1 - correlation), correlation near 0
+    assert train.relation_loss(student[:2], teacher[:2]).item() == 0.0   # too few crops for a pattern
+
+
 def test_training_files_never_name_the_dev_only_set():
     # The research-use dev set must not be trained on: the training code does not even name it.
     assert datasets.OUT_OF_DOMAIN_SETS

@@ -63,7 +63,11 @@ BACKGROUND_SNR_DB = (5.0, 15.0)
 BABBLE_VOICES = 5
 MAINS_HZ = 50.0
 TRIM_FRAME_S = 0.02
-TRIM_DB = 35.0
+TRIM_DB = 35.0  # a clean recording: speech is what comes within this of its loudest frame
+TRIM_FLOOR_PERCENTILE = 10  # a recording's own noise floor: its quieter frames' level
+TRIM_ABOVE_FLOOR_DB = 10.0  # a noisy one: speech also stands this far above that floor ...
+TRIM_MIN_DB = 20.0  # ... but the bar never comes nearer the loudest frame than this (soft onsets stay)
+TRIM_RUN_FRAMES = 3  # speech starts and ends with this many loud frames in a row: a click is one or two
 TRIM_MARGIN_S = 0.05
 
 
@@ -137,16 +141,29 @@ def level(wave: np.ndarray, dbfs: float) -> np.ndarray:
 
 
 def trim(wave: np.ndarray) -> np.ndarray:
-    """``wave`` without its leading and trailing silence (frames TRIM_DB below its loudest),
-    keeping TRIM_MARGIN_S: read clips start and end with up to a second of it, a turn does not."""
+    """``wave`` without its leading and trailing silence, keeping TRIM_MARGIN_S: read clips start
+    and end with up to a second of it, a turn does not. Silence is a frame TRIM_DB below the
+    loudest, or, in a recording with its own noise floor, under TRIM_ABOVE_FLOOR_DB above that
+    floor (the bar at most TRIM_MIN_DB below the loudest); speech begins and ends with
+    TRIM_RUN_FRAMES loud frames in a row. A bar relative to the peak alone kept the hiss (and
+    the record button's click) before the first word of many speechocean762 clips, so a turn's
+    true start lay up to 0.6 s before its voice and a change found at the voice counted as late."""
     hop = int(TRIM_FRAME_S * SAMPLE_RATE)
     n = len(wave) // hop
     if n == 0:
         return wave
     energy = 10 * np.log10(np.mean(np.square(wave[: n * hop].reshape(n, hop), dtype=np.float64), axis=1) + 1e-12)
-    loud = np.flatnonzero(energy >= energy.max() - TRIM_DB)
+    peak = energy.max()
+    floor = float(np.percentile(energy, TRIM_FLOOR_PERCENTILE))
+    bar = min(max(peak - TRIM_DB, floor + TRIM_ABOVE_FLOOR_DB), peak - TRIM_MIN_DB)
+    loud = energy >= bar
+    runs = np.flatnonzero(np.convolve(loud, np.ones(TRIM_RUN_FRAMES), "valid") == TRIM_RUN_FRAMES)
+    if len(runs):
+        first, last = runs[0], runs[-1] + TRIM_RUN_FRAMES - 1
+    else:  # no run that long (a clip of clicks): its loud frames, whatever they are
+        first, last = np.flatnonzero(loud)[[0, -1]]
     margin = int(TRIM_MARGIN_S * SAMPLE_RATE)
-    return wave[max(0, loud[0] * hop - margin) : min(len(wave), (loud[-1] + 1) * hop + margin)]
+    return wave[max(0, first * hop - margin) : min(len(wave), (last + 1) * hop + margin)]
 
 
 def _turn_audio(utts: list[datasets.Utterance], rng: np.random.Generator, seconds: float) -> tuple[np.ndarray, str]:

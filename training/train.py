@@ -57,6 +57,7 @@ class Recipe:
     aam_weight: float = 0.2  # AAM on the labelled crops only; the teacher carries the unlabeled ones
     aam_margin: float = 0.2
     aam_scale: float = 30.0
+    relation_weight: float = 0.0  # the batch's similarity pattern learnt from the teacher's (relation_loss)
     margin_ramp_steps: int = 600
     noise_prob: float = 0.6
     snr_db: tuple[float, float] = (0.0, 20.0)
@@ -388,6 +389,24 @@ class AAMSoftmax(nn.Module):
         return F.cross_entropy(logits, labels)
 
 
+def relation_loss(emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """How far the student's ranking of the batch's other crops, for each crop, is from the
+    teacher's: each row of the two cosine matrices (the diagonal left out) is standardised, so
+    only the pattern counts, not the two spaces' different cosine ranges, and the mean squared
+    difference is 2 (1 - the mean per-row correlation)."""
+    n = len(emb)
+    if n < 3:
+        return emb.new_zeros(())
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=emb.device)
+
+    def standardised_rows(vectors: torch.Tensor) -> torch.Tensor:
+        unit = F.normalize(vectors, dim=1)
+        rows = (unit @ unit.T)[off_diagonal].reshape(n, n - 1)
+        return (rows - rows.mean(1, keepdim=True)) / (rows.std(1, keepdim=True) + 1e-6)
+
+    return (standardised_rows(emb) - standardised_rows(targets)).pow(2).mean()
+
+
 class Distiller(nn.Module):
     """Student, a linear head into the teacher's space, and the AAM classifier."""
 
@@ -396,10 +415,13 @@ class Distiller(nn.Module):
         self.student = SpeakerEncoder(cfg)
         self.to_teacher = nn.Linear(cfg.embedding_dim, 256)
         self.aam = AAMSoftmax(cfg.embedding_dim, n_speakers, recipe.aam_scale)
+        self.relation_weight = recipe.relation_weight
 
     def forward(self, mel, labels, targets, margin: float):
         emb = self.student(mel)
         distill = 1 - F.cosine_similarity(self.to_teacher(emb), targets).mean()
+        if self.relation_weight:
+            distill = distill + self.relation_weight * relation_loss(emb, targets)
         labelled = labels >= 0  # AAM only where a speaker label exists
         if not labelled.any():
             return distill, distill.new_zeros(())
@@ -446,6 +468,9 @@ def main() -> None:
                          "tools/baseline/student.npz, the shipped model) instead of at random: a fine-tune; "
                          "its shape and mel statistics come with it (--width is ignored; --blocks keeps its first blocks "
                          "or appends blocks that start as the identity: training.model.resize_blocks)")
+    ap.add_argument("--relation-weight", type=float, default=Recipe.relation_weight,
+                    help="weight of the relational term: each crop's cosine pattern over the batch learns the "
+                         "teacher's (training.train.relation_loss; added to the logged distill figure)")
     ap.add_argument("--pitch-semitones", type=float, default=Recipe.pitch_semitones)
     ap.add_argument("--pitch-prob", type=float, default=Recipe.pitch_prob, help="share of crops pitch/tempo shifted")
     ap.add_argument("--channel-prob", type=float, nargs=3, metavar=("TELEPHONE", "EQ", "FREQ_MASK"),
@@ -470,8 +495,9 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    recipe = Recipe(steps=args.steps, aam_weight=args.aam_weight, seed=args.seed, lr=args.lr,
-                    warmup_steps=args.warmup_steps, pitch_semitones=args.pitch_semitones, pitch_prob=args.pitch_prob,
+    recipe = Recipe(steps=args.steps, aam_weight=args.aam_weight, relation_weight=args.relation_weight,
+                    seed=args.seed, lr=args.lr, warmup_steps=args.warmup_steps,
+                    pitch_semitones=args.pitch_semitones, pitch_prob=args.pitch_prob,
                     unlabeled_share=args.unlabeled_share, telephone_prob=args.channel_prob[0],
                     eq_prob=args.channel_prob[1], freq_mask_prob=args.channel_prob[2],
                     window_targets=not args.utterance_targets, min_crop_s=args.crop_s[0], max_crop_s=args.crop_s[1])
