@@ -39,6 +39,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DIR_MODE = 0o700
 MAX_PROFILE_BYTES = 16 << 20   # ~thousands of embeddings; anything bigger is not ours
 MAX_NUMBER_CHARS = 40          # a float32 written by json is ~20 characters
+NUMBER_TYPES = frozenset((int, float))
 MAX_DIM = 4096                 # embedding size; ours is 256
 MAX_MODEL_CHARS = 256
 MAX_SPEECH_S = 1e6
@@ -164,8 +165,8 @@ def _matrix(rows: object, what: str) -> np.ndarray:
             width = len(row)
         elif len(row) != width:
             raise _Malformed(f"{what}: vectors of different lengths ({width} and {len(row)})")
-        if not all(type(x) in (int, float) for x in row):
-            bad = next(x for x in row if type(x) not in (int, float))
+        if not NUMBER_TYPES.issuperset(map(type, row)):   # type(), not isinstance: a bool is no number
+            bad = next(x for x in row if type(x) not in NUMBER_TYPES)
             raise _Malformed(f"{what}: expected numbers, got {_brief(bad)}")
     with np.errstate(over="ignore", invalid="ignore"):
         m = np.asarray(rows, dtype=np.float64).astype(np.float32)

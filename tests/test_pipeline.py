@@ -212,15 +212,16 @@ def test_reload_with_config_swaps_thresholds_at_a_chunk_boundary(untrained, spee
 # ------------------------------------------------------------ a segment that continues the voice
 
 
-def _bridged_run(emb, clips, **overrides) -> list[dict]:
+def _bridged_run(emb, clips, profile_sign: float = 1.0, **overrides) -> list[dict]:
     """The clips with short pauses between them, every gap bridged (2 s), the change tests pinned by
-    their thresholds: a gap's test says 'change' at bridge_threshold 1.0 and never at -1.0."""
+    their thresholds: a gap's test says 'change' at bridge_threshold 1.0 and never at -1.0. The
+    one profile is the first clip's voice (``profile_sign`` -1: its opposite, which nothing scores as)."""
     from streamsv.bench import TimedSource
 
     audio, _ = with_pauses(clips, pause_s=0.7)
     cfg = Config().with_overrides(**{"output.stats_interval_s": 86400, "change.bridge_s": 2.0,
                                      "change.continuous": False, "change.threshold": -1.0, **overrides})
-    return list(Pipeline(emb, TimedSource(audio), cfg, {"first": emb.embed(clips[0])}).run())
+    return list(Pipeline(emb, TimedSource(audio), cfg, {"first": profile_sign * emb.embed(clips[0])}).run())
 
 
 def test_a_segment_after_a_short_gap_continues_the_voice(untrained, speech_clips):
@@ -276,19 +277,22 @@ def test_a_change_at_a_bridged_gap_restarts_the_voice_where_the_segment_began(un
         assert end["start"] == c["at"]
 
 
-def test_no_change_where_both_sides_score_as_the_same_enrolled_voice(untrained, speech_clips):
+def test_no_change_where_both_sides_score_as_the_same_enrolled_voice_or_as_none(untrained, speech_clips):
     # Every gap's test says "change" (bridge_threshold 1.0). At a decision bar of -1 every stretch
-    # of speech is the one enrolled voice, so the profile check vetoes every one of them; at a bar
-    # no score reaches, or with the check off, the changes stand.
-    def changes(**overrides):
-        events = _bridged_run(untrained, speech_clips, **{"change.bridge_threshold": 1.0, **overrides})
+    # of speech is the one enrolled voice, so the profile check vetoes every one of them; against
+    # the opposite of a voice every stretch scores far under the bar, a stranger, so the stranger
+    # check does. With each check off the changes stand, the same ones whatever the profile.
+    def changes(sign=1.0, **overrides):
+        events = _bridged_run(untrained, speech_clips, sign, **{"change.bridge_threshold": 1.0, **overrides})
         return [e for e in events if e["event"] == "speaker_change"]
 
     everyone_known = {"scoring.threshold": -1.0, "scoring.duration_slope": 0.0}
     assert not changes(**everyone_known)
-    assert changes(**everyone_known, **{"change.profile_veto": False})
-    assert len(changes(**{"scoring.threshold": 1.0, "scoring.duration_slope": 0.0})) == len(
-        changes(**everyone_known, **{"change.profile_veto": False}))
+    assert not changes(-1.0)
+    unvetoed = changes(**everyone_known, **{"change.profile_veto": False})
+    assert unvetoed
+    assert changes(-1.0, **{"change.stranger_veto": False}) == unvetoed
+    assert changes(**{"change.profile_veto": False, "change.stranger_veto": False}) == unvetoed
 
 
 def test_without_the_hold_a_continuing_segment_is_decided_at_once_on_the_old_window(untrained, speech_clips):
