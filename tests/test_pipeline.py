@@ -433,3 +433,30 @@ def test_by_default_a_decision_is_its_own_window_and_names_the_best_at_the_bar(u
                           {"first": first, "twin": twin})
     later = [e for e in smoothed.run() if e["event"] == "decision"]
     assert any(e["scores"] != pytest.approx(raw, abs=1e-4) for e, raw in zip(later, smoothed.raw))   # 3 hops do average
+
+
+def test_a_decisions_block_encodes_at_most_a_hop_of_audio(untrained, speech_clips, conversation):
+    # A voice's first decision waits for min_speech_s (1 s, two hops): its audio goes to the model
+    # as it comes, so the block that decides pushes a hop's worth like every other one. Without
+    # that the first decision's block pushed the whole second.
+    from streamsv.bench import BLOCK_S, TimedSource
+    from streamsv.features import SAMPLE_RATE
+
+    path, _ = conversation
+    audio, _ = sf.read(path, dtype="float32")
+    cfg = Config().with_overrides(**{"output.stats_interval_s": 86400})
+    source = TimedSource(audio)
+    pipe = Pipeline(untrained, source, cfg, profiles_for(untrained, speech_clips))
+    pushed: dict[int, float] = {}
+    push = pipe.stream.push
+
+    def counted_push(samples):
+        block = source.stats.chunks
+        pushed[block] = pushed.get(block, 0.0) + len(samples) / SAMPLE_RATE
+        push(samples)
+
+    pipe.stream.push = counted_push
+    decided = [source.stats.chunks for e in pipe.run() if e["event"] == "decision"]
+    assert len(decided) >= 3 and cfg.scoring.min_speech_s > cfg.scoring.hop_s
+    assert max(pushed.get(block, 0.0) for block in decided) <= cfg.scoring.hop_s + BLOCK_S + 1e-6
+    assert max(pushed.values()) >= cfg.scoring.hop_s   # the first second, in hop-sized pushes
