@@ -51,7 +51,7 @@ class ChangeVerdict:
     similarity: float     # cosine of the recent audio to the segment before it
     changed: bool
     lag_s: float          # seconds before the hop where the change is placed (when changed)
-    reference: np.ndarray | None = None   # the segment before it (unit), for the pipeline's profile check
+    reference: np.ndarray  # the segment before it (unit), for the pipeline's profile checks
 
 
 class ChangeDetector:

@@ -557,8 +557,7 @@ class Pipeline:
         that goes on is not a new speaker), or neither scores as any, STRANGER_VETO_MARGIN under it
         (change.stranger_veto: nobody is named either side)."""
         settings = self.cfg.change
-        if (not verdict.changed or verdict.reference is None or not self.centroids
-                or not (settings.profile_veto or settings.stranger_veto)):
+        if not verdict.changed or not self.centroids or not (settings.profile_veto or settings.stranger_veto):
             return verdict.changed
         before = cosine_scores(verdict.reference, self.centroids)
         now = cosine_scores(after, self.centroids)
