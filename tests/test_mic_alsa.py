@@ -179,7 +179,11 @@ def test_listen_on_mic_stops_cleanly_with_final_stats(tmp_path, speech_clips, em
     env = make_home(tmp_path, np.concatenate(speech_clips))
     cfg = tmp_path / "config.yaml"
     cfg.write_text("output:\n  stats_interval_s: 0.5\n")
+    # Ctrl-C as a terminal sends it, even when this test runs in a background job (which starts
+    # with SIGINT ignored, and a child keeps an ignored signal ignored)
     code = f"""
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from streamsv import cli
         cli.main(["listen", "--device", {DEVICE!r}, "--json", "--config", {str(cfg)!r},
                   "--profiles-dir", {str(tmp_path / 'profiles')!r}])

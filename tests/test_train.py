@@ -47,6 +47,44 @@ def test_resample_by_shifts_the_pitch_by_the_factor():
     assert peak == pytest.approx(250, abs=2)
 
 
+def _vowel(f0: float, formant_hz: float, seconds: float = 2.0) -> np.ndarray:
+    """A pulse train at f0 through one resonance at formant_hz: a crude vowel."""
+    from scipy.signal import lfilter
+    pulses = np.zeros(int(seconds * SR))
+    pulses[:: int(SR / f0)] = 1.0
+    r, theta = 0.97, 2 * np.pi * formant_hz / SR
+    return lfilter([1.0], [1.0, -2 * r * np.cos(theta), r * r], pulses)
+
+
+def _formant_and_pitch(wave: np.ndarray) -> tuple[float, float]:
+    """The resonance of a 2-pole LPC fit, and the pitch from the autocorrelation's peak."""
+    from scipy.linalg import solve_toeplitz
+    middle = wave[SR // 4: -SR // 4]
+    r = np.correlate(middle, middle, mode="full")[len(middle) - 1:]
+    a = solve_toeplitz(r[:2], r[1:3])
+    formant = float(np.abs(np.angle(np.roots([1.0, -a[0], -a[1]])[0])) * SR / (2 * np.pi))
+    candidates = r[40:400]  # 40-400 Hz; the first lag near the highest peak, not its multiples
+    lag = 40 + int(np.flatnonzero(candidates >= 0.9 * candidates.max())[0])
+    return formant, SR / lag
+
+
+@pytest.mark.parametrize("factor", [1.25, 0.8])  # about +-4 semitones
+def test_keep_formants_moves_the_pitch_and_puts_the_formant_back(factor):
+    source = _vowel(f0=125, formant_hz=800)
+    shifted = train.resample_by(source, factor, int(len(source) / factor) - 1)
+    kept = train.keep_formants(shifted, source, factor)
+    assert kept.shape == shifted.shape and np.isfinite(kept).all()
+    formant, pitch = _formant_and_pitch(source)
+    moved_formant, moved_pitch = _formant_and_pitch(shifted)
+    kept_formant, kept_pitch = _formant_and_pitch(kept)
+    assert formant == pytest.approx(800, rel=0.02) and pitch == pytest.approx(125, rel=0.03)
+    assert moved_formant == pytest.approx(800 * factor, rel=0.03)  # a resampling scales the vocal tract too
+    assert kept_pitch == pytest.approx(moved_pitch, rel=0.03) == pytest.approx(125 * factor, rel=0.03)
+    # most of the way back: the envelope is smoothed over ~300 Hz, so a sharp formant is not all restored
+    assert abs(kept_formant - formant) < 0.4 * abs(moved_formant - formant)
+    assert np.sqrt(np.mean(kept ** 2)) == pytest.approx(np.sqrt(np.mean(shifted ** 2)), rel=1e-6)
+
+
 def test_window_target_weights_each_window_by_its_overlap():
     spans = np.array([[0, 100], [50, 150]])
     emb = np.eye(2, dtype=np.float32)

@@ -6,8 +6,9 @@
 
 The frozen Resemblyzer teacher embeds each clean training utterance once (cached under
 ``cache/``), labelled or not (shared/data/unlabeled: wake words and coffee orders, silence
-trimmed). The student sees augmented crops of it (pitch and tempo, reverberation, noise,
-telephone band with mu-law, gain; on the log-mels a random microphone EQ and a frequency mask)
+trimmed). The student sees augmented crops of it (pitch and tempo, by resampling or with the
+formants kept; reverberation, noise, telephone band with mu-law, gain; on the log-mels a random
+microphone EQ and a frequency mask)
 and learns two things at once: to land near the teacher's CLEAN utterance embedding through a
 linear distillation head (1 - cosine), on every crop, and to separate the labelled training
 speakers with an additive-angular-margin softmax on its own embedding, on labelled crops only. Progress prints every few steps; a
@@ -42,6 +43,11 @@ CORPUS_WEIGHTS = {"so": 0.25, "asc": 0.15, "ls": 0.2, "unl": 0.4}  # sampling sh
 TRIM_FLOOR_DB = -35.0  # unlabeled clips: keep from the first to the last frame within 35 dB of the loudest
 TRIM_PAD_S = 0.15
 MU_LAW_MU = 255.0
+ENVELOPE_FFT = 512  # keep_formants: 32 ms frames,
+ENVELOPE_HOP = 128  # a quarter apart,
+ENVELOPE_LIFTER = 24  # cepstral bins kept: 1.5 ms, under a 400 Hz child's pitch period (40 samples)
+ENVELOPE_FLOOR = 1e-3  # -60 dB
+ENVELOPE_MAX_GAIN = np.log(10.0)  # +-20 dB at most, so a silent band is not blown up into noise
 _TELEPHONE_SOS = butter(4, TELEPHONE_BAND_HZ, btype="bandpass", fs=TELEPHONE_RATE, output="sos")
 
 
@@ -65,6 +71,7 @@ class Recipe:
     unlabeled_share: float = CORPUS_WEIGHTS["unl"]  # of each batch; the labelled corpora keep their ratios
     pitch_prob: float = 0.5  # resampling: pitch and tempo move together
     pitch_semitones: float = 3.0  # +-3 semitones = +-16% tempo
+    pitch_keeps_formants: bool = False  # the shifted crop gets its source's spectral envelope back (keep_formants)
     window_targets: bool = True  # a crop learns the teacher's clean windows it overlaps, not the whole clip's mean
     telephone_prob: float = 0.2  # 300-3400 Hz through 8 kHz with 8-bit mu-law
     eq_prob: float = 0.5  # random microphone response: a tilt plus a smooth bump, on the log-mels
@@ -239,6 +246,41 @@ def resample_by(wave: np.ndarray, factor: float, length: int) -> np.ndarray:
     return np.interp(np.arange(length) * factor, np.arange(len(wave)), wave)
 
 
+def spectral_envelope(frames: np.ndarray) -> np.ndarray:
+    """Each windowed frame's smooth log-magnitude spectrum: its cepstrum cut before the shortest
+    pitch period, so the formants stay and the harmonics go."""
+    magnitude = np.abs(np.fft.rfft(frames))
+    # floored 60 dB under each frame's peak: the zeros between harmonics must not drag the envelope down
+    log_mag = np.log(magnitude + ENVELOPE_FLOOR * magnitude.max(axis=1, keepdims=True) + 1e-12)
+    cepstrum = np.fft.irfft(log_mag)
+    cepstrum[:, ENVELOPE_LIFTER:-ENVELOPE_LIFTER + 1] = 0.0
+    return np.fft.rfft(cepstrum).real
+
+
+def keep_formants(shifted: np.ndarray, source: np.ndarray, factor: float) -> np.ndarray:
+    """`shifted` (= resample_by(source, factor, ...)) with the spectral envelope of `source` put
+    back: the pitch and tempo stay moved, the vocal tract does not (a resampling scales both)."""
+    window = np.hanning(ENVELOPE_FFT + 1)[:-1].astype(np.float64)
+    n_frames = max(1, 1 + (len(shifted) - ENVELOPE_FFT) // ENVELOPE_HOP)
+    starts = np.arange(n_frames) * ENVELOPE_HOP
+    padded_source = np.pad(source, (0, ENVELOPE_FFT + int(ENVELOPE_HOP * factor) + 1))
+    padded_shifted = np.pad(shifted, (0, ENVELOPE_FFT))
+    offsets = np.arange(ENVELOPE_FFT)
+    frames = padded_shifted[starts[:, None] + offsets] * window
+    # the source frame heard at the same moment: centre n of `shifted` is centre n * factor of `source`
+    centres = np.round((starts + ENVELOPE_FFT / 2) * factor - ENVELOPE_FFT / 2).astype(int).clip(0)
+    source_frames = padded_source[centres[:, None] + offsets] * window
+    gain = np.exp(np.clip(spectral_envelope(source_frames) - spectral_envelope(frames), -ENVELOPE_MAX_GAIN, ENVELOPE_MAX_GAIN))
+    corrected = np.fft.irfft(np.fft.rfft(frames) * gain, n=ENVELOPE_FFT) * window
+    out = np.zeros(len(padded_shifted))
+    norm = np.zeros(len(padded_shifted))
+    for start, frame in zip(starts, corrected):  # overlap-add
+        out[start:start + ENVELOPE_FFT] += frame
+        norm[start:start + ENVELOPE_FFT] += window ** 2
+    out = out[: len(shifted)] / np.maximum(norm[: len(shifted)], 1e-3)
+    return out * np.sqrt((shifted ** 2).sum() / max((out ** 2).sum(), 1e-12))  # the loudness of the shift
+
+
 def window_target(spans: np.ndarray, emb: np.ndarray, start: int, stop: int) -> np.ndarray | None:
     """The teacher's view of samples start:stop: its windows there, each weighted by how much of
     the span it covers; None when no window touches it."""
@@ -357,6 +399,8 @@ class CropSampler:
                 span = math.ceil(length * factor) + 1
                 piece, start = self._crop_at(wave, span)
                 crop = resample_by(piece, factor, length)
+                if r.pitch_keeps_formants:
+                    crop = keep_formants(crop, piece, factor)
             else:
                 span = length
                 crop, start = self._crop_at(wave, length)
@@ -473,6 +517,8 @@ def main() -> None:
                          "teacher's (training.train.relation_loss; added to the logged distill figure)")
     ap.add_argument("--pitch-semitones", type=float, default=Recipe.pitch_semitones)
     ap.add_argument("--pitch-prob", type=float, default=Recipe.pitch_prob, help="share of crops pitch/tempo shifted")
+    ap.add_argument("--keep-formants", action="store_true",
+                    help="a pitch-shifted crop keeps its source's spectral envelope: prosody moves, the vocal tract does not")
     ap.add_argument("--channel-prob", type=float, nargs=3, metavar=("TELEPHONE", "EQ", "FREQ_MASK"),
                     default=(Recipe.telephone_prob, Recipe.eq_prob, Recipe.freq_mask_prob),
                     help="shares of crops through the telephone channel, a microphone EQ and a frequency mask")
@@ -498,6 +544,7 @@ def main() -> None:
     recipe = Recipe(steps=args.steps, aam_weight=args.aam_weight, relation_weight=args.relation_weight,
                     seed=args.seed, lr=args.lr, warmup_steps=args.warmup_steps,
                     pitch_semitones=args.pitch_semitones, pitch_prob=args.pitch_prob,
+                    pitch_keeps_formants=args.keep_formants,
                     unlabeled_share=args.unlabeled_share, telephone_prob=args.channel_prob[0],
                     eq_prob=args.channel_prob[1], freq_mask_prob=args.channel_prob[2],
                     window_targets=not args.utterance_targets, min_crop_s=args.crop_s[0], max_crop_s=args.crop_s[1])

@@ -12,6 +12,7 @@ SIMILAR_SEMITONES of each other; target trials are unchanged. training/eval.py -
         # the cosines between the demo's espeak-ng voices, enrolled as `streamsv demo` enrolls
     python -m training.voices resample --student shipped=streamsv/weights/student.onnx --teacher
         # a speaker's own clips resampled (the recipe's pitch augmentation): still accepted as them?
+        # --keep-formants: the pitch and tempo move, the spectral envelope is put back (prosody, not a new voice)
 """
 from __future__ import annotations
 
@@ -269,7 +270,7 @@ def resampled_whole(wave: np.ndarray, semitones: float, resample_by: Callable) -
 def _resample_main(a) -> int:
     from training import datasets
     from training import eval as ev
-    from training.train import Recipe, resample_by  # the recipe's own shift range and resampling
+    from training.train import Recipe, keep_formants, resample_by  # the recipe's own shift range and resampling
 
     if datasets.data_root(required=False) is None:
         raise SystemExit("error: shared data not found (set STREAMSV_DATA)")
@@ -286,10 +287,14 @@ def _resample_main(a) -> int:
     clean = [datasets.read_audio(utts[i].path) for i in tests]
     bound = Recipe().pitch_semitones
     shifts = (-bound, -bound / 2, bound / 2, bound)
-    shifted = {st: [resampled_whole(w, st, resample_by).astype(np.float32) for w in clean] for st in shifts}
+    shifted = {st: [resampled_whole(w, st, resample_by) for w in clean] for st in shifts}
+    if a.keep_formants:
+        shifted = {st: [keep_formants(s, w, 2 ** (st / 12)) for s, w in zip(waves, clean)] for st, waves in shifted.items()}
+    shifted = {st: [w.astype(np.float32) for w in waves] for st, waves in shifted.items()}
+    how = "pitch-shifted, formants kept" if a.keep_formants else "resampled"
     print(f"{a.set}: {len(tests)} test clips ({a.per_speaker} per speaker at most) against their own speaker's clean "
           f"profile; accepted % at the model's clean enroll EER threshold (mean cosine)")
-    print("| model | threshold | clean | " + " | ".join(f"resampled {st:+g} st" for st in shifts) + " |")
+    print("| model | threshold | clean | " + " | ".join(f"{how} {st:+g} st" for st in shifts) + " |")
     print("|---|---:|---:|" + "---:|" * len(shifts))
     for system in systems:
         r = resampled_self(system, a.set, shifted, tests)
@@ -328,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--student", action="append", default=[], metavar="[LABEL=]PATH", help="a student model (repeatable)")
     r.add_argument("--teacher", action="store_true", help="the teacher (Resemblyzer) too")
     r.add_argument("--set", default=REFERENCE_SET)
+    r.add_argument("--keep-formants", action="store_true",
+                   help="put each clip's spectral envelope back after the shift (training.train.keep_formants)")
     r.add_argument("--per-speaker", type=int, default=RESAMPLE_TESTS_PER_SPEAKER)
     r.add_argument("--threads", type=int, default=1, help="torch threads (default 1: share the machine)")
     a = p.parse_args(argv)
