@@ -75,18 +75,25 @@ class Broker:
 
 
 class Subscriber:
-    """Records every message under '#' with its arrival time."""
+    """Records every message under '#' with its arrival time. Returns once the broker has
+    acknowledged the subscription: a message published before that, unless retained, would
+    never reach it (on a busy machine the sink under test can publish first)."""
 
     def __init__(self, port: int) -> None:
         import paho.mqtt.client as paho
 
         self.messages: list[tuple[float, str, str, bool]] = []
         self._lock = threading.Lock()
+        subscribed = threading.Event()
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *a: c.subscribe("#", qos=1)
+        self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+        if not subscribed.wait(WAIT_S):
+            self.close()
+            raise AssertionError(f"the broker did not acknowledge the subscription within {WAIT_S} s")
 
     def _on_message(self, client, userdata, msg) -> None:
         with self._lock:
