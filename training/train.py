@@ -260,7 +260,7 @@ def spectral_envelope(frames: np.ndarray) -> np.ndarray:
 def keep_formants(shifted: np.ndarray, source: np.ndarray, factor: float) -> np.ndarray:
     """`shifted` (= resample_by(source, factor, ...)) with the spectral envelope of `source` put
     back: the pitch and tempo stay moved, the vocal tract does not (a resampling scales both)."""
-    window = np.hanning(ENVELOPE_FFT + 1)[:-1].astype(np.float64)
+    window = np.hanning(ENVELOPE_FFT + 1)[:-1]
     n_frames = max(1, 1 + (len(shifted) - ENVELOPE_FFT) // ENVELOPE_HOP)
     starts = np.arange(n_frames) * ENVELOPE_HOP
     padded_source = np.pad(source, (0, ENVELOPE_FFT + int(ENVELOPE_HOP * factor) + 1))
@@ -274,9 +274,10 @@ def keep_formants(shifted: np.ndarray, source: np.ndarray, factor: float) -> np.
     corrected = np.fft.irfft(np.fft.rfft(frames) * gain, n=ENVELOPE_FFT) * window
     out = np.zeros(len(padded_shifted))
     norm = np.zeros(len(padded_shifted))
+    window_power = window ** 2
     for start, frame in zip(starts, corrected):  # overlap-add
         out[start:start + ENVELOPE_FFT] += frame
-        norm[start:start + ENVELOPE_FFT] += window ** 2
+        norm[start:start + ENVELOPE_FFT] += window_power
     out = out[: len(shifted)] / np.maximum(norm[: len(shifted)], 1e-3)
     return out * np.sqrt((shifted ** 2).sum() / max((out ** 2).sum(), 1e-12))  # the loudness of the shift
 

@@ -287,10 +287,14 @@ def _resample_main(a) -> int:
     clean = [datasets.read_audio(utts[i].path) for i in tests]
     bound = Recipe().pitch_semitones
     shifts = (-bound, -bound / 2, bound / 2, bound)
-    shifted = {st: [resampled_whole(w, st, resample_by) for w in clean] for st in shifts}
-    if a.keep_formants:
-        shifted = {st: [keep_formants(s, w, 2 ** (st / 12)) for s, w in zip(waves, clean)] for st, waves in shifted.items()}
-    shifted = {st: [w.astype(np.float32) for w in waves] for st, waves in shifted.items()}
+
+    def shift(wave: np.ndarray, semitones: float) -> np.ndarray:
+        moved = resampled_whole(wave, semitones, resample_by)
+        if a.keep_formants:
+            moved = keep_formants(moved, wave, 2 ** (semitones / 12))
+        return moved.astype(np.float32)
+
+    shifted = {st: [shift(w, st) for w in clean] for st in shifts}
     how = "pitch-shifted, formants kept" if a.keep_formants else "resampled"
     print(f"{a.set}: {len(tests)} test clips ({a.per_speaker} per speaker at most) against their own speaker's clean "
           f"profile; accepted % at the model's clean enroll EER threshold (mean cosine)")
