@@ -41,10 +41,6 @@ class ModelDimensions:
     width: int = 192
     n_blocks: int = 6
     chunk_frames: int = 32  # token-mixing window: 0.64 s
-    # Causal mel mean normalisation (0: off, the training mean only): each 10 ms frame is centred
-    # on the running mean of the stream so far, which starts at the training mean weighted as this
-    # many frames, so a microphone's or a channel's fixed colouring is taken out as the stream goes.
-    cmn_prior_frames: int = 0
     conv_kernel: int = 7
     groups: int = 4
     channel_expansion: int = 2
@@ -247,30 +243,17 @@ class Stem(nn.Module):
         super().__init__()
         self.register_buffer("mel_mean", torch.zeros(cfg.n_mels))
         self.register_buffer("mel_std", torch.ones(cfg.n_mels))
-        self.cmn_prior_frames = cfg.cmn_prior_frames
         self.stack = nn.Linear(2 * cfg.n_mels, cfg.width)
         self.conv = CausalDepthwiseConv(cfg.width, 5)
         self.out = nn.Linear(cfg.width, cfg.width)
 
-    def normalise(self, mel: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """(mel - mean) / std, the mean the training one or, with ``cmn_prior_frames``, the
-        stream's running mean so far (state: the running sum and count of mel frames)."""
-        if not self.cmn_prior_frames:
-            return (mel - self.mel_mean) / self.mel_std, None
-        total, count = state if state is not None else (mel.new_zeros(mel.shape[0], 1, mel.shape[2]), 0)
-        sums = total + mel.cumsum(dim=1)
-        counts = self.cmn_prior_frames + count + torch.arange(1, mel.shape[1] + 1, device=mel.device, dtype=mel.dtype)
-        running = (self.cmn_prior_frames * self.mel_mean + sums) / counts[:, None]
-        return (mel - running) / self.mel_std, (sums[:, -1:], count + mel.shape[1])
-
     def forward(self, mel: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        pending, conv_state, cmn_state = state if state is not None else (mel[:, :0], None, None)
-        normed, cmn_state = self.normalise(mel, cmn_state)
-        frames = torch.cat([pending, normed], dim=1)
+        pending, conv_state = state if state is not None else (mel[:, :0], None)
+        frames = torch.cat([pending, (mel - self.mel_mean) / self.mel_std], dim=1)
         pairs = frames.shape[1] // 2
         stacked = frames[:, : 2 * pairs].reshape(frames.shape[0], pairs, 2 * frames.shape[2])
         y, conv_state = self.conv(self.stack(stacked), conv_state)
-        return self.out(F.gelu(y)), (frames[:, 2 * pairs:], conv_state, cmn_state)
+        return self.out(F.gelu(y)), (frames[:, 2 * pairs:], conv_state)
 
 
 class AttentiveStatsHead(nn.Module):
@@ -395,7 +378,6 @@ def count_parameters(model: nn.Module) -> int:
 # NCHWc kernels, which a Pi's aarch64 build does not have.
 
 STATE_ROWS_STEM = "stem_conv"
-STATE_ROWS_CMN = "mel_total"  # the running sum of mel frames (cmn_prior_frames), zero-padded to whole rows
 STEM_KERNEL = 5  # Stem's CausalDepthwiseConv
 NARROW_KERNEL = 3  # MixerBlock.local_narrow
 
@@ -405,8 +387,6 @@ def _state_layout(cfg: ModelDimensions) -> list[tuple[str, int]]:
     Pieces are opaque to the daemon: zeros at the start of an utterance, then whatever the step
     wrote (``half`` holds the (groups, 2, width/groups) pair state in a (2, width) slot)."""
     layout = [(STATE_ROWS_STEM, STEM_KERNEL - 1)]
-    if cfg.cmn_prior_frames:
-        layout.append((STATE_ROWS_CMN, -(-cfg.n_mels // cfg.width)))
     history = cfg.chunk_frames - 1  # the most frames an unfinished chunk holds before a push
     for i in range(cfg.n_blocks):
         layout += [(f"{i}.inputs", history),  # the block's last normed inputs: token mixing and the wide conv
@@ -460,11 +440,7 @@ class ExportStep(nn.Module):
             stem = encoder.stem
             mean, std = stem.mel_mean.repeat(2), stem.mel_std.repeat(2)  # a stacked row is two mel frames
             self.register_buffer("stem_w", (stem.stack.weight / std).t().clone())
-            if cfg.cmn_prior_frames:  # the mean moves with the stream: subtracted in forward
-                self.register_buffer("stem_b", stem.stack.bias.clone())
-                self.register_buffer("cmn_prior", cfg.cmn_prior_frames * stem.mel_mean)
-            else:  # the training mean, folded into the bias
-                self.register_buffer("stem_b", stem.stack.bias - stem.stack.weight @ (mean / std))
+            self.register_buffer("stem_b", stem.stack.bias - stem.stack.weight @ (mean / std))
             self.register_buffer("stem_conv_w", stem.conv.conv.weight[:, 0].t().clone())
             self.register_buffer("stem_conv_b", stem.conv.conv.bias.clone())
             self.folded = nn.ModuleList(self._fold(blk) for blk in encoder.blocks)
@@ -569,19 +545,11 @@ class ExportStep(nn.Module):
 
     def forward(self, mel: torch.Tensor, position: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         s = self._split_state(state)
-        cmn_piece = []
-        if self.cfg.cmn_prior_frames:
-            n_mels, prior = self.cfg.n_mels, self.cfg.cmn_prior_frames
-            held = s[STATE_ROWS_CMN]
-            sums = held.reshape(1, -1)[:, :n_mels] + mel.cumsum(dim=0)
-            counts = prior + 2 * position + torch.arange(1, mel.shape[0] + 1)
-            mel = mel - (self.cmn_prior + sums) / counts[:, None].float()
-            cmn_piece = [F.pad(sums[-1:], (0, held.numel() - n_mels)).reshape(held.shape)]
         stacked = mel.reshape(-1, 2 * self.cfg.n_mels)
         index = self._step_index(position, stacked.shape[0])
         padded = torch.cat([s[STATE_ROWS_STEM], stacked @ self.stem_w + self.stem_b], dim=0)
         x = self.encoder.stem.out(F.gelu(_depthwise(padded, index["stem"], self.stem_conv_w) + self.stem_conv_b))
-        layers, pieces = [], [padded[-(STEM_KERNEL - 1):]] + cmn_piece
+        layers, pieces = [], [padded[-(STEM_KERNEL - 1):]]
         for i in range(len(self.folded)):
             x, block_state = self.block(i, x, s, index)
             layers.append(x)

@@ -21,7 +21,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -531,9 +531,6 @@ def main() -> None:
                     help="every crop learns its clip's whole-utterance teacher embedding (the recipe before window targets)")
     ap.add_argument("--width", type=int, default=ModelDimensions.width, help="channels (a smaller network: issue 11)")
     ap.add_argument("--blocks", type=int, default=None, help=f"SV-Mixer blocks (default {ModelDimensions.n_blocks}, or --init's)")
-    ap.add_argument("--cmn-prior-frames", type=int, default=None, metavar="FRAMES",
-                    help="causal mel mean normalisation, the training mean counting as FRAMES frames "
-                         "(ModelDimensions.cmn_prior_frames; 0 off; default: --init's, else off)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=Recipe.seed)
     ap.add_argument("--checkpoint-every", type=int, default=100)
@@ -561,16 +558,8 @@ def main() -> None:
     init = initial_student(args.init) if args.init is not None else None
     if init and args.blocks is not None and args.blocks != init[0].cfg.n_blocks:
         init = (resize_blocks(init[0], args.blocks, seed=args.seed), init[1])
-    if args.cmn_prior_frames is not None and args.cmn_prior_frames < 0:
-        raise SystemExit("error: --cmn-prior-frames must be >= 0")
-    if init and args.cmn_prior_frames is not None and args.cmn_prior_frames != init[0].cfg.cmn_prior_frames:
-        # No weights change: the stem's input is centred on the stream's mean from now on.
-        renormed = SpeakerEncoder(replace(init[0].cfg, cmn_prior_frames=args.cmn_prior_frames))
-        renormed.load_state_dict(init[0].state_dict())
-        init = (renormed, init[1])
     cfg = init[0].cfg if init else ModelDimensions(arch=args.arch, width=args.width,
-                                                   n_blocks=args.blocks or ModelDimensions.n_blocks,
-                                                   cmn_prior_frames=args.cmn_prior_frames or 0)
+                                                   n_blocks=args.blocks or ModelDimensions.n_blocks)
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.time()
