@@ -132,3 +132,35 @@ def test_wrong_decisions_are_counted_by_kind_and_by_how_early_they_came():
     assert figures["in_turn_accuracy"] == 0.4
     assert (figures["stranger_accepted_share"], figures["enrolled_unknown_share"],
             figures["enrolled_confused_share"], figures["wrong_early_share"]) == (0.2, 0.2, 0.2, 0.4)
+
+
+def _household(household: int, right: int, decisions: int = 100, hit: int = 8) -> dict:
+    return {"household": household, "right": right, "decisions": decisions,
+            "boundaries_hit": hit, "boundaries_pred": 10, "boundaries_true": 10}
+
+
+def test_household_spread_tells_a_steady_gain_from_household_noise():
+    """Paired over households: a variant one decision in a hundred righter in every household gets
+    an interval of exactly +0.01, though the households themselves range from 0.5 to 0.9; a
+    variant that wins in some households and loses in others gets an interval around 0."""
+    base_rights = [50, 90, 60, 80, 70, 55, 85, 65]
+    per_system = {
+        "base": [_household(h, r) for h, r in enumerate(base_rights)],
+        "steady": [_household(h, r + 1) for h, r in enumerate(base_rights)],
+        "mixed": [_household(h, r + (5 if h % 2 else -5)) for h, r in enumerate(base_rights)],
+    }
+    spread = bd.household_spread(per_system, resamples=500)
+    value, low, high = spread["base"]["in_turn_accuracy"]
+    assert value == pytest.approx(555 / 800, abs=1e-4) and low < 0.62 and high > 0.76          # the households' own spread
+    assert spread["steady"]["in_turn_accuracy-"] == (0.01, 0.01, 0.01)
+    value, low, high = spread["mixed"]["in_turn_accuracy-"]
+    assert value == 0.0 and low < 0 < high
+    assert spread["base"]["boundary_f1"][:1] == (0.8,) and "boundary_f1-" not in spread["base"]
+    table = bd.spread_table(spread)
+    assert "| steady | 0.704 [" in table and "+0.010 [+0.010, +0.010]" in table
+
+
+def test_a_household_keeps_its_rooms_in_the_spread():
+    """Rooms of one household are summed before resampling: two rooms of household 0 count as one draw."""
+    sums = bd.household_sums([_household(0, 50), _household(1, 90), _household(0, 70)])
+    assert list(sums["right"]) == [120, 90] and list(sums["decisions"]) == [200, 100]

@@ -20,6 +20,10 @@ one thread. Every system and variant hears the same audio. Figures:
                          is no boundary: only a speaker_change after it is
   first correct, median  from a turn's start to its first right decision (turns with none counted)
   by dev set             in-turn accuracy per dev set over the run's rooms (urdu beside read English)
+  spread over households each system's in-turn accuracy and boundary F1, and each one's difference
+                         from the first system, with a 95% interval from resampling the households
+                         (paired: one draw for every system; a household keeps all its rooms), so a
+                         difference can be told from which households the split happened to hold
   core-s per audio-s     process CPU time / audio time (1 thread)
   decision latency p95   the decisions' own latency_ms: from a 30 ms block's hand-over to the
                          decision it completes (the block's VAD, change tests and hop; the audio
@@ -59,6 +63,7 @@ from training import datasets
 PICOVOICE_FRAME_S = 0.096
 BOUNDARY_TOLERANCE_S = 0.3
 SHORT_CLIP_S = 2.0  # enrollment clips shorter than this are joined (enroll needs 1 s of voice in each)
+SPREAD_RESAMPLES = 2000  # household bootstrap draws (the intervals move in the third decimal between seeds)
 CALIBRATION_CROP_S = 3.0  # the streaming window: calibrate the teacher on what the pipeline scores
 # Variants of the student pipeline: label -> config overrides.
 VARIANTS = {
@@ -210,6 +215,61 @@ class Profiles:
         if key not in self._known:
             self._known[key] = enroll_household(system, conv)
         return self._known[key]
+
+
+def household_sums(parts: list[dict]) -> dict[str, np.ndarray]:
+    """Per household (``part["household"]``), the counts behind in-turn accuracy and boundary F1,
+    summed over its rooms."""
+    n = max(p["household"] for p in parts) + 1
+    sums = {k: np.zeros(n) for k in ("right", "decisions", "boundaries_hit", "boundaries_pred", "boundaries_true")}
+    for p in parts:
+        for k, v in sums.items():
+            v[p["household"]] += p[k]
+    return sums
+
+
+def _figures(sums: dict[str, np.ndarray], weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """In-turn accuracy and boundary F1 for each row of household ``weights`` (draws, households)."""
+    w = {k: weights @ v for k, v in sums.items()}
+    accuracy = w["right"] / np.maximum(w["decisions"], 1)
+    precision = w["boundaries_hit"] / np.maximum(w["boundaries_pred"], 1)
+    recall = w["boundaries_hit"] / np.maximum(w["boundaries_true"], 1)
+    return accuracy, 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+
+
+def household_spread(per_system: dict[str, list[dict]], resamples: int = SPREAD_RESAMPLES, seed: int = 0) -> dict:
+    """label -> {figure: (value, low, high)} for each system's in-turn accuracy and boundary F1, and
+    for every system after the first its difference from the first ("-" figures): 95% intervals
+    from resampling households with replacement, the same draws for every system."""
+    sums = {label: household_sums(parts) for label, parts in per_system.items()}
+    n = len(next(iter(sums.values()))["right"])
+    draws = np.random.default_rng(seed).integers(0, n, (resamples, n))
+    weights = np.stack([np.bincount(row, minlength=n) for row in draws]).astype(float)
+    whole = np.ones((1, n))
+    base = next(iter(sums))
+    out = {}
+    for label, s in sums.items():
+        point, drawn = _figures(s, whole), _figures(s, weights)
+        figures = {"in_turn_accuracy": (point[0], drawn[0]), "boundary_f1": (point[1], drawn[1])}
+        if label != base:
+            base_point, base_drawn = _figures(sums[base], whole), _figures(sums[base], weights)
+            figures["in_turn_accuracy-"] = (point[0] - base_point[0], drawn[0] - base_drawn[0])
+            figures["boundary_f1-"] = (point[1] - base_point[1], drawn[1] - base_drawn[1])
+        out[label] = {k: (round(float(v[0]), 4), *(round(float(q), 4) for q in np.percentile(d, [2.5, 97.5])))
+                      for k, (v, d) in figures.items()}
+    return out
+
+
+def spread_table(spread: dict) -> str:
+    labels = list(spread)
+    cell = lambda f, sign="": "{:{s}.3f} [{:{s}.3f}, {:{s}.3f}]".format(*f, s=sign)  # noqa: E731
+    lines = [f"spread over households: 95% intervals, {SPREAD_RESAMPLES} paired draws; differences from {labels[0]}",
+             "| system | in-turn accuracy | boundary F1 | in-turn, difference | boundary F1, difference |",
+             "|---|---:|---:|---:|---:|"]
+    for label, f in spread.items():
+        diffs = [cell(f[k], "+") if k in f else "-" for k in ("in_turn_accuracy-", "boundary_f1-")]
+        lines.append(f"| {label} | {cell(f['in_turn_accuracy'])} | {cell(f['boundary_f1'])} | " + " | ".join(diffs) + " |")
+    return "\n".join(lines)
 
 
 def run_conversation(system, audio: np.ndarray, conv: mc.Conversation, overrides: dict,
@@ -415,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for label, system, overrides in systems:
             parts = [run_conversation(system, audio, conv, overrides, profiles.of(system, conv)) for audio, conv in convs]
+            for household, part in enumerate(parts):  # every room holds the same households, in order
+                part["household"] = household
             per_system[label] += parts
             results[label] = totals(parts)
         everything[condition] = results
@@ -426,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         print(table(overall, "all conditions"))
         print()
     print(by_set_table(per_system))
+    everything["spread"] = household_spread(per_system)
+    print()
+    print(spread_table(everything["spread"]))
     everything["by_dev_set"] = {label: {s: totals([p for p in parts if p["dev_set"] == s])["in_turn_accuracy"]
                                         for s in mc.SETS} for label, parts in per_system.items()}
     if a.json:
