@@ -247,12 +247,12 @@ def household_spread(per_system: dict[str, list[dict]], resamples: int = SPREAD_
     weights = np.stack([np.bincount(row, minlength=n) for row in draws]).astype(float)
     whole = np.ones((1, n))
     base = next(iter(sums))
+    base_point, base_drawn = _figures(sums[base], whole), _figures(sums[base], weights)
     out = {}
     for label, s in sums.items():
         point, drawn = _figures(s, whole), _figures(s, weights)
         figures = {"in_turn_accuracy": (point[0], drawn[0]), "boundary_f1": (point[1], drawn[1])}
         if label != base:
-            base_point, base_drawn = _figures(sums[base], whole), _figures(sums[base], weights)
             figures["in_turn_accuracy-"] = (point[0] - base_point[0], drawn[0] - base_drawn[0])
             figures["boundary_f1-"] = (point[1] - base_point[1], drawn[1] - base_drawn[1])
         out[label] = {k: (round(float(v[0]), 4), *(round(float(q), 4) for q in np.percentile(d, [2.5, 97.5])))
