@@ -232,9 +232,14 @@ def _figures(sums: dict[str, np.ndarray], weights: np.ndarray) -> tuple[np.ndarr
     """In-turn accuracy and boundary F1 for each row of household ``weights`` (draws, households)."""
     w = {k: weights @ v for k, v in sums.items()}
     accuracy = w["right"] / np.maximum(w["decisions"], 1)
-    precision = w["boundaries_hit"] / np.maximum(w["boundaries_pred"], 1)
-    recall = w["boundaries_hit"] / np.maximum(w["boundaries_true"], 1)
-    return accuracy, 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return accuracy, boundary_scores(w["boundaries_hit"], w["boundaries_pred"], w["boundaries_true"])[2]
+
+
+def boundary_scores(hit, predicted, true) -> tuple:
+    """Boundary precision, recall and F1 from counts (numbers or arrays of them); 0 where a count is 0."""
+    precision = hit / np.maximum(predicted, 1)
+    recall = hit / np.maximum(true, 1)
+    return precision, recall, 2 * precision * recall / np.maximum(precision + recall, 1e-12)
 
 
 def household_spread(per_system: dict[str, list[dict]], resamples: int = SPREAD_RESAMPLES, seed: int = 0) -> dict:
@@ -297,8 +302,7 @@ def totals(parts: list[dict]) -> dict:
                                                 "turns", "cpu_s", "audio_s", *WRONG_KINDS, "wrong_early")}
     frames = s["tp"] + s["tn"] + s["fa"] + s["miss"]
     target = s["tp"] + s["miss"]
-    precision = s["boundaries_hit"] / s["boundaries_pred"] if s["boundaries_pred"] else 0.0
-    recall = s["boundaries_hit"] / s["boundaries_true"] if s["boundaries_true"] else 0.0
+    precision, recall, f1 = (float(x) for x in boundary_scores(s["boundaries_hit"], s["boundaries_pred"], s["boundaries_true"]))
     firsts = [d for p in parts for d in p["first_correct"]]
     found = [d for d in firsts if d is not None]
     return {
@@ -310,7 +314,7 @@ def totals(parts: list[dict]) -> dict:
         "detection_accuracy": round(100 * (s["tp"] + s["tn"]) / frames, 2) if frames else None,
         "detection_error_rate": round(100 * (s["fa"] + s["miss"]) / target, 2) if target else None,
         "boundary_precision": round(precision, 4), "boundary_recall": round(recall, 4),
-        "boundary_f1": round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0,
+        "boundary_f1": round(f1, 4),
         "speaker_changes": s["changes"], "false_splits": s["false_splits"], "segments_continued": s["continued"],
         "missed_boundaries": s["boundaries_true"] - s["boundaries_hit"],
         "first_correct_median_s": round(float(np.median(found)), 2) if found else None,
