@@ -59,3 +59,15 @@ def test_compare_counts_cells_won_tied_and_lost():
     assert "3 cells): better 1, equal 1, worse 1" in text
     assert "worse: babble, asc: 0.700 -> 0.400 (10 decisions)" in text
     assert "lowest cell: old 0.500, new 0.400" in text
+
+
+def test_closeness_raises_the_bar_of_a_voice_near_another_profile(recording):
+    scoring = dataclasses.replace(Config().with_overrides(**RECORDED).scoring, smoothing_hops=1, min_margin=0.0)
+    plain = decisions(sd.replay(recording, scoring, {}))
+    near = float(recording.centroids["first"] @ recording.centroids["other"]
+                 / np.linalg.norm(recording.centroids["first"]) / np.linalg.norm(recording.centroids["other"]))
+    assert any(accepted for _, accepted in plain)
+    # The profiles' own cosine at or under `near`: no change. Far above it: no name is said.
+    assert decisions(sd.replay(recording, scoring, {"closeness": 5.0, "near": near + 1e-6})) == plain
+    silenced = decisions(sd.replay(recording, scoring, {"closeness": 5.0, "near": near - 1.0}))
+    assert not any(accepted for _, accepted in silenced) and len(silenced) == len(plain)

@@ -20,7 +20,11 @@ fifth pass): ``alpha`` (an exponential average of the scores), ``excess=1`` (ave
 score minus its own duration bar), ``pool=embedding`` (average the last smoothing_hops windows'
 embeddings, then score), ``confirm=N`` (a name is said only once it has led N hops in a row;
 ``switch_only=1``: only a name that replaces another in the voice), ``stay=D`` (the voice's
-current name stays accepted down to D below the bar).
+current name stays accepted down to D below the bar), ``closeness=K,near=C`` (a profile's bar rises
+by K per unit of its centroid's cosine to the nearest other profile above C).
+
+Every run ends with the spread over households (tools.bench_detection's: paired bootstrap 95%
+intervals of each policy's figures and of its difference from the first policy).
 """
 from __future__ import annotations
 
@@ -101,6 +105,12 @@ def replay(rec: Recording, scoring, extras: dict) -> list[dict]:
     confirm = int(extras.get("confirm", 1))    # hops a new name must lead before it is said
     stay = float(extras.get("stay", 0.0))      # the voice's current name keeps its place this far below the bar
     switch_only = bool(extras.get("switch_only"))   # confirm only a name that replaces another in the voice
+    # A bar that rises for a voice close to another enrolled one: by ``closeness`` per unit of the
+    # centroids' cosine above ``near``.
+    closeness, near = float(extras.get("closeness", 0.0)), float(extras.get("near", 0.0))
+    names = list(rec.centroids)
+    nearest = {n: max((float(unit(rec.centroids[n]) @ unit(rec.centroids[o])) for o in names if o != n), default=-1.0)
+               for n in names}
     out, k = [], 0
     state: dict = {}
 
@@ -136,6 +146,8 @@ def replay(rec: Recording, scoring, extras: dict) -> list[dict]:
             if not d.accepted and stay > 0 and named is not None and d.best == named:
                 d = decide(smoothed, (0.0 if excess else bar) - stay, scoring.min_margin)
             speaker = d.speaker
+            if speaker is not None and closeness and d.score < bar + closeness * max(0.0, nearest[speaker] - near):
+                speaker = None
             if confirm > 1:
                 state["run"] = state["run"] + 1 if speaker is not None and speaker == state["run_name"] else (1 if speaker else 0)
                 state["run_name"] = speaker
@@ -160,7 +172,7 @@ def split_policy(policy: dict) -> tuple[dict, dict]:
             {k: v for k, v in policy.items() if k in SMOOTHER_KEYS})
 
 
-SMOOTHER_KEYS = ("alpha", "excess", "pool", "confirm", "stay", "switch_only")
+SMOOTHER_KEYS = ("alpha", "excess", "pool", "confirm", "stay", "switch_only", "closeness", "near")
 
 
 def check_replay(recs: list[Recording], scoring) -> None:
@@ -232,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, (scoring_keys, smoother_kwargs) in policies.items():
             scoring = scoring_config(base, scoring_keys)
             parts = [{**bd.score_conversation(replay(rec, scoring, smoother_kwargs), rec.conv),
-                      "cpu_s": 0.0, "audio_s": rec.conv.seconds, "room": condition} for rec in recs]
+                      "cpu_s": 0.0, "audio_s": rec.conv.seconds, "room": condition, "household": household}
+                     for household, rec in enumerate(recs)]  # every room holds the same households, in order
             per_policy[label] += parts
             results[label] = bd.totals(parts)
         everything[condition] = results
@@ -244,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(bd.by_set_table(per_policy))
         everything["all"] = overall
+    everything["spread"] = bd.household_spread(per_policy)
+    print()
+    print(bd.spread_table(everything["spread"]))
     everything["by_dev_set"] = {label: {s: bd.totals([p for p in parts if p["dev_set"] == s])["in_turn_accuracy"]
                                         for s in mc.SETS} for label, parts in per_policy.items()}
     if a.compare and len(per_policy) > 1:
