@@ -71,3 +71,22 @@ def test_closeness_raises_the_bar_of_a_voice_near_another_profile(recording):
     assert decisions(sd.replay(recording, scoring, {"closeness": 5.0, "near": near + 1e-6})) == plain
     silenced = decisions(sd.replay(recording, scoring, {"closeness": 5.0, "near": near - 1.0}))
     assert not any(accepted for _, accepted in silenced) and len(silenced) == len(plain)
+
+
+def test_cohort_weight_takes_each_sides_cohort_mean_off_the_scores(recording):
+    """A cohort of the two profiles themselves, top 1: a window's cohort mean is its best raw score
+    and each profile's is 1, so a name is said exactly where score - w * (best + 1) / 2 clears the bar."""
+    scoring = dataclasses.replace(Config().with_overrides(**RECORDED).scoring, smoothing_hops=1, min_margin=0.0,
+                                  threshold=-0.2, duration_slope=0.0)
+    cohort = np.stack(list(recording.centroids.values()))
+    weight = 0.8
+    got = decisions(sd.replay(recording, scoring, {"cohort_weight": weight, "top_k": 1, "_cohort": cohort}))
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    want = []
+    for emb in recording.embeddings:
+        raw = {n: float(unit(emb) @ unit(c)) for n, c in recording.centroids.items()}
+        best = max(raw, key=raw.get)
+        ok = raw[best] - weight * (raw[best] + 1) / 2 >= scoring.threshold
+        want.append((best if ok else None, ok))
+    assert got == want
+    assert len(set(got)) > 1   # some named, some not: the bar sits inside the shifted scores

@@ -21,7 +21,9 @@ score minus its own duration bar), ``pool=embedding`` (average the last smoothin
 embeddings, then score), ``confirm=N`` (a name is said only once it has led N hops in a row;
 ``switch_only=1``: only a name that replaces another in the voice), ``stay=D`` (the voice's
 current name stays accepted down to D below the bar), ``closeness=K,near=C`` (a profile's bar rises
-by K per unit of its centroid's cosine to the nearest other profile above C).
+by K per unit of its centroid's cosine to the nearest other profile above C), ``cohort_weight=W``
+(and ``top_k``, default 100: every score less W times the mean of the window's and the profile's
+top_k cosines to training/cohort.py's clean cohort, the mean half of AS-norm; needs the shared data).
 
 Every run ends with the spread over households (tools.bench_detection's: paired bootstrap 95%
 intervals of each policy's figures and of its difference from the first policy).
@@ -109,6 +111,14 @@ def replay(rec: Recording, scoring, extras: dict) -> list[dict]:
     # centroids' cosine above ``near``.
     closeness, near = float(extras.get("closeness", 0.0)), float(extras.get("near", 0.0))
     names = list(rec.centroids)
+    # Scores less the mean of each side's top_k cosines to a cohort of training speakers (the
+    # mean half of AS-norm, in cosine units): a window like everyone scores lower against anyone.
+    cohort_weight, cohort = float(extras.get("cohort_weight", 0.0)), extras.get("_cohort")
+    if cohort_weight:
+        from training.cohort import top_k_stats
+
+        top_k = int(extras.get("top_k", 100))
+        profile_mu = dict(zip(names, top_k_stats(np.stack([rec.centroids[n] for n in names]), cohort, top_k)[0]))
     nearest = {n: max((float(unit(rec.centroids[n]) @ unit(rec.centroids[o])) for o in names if o != n), default=-1.0)
                for n in names}
     out, k = [], 0
@@ -133,6 +143,9 @@ def replay(rec: Recording, scoring, extras: dict) -> list[dict]:
                 smoothed = cosine_scores(np.mean(state["recent"], axis=0), rec.centroids)
             else:
                 raw = cosine_scores(emb, rec.centroids)
+                if cohort_weight:
+                    mu = float(top_k_stats(emb[None, :], cohort, top_k)[0][0])
+                    raw = {n: v - cohort_weight * 0.5 * (mu + float(profile_mu[n])) for n, v in raw.items()}
                 if excess:
                     raw = {n: s - bar for n, s in raw.items()}
                 if alpha is not None:
@@ -172,7 +185,7 @@ def split_policy(policy: dict) -> tuple[dict, dict]:
             {k: v for k, v in policy.items() if k in SMOOTHER_KEYS})
 
 
-SMOOTHER_KEYS = ("alpha", "excess", "pool", "confirm", "stay", "switch_only", "closeness", "near")
+SMOOTHER_KEYS = ("alpha", "excess", "pool", "confirm", "stay", "switch_only", "closeness", "near", "cohort_weight", "top_k")
 
 
 def check_replay(recs: list[Recording], scoring) -> None:
@@ -226,12 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     mc.require_data()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from streamsv.config import Config
-    from streamsv.embedder import load_embedder
+    from streamsv.embedder import DEFAULT_WEIGHTS, load_embedder
 
     student = load_embedder(a.model)
     pipeline_overrides = bd._parse_variant("pipeline:" + a.pipeline)[1]
     base = Config().with_overrides(**pipeline_overrides).scoring
     policies = {label: split_policy(pol) for label, pol in (bd._parse_variant(s) for s in a.policy or ["default:"])}
+    if any("cohort_weight" in kwargs for _, kwargs in policies.values()):
+        from training.cohort import cohort_embeddings
+        from training.eval import student_system
+
+        cohort = cohort_embeddings(student_system(a.model or str(DEFAULT_WEIGHTS)), "clean")
+        for _, kwargs in policies.values():
+            kwargs["_cohort"] = cohort
     profiles = bd.Profiles()
     per_policy: dict[str, list[dict]] = {label: [] for label in policies}
     everything: dict[str, dict] = {}
