@@ -90,3 +90,19 @@ def test_cohort_weight_takes_each_sides_cohort_mean_off_the_scores(recording):
         want.append((best if ok else None, ok))
     assert got == want
     assert len(set(got)) > 1   # some named, some not: the bar sits inside the shifted scores
+
+
+def test_center_takes_the_cohorts_mean_off_both_sides_before_the_cosine(recording):
+    scoring = dataclasses.replace(Config().with_overrides(**RECORDED).scoring, smoothing_hops=1, min_margin=0.0,
+                                  duration_slope=0.0)
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    cohort = np.stack([unit(c) for c in recording.centroids.values()])
+    mean = cohort.mean(axis=0)
+    want = []
+    for emb in recording.embeddings:
+        raw = {n: float(unit(unit(emb) - mean) @ unit(unit(c) - mean)) for n, c in recording.centroids.items()}
+        best = max(raw, key=raw.get)
+        want.append((best if raw[best] >= scoring.threshold else None, raw[best] >= scoring.threshold))
+    got = decisions(sd.replay(recording, scoring, {"center": 1.0, "_cohort": cohort}))
+    assert got == want
+    assert got != decisions(sd.replay(recording, scoring, {}))   # centring changed some decision

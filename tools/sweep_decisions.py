@@ -23,7 +23,8 @@ embeddings, then score), ``confirm=N`` (a name is said only once it has led N ho
 current name stays accepted down to D below the bar), ``closeness=K,near=C`` (a profile's bar rises
 by K per unit of its centroid's cosine to the nearest other profile above C), ``cohort_weight=W``
 (and ``top_k``, default 100: every score less W times the mean of the window's and the profile's
-top_k cosines to training/cohort.py's clean cohort, the mean half of AS-norm; needs the shared data).
+top_k cosines to training/cohort.py's clean cohort, the mean half of AS-norm; needs the shared data),
+``center=C`` (both sides less C times that cohort's mean before the cosine).
 
 Every run ends with the spread over households (tools.bench_detection's: paired bootstrap 95%
 intervals of each policy's figures and of its difference from the first policy).
@@ -114,6 +115,12 @@ def replay(rec: Recording, scoring, extras: dict) -> list[dict]:
     # Scores less the mean of each side's top_k cosines to a cohort of training speakers (the
     # mean half of AS-norm, in cosine units): a window like everyone scores lower against anyone.
     cohort_weight, cohort = float(extras.get("cohort_weight", 0.0)), extras.get("_cohort")
+    # Embeddings and centroids less ``center`` times the cohort's mean before the cosine.
+    center = float(extras.get("center", 0.0))
+    centroids = rec.centroids
+    if center:
+        shift = center * np.mean([unit(c) for c in cohort], axis=0)
+        centroids = {n: unit(c) - shift for n, c in rec.centroids.items()}
     if cohort_weight:
         from training.cohort import top_k_stats
 
@@ -142,7 +149,7 @@ def replay(rec: Recording, scoring, extras: dict) -> list[dict]:
                 state["recent"] = (state["recent"] + [unit(emb)])[-scoring.smoothing_hops:]
                 smoothed = cosine_scores(np.mean(state["recent"], axis=0), rec.centroids)
             else:
-                raw = cosine_scores(emb, rec.centroids)
+                raw = cosine_scores(unit(emb) - shift if center else emb, centroids)
                 if cohort_weight:
                     mu = float(top_k_stats(emb[None, :], cohort, top_k)[0][0])
                     raw = {n: v - cohort_weight * 0.5 * (mu + float(profile_mu[n])) for n, v in raw.items()}
@@ -185,7 +192,7 @@ def split_policy(policy: dict) -> tuple[dict, dict]:
             {k: v for k, v in policy.items() if k in SMOOTHER_KEYS})
 
 
-SMOOTHER_KEYS = ("alpha", "excess", "pool", "confirm", "stay", "switch_only", "closeness", "near", "cohort_weight", "top_k")
+SMOOTHER_KEYS = ("alpha", "excess", "pool", "confirm", "stay", "switch_only", "closeness", "near", "cohort_weight", "top_k", "center")
 
 
 def check_replay(recs: list[Recording], scoring) -> None:
@@ -245,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline_overrides = bd._parse_variant("pipeline:" + a.pipeline)[1]
     base = Config().with_overrides(**pipeline_overrides).scoring
     policies = {label: split_policy(pol) for label, pol in (bd._parse_variant(s) for s in a.policy or ["default:"])}
-    if any("cohort_weight" in kwargs for _, kwargs in policies.values()):
+    if any("cohort_weight" in kwargs or "center" in kwargs for _, kwargs in policies.values()):
         from training.cohort import cohort_embeddings
         from training.eval import student_system
 
