@@ -9,6 +9,7 @@ import pytest
 
 from conftest import with_pauses
 from streamsv.config import Config
+from streamsv.scoring import unit
 from tools import sweep_decisions as sd
 
 RECORDED = {"scoring.smoothing_hops": 3, "scoring.min_margin": 0.05, "scoring.threshold": 0.3}
@@ -81,7 +82,6 @@ def test_cohort_weight_takes_each_sides_cohort_mean_off_the_scores(recording):
     cohort = np.stack(list(recording.centroids.values()))
     weight = 0.8
     got = decisions(sd.replay(recording, scoring, {"cohort_weight": weight, "top_k": 1, "_cohort": cohort}))
-    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
     want = []
     for emb in recording.embeddings:
         raw = {n: float(unit(emb) @ unit(c)) for n, c in recording.centroids.items()}
@@ -95,7 +95,6 @@ def test_cohort_weight_takes_each_sides_cohort_mean_off_the_scores(recording):
 def test_center_takes_the_cohorts_mean_off_both_sides_before_the_cosine(recording):
     scoring = dataclasses.replace(Config().with_overrides(**RECORDED).scoring, smoothing_hops=1, min_margin=0.0,
                                   duration_slope=0.0)
-    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
     cohort = np.stack([unit(c) for c in recording.centroids.values()])
     mean = cohort.mean(axis=0)
     want = []

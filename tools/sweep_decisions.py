@@ -111,23 +111,23 @@ def replay(rec: Recording, scoring, extras: dict) -> list[dict]:
     # A bar that rises for a voice close to another enrolled one: by ``closeness`` per unit of the
     # centroids' cosine above ``near``.
     closeness, near = float(extras.get("closeness", 0.0)), float(extras.get("near", 0.0))
-    names = list(rec.centroids)
+    if closeness:
+        nearest = {n: max((float(unit(c) @ unit(o)) for m, o in rec.centroids.items() if m != n), default=-1.0)
+                   for n, c in rec.centroids.items()}
     # Scores less the mean of each side's top_k cosines to a cohort of training speakers (the
     # mean half of AS-norm, in cosine units): a window like everyone scores lower against anyone.
     cohort_weight, cohort = float(extras.get("cohort_weight", 0.0)), extras.get("_cohort")
+    if cohort_weight:
+        from training.cohort import top_k_stats
+
+        top_k = int(extras.get("top_k", 100))
+        profile_mu = dict(zip(rec.centroids, top_k_stats(np.stack(list(rec.centroids.values())), cohort, top_k)[0]))
     # Embeddings and centroids less ``center`` times the cohort's mean before the cosine.
     center = float(extras.get("center", 0.0))
     centroids = rec.centroids
     if center:
         shift = center * np.mean([unit(c) for c in cohort], axis=0)
         centroids = {n: unit(c) - shift for n, c in rec.centroids.items()}
-    if cohort_weight:
-        from training.cohort import top_k_stats
-
-        top_k = int(extras.get("top_k", 100))
-        profile_mu = dict(zip(names, top_k_stats(np.stack([rec.centroids[n] for n in names]), cohort, top_k)[0]))
-    nearest = {n: max((float(unit(rec.centroids[n]) @ unit(rec.centroids[o])) for o in names if o != n), default=-1.0)
-               for n in names}
     out, k = [], 0
     state: dict = {}
 
