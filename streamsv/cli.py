@@ -32,7 +32,7 @@ MAX_ENROLL_SECONDS = 600.0    # --seconds: ten minutes of voice is far more than
 # still loaded torch; with the ONNX model it is ~0.2 s on an idle box. Everything is flushed
 # first. In-process tests turn it off.
 FAST_SERVICE_EXIT = True
-# A number as listen's quick parse takes it (README, Performance: start-up); anything else goes
+# A number as listen's quick parse takes it (docs/performance.md: start-up); anything else goes
 # to typer, which says what is wrong with it.
 PLAIN_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -238,7 +238,7 @@ def quick_listen_args(argv: list[str]) -> dict[str, Any] | None:
     """``listen``'s arguments read straight from its declaration above, or None.
 
     typer coerces every parameter through a pydantic TypeAdapter: importing pydantic and building
-    the adapters is ~90 ms of CPU, a quarter of the daemon's start to READY (README, Performance).
+    the adapters is ~90 ms of CPU, a quarter of the daemon's start to READY (docs/performance.md).
     A plain ``listen`` command line (its own options, each at most once, as ``--name value``,
     ``--name=value`` or a flag; numbers written plainly) is read here instead, to the same values
     typer gives (tests/test_cli.py holds the two to each other). Anything else (help, a typo, an

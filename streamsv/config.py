@@ -66,7 +66,7 @@ class ChangeConfig:
     enabled: bool = True
     # A cosine of the recent audio to the segment before it below this is a change. 0.45 with the
     # pause test (below) beat 0.4 without it on the tuning conversations of tools.bench_detection
-    # (-50 dBFS and quiet: in-turn accuracy and boundary F1 both higher; README, Live rooms) for
+    # (-50 dBFS and quiet: in-turn accuracy and boundary F1 both higher; docs/live-rooms.md) for
     # the base model; the 6-block fine-tune scored the same voice about 0.08 lower (its calibrated
     # threshold 0.473 where the base's was 0.556), and 0.37 / bridge 0.62, the old bars moved by as
     # much, did best of those tried on the tuning split (0.34-0.45, 0.58-0.70). The 2-block model
@@ -82,7 +82,7 @@ class ChangeConfig:
     # judges (0 = every segment is a new voice). Needs the pause test (min_pause_s > 0). 1.0 s with
     # bridge_threshold 0.7 won on the tuning conversations of tools.bench_detection (boundary F1
     # 0.513 -> 0.571 at -50 dBFS, 0.605 -> 0.665 quiet; in-turn accuracy 0.819 -> 0.833 and
-    # 0.832 -> 0.829); 0.5 and 2.0 s did no better (README, Live rooms, third pass).
+    # 0.832 -> 0.829); 0.5 and 2.0 s did no better (docs/live-rooms.md, third pass).
     bridge_s: float = 1.0
     # After a bridged gap, no decision until its pause test has spoken: deciding at once on the window
     # from before the gap names the previous voice for the next one's first second (in-turn 0.71, tuning).
@@ -97,16 +97,16 @@ class ChangeConfig:
     # the pipeline's CPU on continuous speech); "stream" pools the stream's own last recent_s of
     # frames at the decision's hop (no model step); the pause and gap tests: pause_embedding. "stream"
     # matched "offline" on the tuning conversations (-50 dBFS: in-turn 0.832 vs 0.833, boundary F1
-    # 0.563 vs 0.571; quiet: 0.842 vs 0.829, 0.670 vs 0.665) at about a quarter less CPU (README,
-    # Performance).
+    # 0.563 vs 0.571; quiet: 0.842 vs 0.829, 0.670 vs 0.665) at about a quarter less CPU
+    # (docs/performance.md).
     embedding: str = "stream"
     # Where the pause and gap tests' embedding of the recent_s after a pause comes from (one of
     # CHANGE_EMBEDDINGS): "offline" embeds that audio afresh (a model step over recent_s, once per
     # candidate pause); "stream" pushes the audio pending for the next hop when the test is due
     # and pools the stream's own last frames (no step over recent_s; frames that carry the context
     # of the voice before the pause). On the tuning conversations (-50 dBFS and quiet) "stream" cost
-    # 0.004 of in-turn accuracy and 0.005 of boundary F1 for 9% less CPU: "offline" stays (README,
-    # Live rooms, seventh pass).
+    # 0.004 of in-turn accuracy and 0.005 of boundary F1 for 9% less CPU: "offline" stays (docs/live-rooms.md,
+    # seventh pass).
     pause_embedding: str = "offline"
     # The continuous test's own threshold (None: threshold). 0.4-0.6 tried with "stream" (tuning):
     # above 0.45 more false splits and no fewer missed boundaries; 0.4 within noise of 0.45.
@@ -117,19 +117,19 @@ class ChangeConfig:
     # conversations at -50 dBFS: a voice heard for under recent_s scores lower against itself.
     # At threshold (0.37): boundary F1 0.541 -> 0.559 at -50 dBFS and 0.625 -> 0.651 quiet, in-turn
     # accuracy the same (0.864, 0.860 -> 0.859); on the reporting split 0.555 -> 0.569 and
-    # 0.619 -> 0.630, in-turn 0.839 -> 0.838 and 0.850 (README, Live rooms, ninth pass).
+    # 0.619 -> 0.630, in-turn 0.839 -> 0.838 and 0.850 (docs/live-rooms.md, ninth pass).
     short_gap_threshold: float | None = None
     # No change where the audio before and after both score as the same enrolled voice, each a
     # little over the decision bar for its length (the window's, and recent_s's;
     # pipeline.PROFILE_VETO_MARGIN): the household's own voices are known, and a voice that goes on
     # scores as itself. Reporting split, every room: boundary F1 0.552 -> 0.559, in-turn accuracy
-    # 0.808 either way (README, Live rooms, tenth pass).
+    # 0.808 either way (docs/live-rooms.md, tenth pass).
     profile_veto: bool = True
     # No change where neither side scores as any enrolled voice: each at least
     # pipeline.STRANGER_VETO_MARGIN under the decision bar for its length against every profile.
     # The decisions name nobody on either side, and a split would only restart a stranger's
     # window (a TV, guests). Reporting split, every room: boundary F1 0.559 -> 0.618, in-turn
-    # accuracy 0.808 -> 0.810; -50 dBFS: 0.658 -> 0.710 and 0.842 -> 0.841 (README, Live rooms,
+    # accuracy 0.808 -> 0.810; -50 dBFS: 0.658 -> 0.710 and 0.842 -> 0.841 (docs/live-rooms.md,
     # eleventh pass). False: a change between two unknown voices is reported too.
     stranger_veto: bool = True
 

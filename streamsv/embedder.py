@@ -40,7 +40,7 @@ ORT_LOG_ERRORS_ONLY = 3  # onnxruntime severities: 0 verbose, 1 info, 2 warning,
 # The model's graphs come pre-optimised from training/export_weights.py (its portable fusions and
 # constant folding), so a load optimises nothing more: on the shipped fp32 and int8 steps
 # ORT_ENABLE_ALL and ORT_DISABLE_ALL give identical outputs and the same step time, and the
-# optimiser's passes cost ~7 ms of CPU per start (session 20.7 -> 13.7 ms, x86-64; README Performance).
+# optimiser's passes cost ~7 ms of CPU per start (session 20.7 -> 13.7 ms, x86-64; docs/performance.md).
 # A graph that was not pre-optimised still runs right, only slower.
 MODEL_GRAPH_OPTIMIZATION = "ORT_DISABLE_ALL"
 

@@ -41,13 +41,13 @@ EPS_S = 1e-9                   # float slack when comparing accumulated seconds 
 RECENT_SLACK_S = 0.5           # audio kept past change.recent_s + the VAD's hangover (a pause comes in one block)
 # change.profile_veto: how far over its decision bar each side must score to be the same enrolled voice.
 # 0 vetoed more false splits (reporting split, every room: boundary F1 0.566 against 0.559) but
-# some true changes with them (in-turn 0.806 against 0.808, quiet 0.855 against 0.859; README,
-# Live rooms, tenth pass).
+# some true changes with them (in-turn 0.806 against 0.808, quiet 0.855 against 0.859; docs/live-rooms.md,
+# tenth pass).
 PROFILE_VETO_MARGIN = 0.05
 # change.stranger_veto: how far under its decision bar each side must score, against every profile,
 # to be no enrolled voice. 0.05 vetoed more false splits but missed more true changes into and out of
 # an enrolled voice (reporting split, -50 dBFS: boundary F1 0.698 against 0.710, in-turn 0.837
-# against 0.841; every room 0.620 against 0.618; README, Live rooms, eleventh pass).
+# against 0.841; every room 0.620 against 0.618; docs/live-rooms.md, eleventh pass).
 STRANGER_VETO_MARGIN = 0.10
 # What a reload can change without restarting audio: the decision rule, not the VAD, the
 # window or the hop (those shape the streaming state; they apply after a restart).
@@ -432,7 +432,7 @@ class Pipeline:
                     # More than a hop waits for the model only before a voice's first decision
                     # (min_speech_s, 1 s): pushed as it comes, that decision's block encodes a hop's
                     # audio, not all of it (a segment's first hop, 16% of hops on continuous speech,
-                    # took 2.3 ms against 1.5; README, Performance). The stream is the same whatever the pushes.
+                    # took 2.3 ms against 1.5; docs/performance.md). The stream is the same whatever the pushes.
                     self._push_pending()
             elif isinstance(ev, SpeechEnd):
                 self._last_end = ev.t

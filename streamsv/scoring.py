@@ -4,7 +4,7 @@ score  = cosine between the live embedding and a profile centroid (unit vectors:
 accept = best score >= threshold AND best - runner-up >= min_margin; otherwise "unknown".
 A margin keeps two similar enrolled voices from being confused (unknown rather than a guess when
 the evidence favours neither); by default it is 0: on the live-room conversations it cost more
-enrolled voices left unknown than the confusions it saved (README, Live rooms, fifth pass).
+enrolled voices left unknown than the confusions it saved (docs/live-rooms.md, fifth pass).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 # The shipped model's equal-error threshold on 3 s windows of the 25 speechocean762 dev speakers
 # (`streamsv calibrate` on them prints 0.480; the README has the command).
 DEFAULT_THRESHOLD = 0.48
-# The live-room conversations' tuning split (README, Live rooms, fifth pass): a margin of 0.05 left
+# The live-room conversations' tuning split (docs/live-rooms.md, fifth pass): a margin of 0.05 left
 # 2 in 100 decisions more unknown than 0 and saved fewer confusions of the two enrolled voices
 # (0.02 sat between). 0 means the best profile is named whenever it reaches the threshold.
 DEFAULT_MIN_MARGIN = 0.0

@@ -128,7 +128,7 @@ class WebrtcGated:
     def __init__(self, aggressiveness: int, snr_db: float) -> None:
         # webrtcvad's C engine, called as its wrapper webrtcvad.Vad calls it: the wrapper module
         # looks its own version up through importlib.metadata when imported, 15-35 ms of CPU in a
-        # daemon's ~0.25 s start to READY (README, Performance), for a version string.
+        # daemon's ~0.25 s start to READY (docs/performance.md), for a version string.
         import _webrtcvad
 
         self._engine = _webrtcvad

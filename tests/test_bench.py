@@ -149,7 +149,7 @@ def test_startup_child_reports_ready_and_memory(tmp_path):
 
 
 def test_startup_child_reads_its_profiles_and_caches_bytecode(tmp_path):
-    # As an installed daemon starts: profiles read, not embedded, and no source compiled (README, Performance).
+    # As an installed daemon starts: profiles read, not embedded, and no source compiled (docs/performance.md).
     import soundfile as sf
 
     path, profiles, cache = tmp_path / "a.wav", tmp_path / "p.npz", tmp_path / "bytecode"

@@ -415,7 +415,7 @@ class _RawScores(Pipeline):
 
 
 def test_by_default_a_decision_is_its_own_window_and_names_the_best_at_the_bar(untrained, speech_clips, conversation):
-    """scoring.smoothing_hops 1 and min_margin 0 (README, Live rooms, fifth pass): each decision's
+    """scoring.smoothing_hops 1 and min_margin 0 (docs/live-rooms.md, fifth pass): each decision's
     scores are its window's own cosines, and the best profile is named once it reaches the bar,
     however close a twin profile scores."""
     path, _ = conversation

@@ -36,7 +36,7 @@ def test_smoother_averages_recent_hops_and_resets():
 
 
 def test_by_default_the_best_profile_is_named_at_the_bar_however_close_the_runner_up():
-    # min_margin 0 (README, Live rooms, fifth pass): a margin left more voices unknown than it saved confusions
+    # min_margin 0 (docs/live-rooms.md, fifth pass): a margin left more voices unknown than it saved confusions
     d = decide({"a": 0.80, "b": 0.79}, threshold=0.7)
     assert d.accepted and d.speaker == "a"
     assert not decide({"a": 0.69, "b": 0.2}, threshold=0.7).accepted

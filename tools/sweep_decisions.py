@@ -15,7 +15,7 @@ every recorded decision back exactly (else the tool stops: the replay would not 
         --condition quiet --policy default: --policy m0:min_margin=0 --policy m0s1:min_margin=0,smoothing_hops=1
 
 Policy keys: the ScoringConfig's (threshold, min_margin, duration_slope, smoothing_hops), replayed
-with the daemon's own code, and prototypes measured here and not in the daemon (README, Live rooms,
+with the daemon's own code, and prototypes measured here and not in the daemon (docs/live-rooms.md,
 fifth pass): ``alpha`` (an exponential average of the scores), ``excess=1`` (average each hop's
 score minus its own duration bar), ``pool=embedding`` (average the last smoothing_hops windows'
 embeddings, then score), ``confirm=N`` (a name is said only once it has led N hops in a row;

@@ -277,7 +277,7 @@ class AttentiveStatsHead(nn.Module):
     def pool(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         # Channels first, so the softmax and the sums run over the innermost axis: ONNX Runtime's
         # kernels for a middle axis made the exported pooling 1.6x slower (95 vs 59 us on a 3 s
-        # window here; README, Performance).
+        # window here; README, The model).
         features, logits = features.transpose(1, 2), logits.transpose(1, 2)
         weighted = torch.softmax(logits, dim=-1) * features
         mean = weighted.sum(dim=-1)

@@ -6,7 +6,7 @@
 Each input is a .pt checkpoint or format-1 .npz, optionally ``:WEIGHT`` (default 1; weights are
 normalised). Only fine-tunes of one start average meaningfully (they share a loss basin), so the
 shapes must match. Writes a .pt checkpoint that training/export_weights.py exports like any other.
-Measured, not shipped (README, Evaluation: model soups).
+Measured, not shipped (docs/evaluation.md: weight soups).
 """
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
 
 ACTIVATIONS = {"exact": gelu, "tanh": gelu_tanh}
 # The tanh form by default: 12-18% less time per hop, and the same EER to two decimals on the three
-# dev sets (README, Performance); "exact" computes the trained function to float32 precision.
+# dev sets (docs/performance.md); "exact" computes the trained function to float32 precision.
 DEFAULT_ACTIVATION = "tanh"
 
 
