@@ -220,3 +220,17 @@ def test_the_engine_called_directly_gives_webrtcvads_own_verdicts(speech_clips, 
     frames = [audio[i:i + FRAME] for i in range(0, len(audio) - FRAME + 1, FRAME)]
     verdicts = [(ours.is_speech(f), theirs.is_speech(_to_pcm16(f), SR)) for f in frames]
     assert all(a == b for a, b in verdicts) and 0 < sum(a for a, _ in verdicts) < len(verdicts)
+
+
+def test_the_frame_conversion_matches_the_plain_one_and_clips():
+    # WebrtcGated converts a frame through buffers made once; the samples must be _to_pcm16's,
+    # full-scale clipping included, frame after frame (the buffers are reused).
+    from streamsv.vad import _to_pcm16
+
+    gated = WebrtcGated(2, snr_db=0.0)
+    rng = np.random.default_rng(3)
+    for scale in (0.01, 0.5, 3.0):
+        frame = (scale * rng.standard_normal(FRAME)).astype(np.float32)
+        assert gated._pcm16(frame).tobytes() == _to_pcm16(frame)
+    odd = np.linspace(-2, 2, 321, dtype=np.float32)   # not a 30 ms frame: the plain conversion
+    assert bytes(gated._pcm16(odd)) == _to_pcm16(odd)
