@@ -93,6 +93,8 @@ class DecisionEvent(TypedDict):
     speech_s: float                  # seconds of speech in the window
     latency_ms: float                # capture of the hop's last sample -> this event
     compute_ms: float                # model time for the hop
+    threshold: float                 # the bar the best score met or missed: for the window's seconds and SNR
+    snr_db: float | None             # the window's level over the room's noise floor (None: not yet known)
 
 
 class SpeakerChangeEvent(TypedDict):
@@ -178,10 +180,12 @@ def speech_start(t: float, gap_s: float | None = None) -> SpeechStartEvent:
 
 
 def decision(t: float, speaker: str | None, accepted: bool, score: float | None, confidence: float | None,
-             scores: Mapping[str, float], speech_s: float, latency_ms: float, compute_ms: float) -> DecisionEvent:
+             scores: Mapping[str, float], speech_s: float, latency_ms: float, compute_ms: float,
+             threshold: float, snr_db: float | None) -> DecisionEvent:
     return {"event": DECISION, "t": _t(t), "speaker": speaker, "accepted": accepted, "score": score_value(score),
             "confidence": confidence, "scores": score_map(scores), "speech_s": _t(speech_s),
-            "latency_ms": round(latency_ms, MS_DECIMALS), "compute_ms": round(compute_ms, MS_DECIMALS)}
+            "latency_ms": round(latency_ms, MS_DECIMALS), "compute_ms": round(compute_ms, MS_DECIMALS),
+            "threshold": score_value(threshold), "snr_db": snr_db}
 
 
 def speaker_change(t: float, at: float, similarity: float) -> SpeakerChangeEvent:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -31,7 +32,7 @@ from .embedder import MIN_AUDIO_S
 from .errors import StreamsvError
 from .events import Event
 from .features import SAMPLE_RATE
-from .scoring import Decision, Smoother, cosine_scores, decide, threshold_for, unit
+from .scoring import Decision, Smoother, cosine_scores, decide, snr_shift, threshold_for, unit
 from .sources import Source
 from .vad import Segmenter, SpeechAudio, SpeechEnd, SpeechStart
 
@@ -51,7 +52,9 @@ PROFILE_VETO_MARGIN = 0.05
 STRANGER_VETO_MARGIN = 0.10
 # What a reload can change without restarting audio: the decision rule, not the VAD, the
 # window or the hop (those shape the streaming state; they apply after a restart).
-RELOADABLE_SCORING = ("threshold", "min_margin", "duration_slope", "min_confidence")
+RELOADABLE_SCORING = ("threshold", "min_margin", "duration_slope", "min_confidence", "snr_slope", "snr_ref_db")
+SNR_DECIMALS = 1              # a decision's snr_db: tenths of a dB
+ENERGY_EPS = 1e-12            # the level of digital silence is finite (vad.frame_dbfs's floor)
 
 log = logging.getLogger("streamsv.pipeline")
 
@@ -80,16 +83,20 @@ class DecisionRule:
                                 f"{fingerprint}; give a cosine --threshold instead, or fit one")
         return rule
 
-    def threshold_at(self, seconds: float) -> float:
-        """The cosine a best score must reach with ``seconds`` of speech behind it: from
-        ``min_confidence`` through the calibration when set, else threshold minus the duration slope."""
+    def threshold_at(self, seconds: float, snr_db: float | None = None) -> float:
+        """The cosine a best score must reach with ``seconds`` of speech behind it, standing
+        ``snr_db`` above the noise floor (None: unknown, no SNR term): from ``min_confidence``
+        through the calibration when set, else threshold minus the duration slope; either way
+        less the SNR-aware shift (scoring.snr_slope)."""
         sc = self.scoring
         if sc.min_confidence is not None and self.calibration is not None:
-            return self.calibration.cosine_for(sc.min_confidence, seconds)
-        return threshold_for(sc.threshold, seconds, sc.window_s, sc.duration_slope)
+            bar = self.calibration.cosine_for(sc.min_confidence, seconds)
+        else:
+            bar = threshold_for(sc.threshold, seconds, sc.window_s, sc.duration_slope)
+        return bar - snr_shift(snr_db, sc.snr_slope, sc.snr_ref_db)
 
-    def decide(self, scores: dict[str, float], seconds: float) -> Decision:
-        return decide(scores, self.threshold_at(seconds), self.scoring.min_margin)
+    def decide(self, scores: dict[str, float], seconds: float, snr_db: float | None = None) -> Decision:
+        return decide(scores, self.threshold_at(seconds, snr_db), self.scoring.min_margin)
 
     def confidence_of(self, score: float | None, seconds: float) -> float | None:
         if self.calibration is None or score is None or not np.isfinite(score):
@@ -194,6 +201,28 @@ class RecentAudio:
         return np.concatenate(self._parts)[-min(self.keep, int(round(seconds * SAMPLE_RATE))):]
 
 
+class WindowLevel:
+    """The level of a voice's last ``window_s`` of audio (what its window embeds), kept per block
+    as (samples, energy): the speech side of a decision's SNR."""
+
+    def __init__(self, window_s: float) -> None:
+        self.keep = int(window_s * SAMPLE_RATE)
+        self._parts: deque[tuple[int, float]] = deque()
+        self._n = 0
+
+    def add(self, audio: np.ndarray) -> None:
+        self._parts.append((len(audio), float(np.dot(audio, audio))))
+        self._n += len(audio)
+        while self._n - self._parts[0][0] >= self.keep:
+            self._n -= self._parts.popleft()[0]
+
+    def dbfs(self) -> float | None:
+        """The mean power of the audio held, in dBFS; None before any."""
+        if not self._n:
+            return None
+        return 10.0 * math.log10(sum(energy for _, energy in self._parts) / self._n + ENERGY_EPS)
+
+
 @dataclasses.dataclass
 class Voice:
     """One voice's stretch of speech: from a VAD start, or from a speaker change inside a segment;
@@ -203,6 +232,7 @@ class Voice:
 
     start: float                    # stream time the voice began
     recent: RecentAudio
+    level: WindowLevel              # its last window's level, for the decisions' SNR
     audio_s: float = 0.0
     next_hop: float = 0.0           # when the next decision is due
     next_change: float = 0.0        # when the next offline change test is due (half-way between decisions)
@@ -214,6 +244,7 @@ class Voice:
 
     def add(self, audio: np.ndarray) -> None:
         self.pending.append(audio)
+        self.level.add(audio)
         self.audio_s += len(audio) / SAMPLE_RATE
 
     def take_pending(self) -> np.ndarray | None:
@@ -451,14 +482,16 @@ class Pipeline:
         sc = self.rule.scoring
         keep_s = self.cfg.change.recent_s + self.cfg.vad.hangover_ms / 1000.0 + RECENT_SLACK_S
         recent = RecentAudio(keep_s, carried)
+        level = WindowLevel(sc.window_s)
         if carried is None:
             next_hop = sc.min_speech_s
-            return Voice(start, recent, next_hop=next_hop, next_change=next_hop + sc.hop_s / 2)
+            return Voice(start, recent, level, next_hop=next_hop, next_change=next_hop + sc.hop_s / 2)
+        level.add(carried)
         audio_s = len(carried) / SAMPLE_RATE
         # Its first decision comes once it has min_speech_s of audio (at least a block away); the
         # change test resumes half a hop after that.
         next_hop = max(sc.min_speech_s, audio_s + 1e-3)
-        return Voice(start, recent, audio_s=audio_s, next_hop=next_hop, next_change=next_hop + sc.hop_s / 2,
+        return Voice(start, recent, level, audio_s=audio_s, next_hop=next_hop, next_change=next_hop + sc.hop_s / 2,
                      pending=[carried])
 
     def _begin_voice(self, start: float, carried: np.ndarray | None = None) -> None:
@@ -620,7 +653,9 @@ class Pipeline:
         if self.cfg.change.enabled:   # its windows serve only the change test (~45 us a hop after a step)
             self.change.remember(voice.audio_s, emb)
         smoothed = self.smoother.push(cosine_scores(emb, self.centroids))
-        d = self.rule.decide(smoothed, self.stream.seconds)
+        snr_db = self._window_snr()
+        bar = self.rule.threshold_at(self.stream.seconds, snr_db)
+        d = decide(smoothed, bar, self.rule.scoring.min_margin)
         # Model time for this hop: every push since the previous hop, plus pooling.
         compute_ms = (self.stream.compute_seconds - self._compute_mark) * 1000.0
         self._compute_mark = self.stream.compute_seconds
@@ -628,7 +663,14 @@ class Pipeline:
         self.totals.record_hop(latency_ms, compute_ms)
         return events.decision(ev.t_end, d.speaker, d.accepted, d.score,
                                self.rule.confidence_of(d.score, self.stream.seconds), smoothed,
-                               self.stream.seconds, latency_ms, compute_ms)
+                               self.stream.seconds, latency_ms, compute_ms, bar, snr_db)
+
+    def _window_snr(self) -> float | None:
+        """How far the voice's window stands above the room's noise floor, in dB, as the decision
+        event gives it (rounded, so the event's seconds and SNR give its bar back: a replay of the
+        decisions, tools/sweep_decisions.py, needs that); None before the VAD has heard a frame."""
+        level, floor = self.voice.level.dbfs(), self.segmenter.noise_floor_dbfs if self.segmenter else -math.inf
+        return None if level is None or not math.isfinite(floor) else round(level - floor, SNR_DECIMALS)
 
     def _summary(self, ev: SpeechEnd) -> events.SpeechEndEvent:
         """The voice's summary since its start (a change's ``at``, or the start of the first segment
@@ -640,7 +682,7 @@ class Pipeline:
             return events.speech_end(ev.t, voice.start, voice.audio_s, voice.hops)
         # The mean of the voice's hop embeddings covers the whole turn, not just its last window.
         scores = cosine_scores(unit(np.mean(voice.embeddings, axis=0)), self.centroids)
-        d = self.rule.decide(scores, voice.audio_s)
+        d = self.rule.decide(scores, voice.audio_s, self._window_snr())
         confidence = self.rule.confidence_of(d.score, min(voice.audio_s, self.rule.scoring.window_s))
         return events.speech_end(ev.t, voice.start, voice.audio_s, voice.hops, d.speaker, d.accepted, d.score,
                                  confidence, scores)

@@ -9,6 +9,7 @@ enrolled voices left unknown than the confusions it saved (docs/live-rooms.md, f
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,9 @@ DEFAULT_SMOOTHING_HOPS = 1
 # lower than 3 s ones), so the bar is lowered by this much per second the window is short of
 # window_s. Calibrated with the threshold: 0.389 at 1 s -> (0.480 - 0.389) / 2 s = 0.046.
 DEFAULT_DURATION_SLOPE = 0.046
+# The SNR-aware bar (ScoringConfig.snr_slope) comes down by at most this much: a window 20 dB under
+# the reference at the default slope, as tried on the conversations (babble and TV at 5-15 dB SNR).
+MAX_SNR_SHIFT = 0.1
 # The shortest speech a score is given for: `verify` refuses less, and the confidence calibration
 # treats shorter windows as this long (its fit starts here).
 MIN_SCORED_SPEECH_S = 0.5
@@ -60,6 +64,14 @@ def threshold_for(threshold: float, speech_s: float, window_s: float,
                   slope: float = DEFAULT_DURATION_SLOPE) -> float:
     """The accept threshold for an embedding over ``speech_s`` seconds (``threshold`` applies to a full window)."""
     return threshold - slope * max(0.0, window_s - speech_s)
+
+
+def snr_shift(snr_db: float | None, slope: float, ref_db: float) -> float:
+    """How far the bar comes down for a window whose speech stands ``snr_db`` above the noise
+    floor: ``slope`` per dB under ``ref_db``, at most MAX_SNR_SHIFT; 0 when the SNR is unknown."""
+    if snr_db is None or not math.isfinite(snr_db):
+        return 0.0
+    return min(MAX_SNR_SHIFT, slope * max(0.0, ref_db - snr_db))
 
 
 def decide(scores: dict[str, float], threshold: float = DEFAULT_THRESHOLD,

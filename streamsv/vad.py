@@ -15,6 +15,9 @@ Whether a 30 ms frame is voiced comes from one of two engines (``vad.engine``):
   it (and above ``ABSOLUTE_FLOOR_DBFS``). 0 turns the gate off.
 - ``silero``: the silero-vad ONNX model (MIT, shipped in streamsv/vad_model with its licence),
   on onnxruntime, one 32 ms window at a time, with silero's own hysteresis.
+
+Either way the segmenter keeps the room's noise floor (``noise_floor_dbfs``): the live decisions
+lower their bar as a window's speech stands less far above it (pipeline.py, the SNR-aware bar).
 """
 from __future__ import annotations
 
@@ -78,6 +81,8 @@ class _Frame:
 
 
 class FrameClassifier(Protocol):
+    floor: "NoiseFloor"   # the room's noise floor, from every frame it hears
+
     def is_speech(self, frame: np.ndarray) -> bool: ...
 
 
@@ -185,8 +190,10 @@ class Silero:
         self._sr = np.array(SAMPLE_RATE, np.int64)
         self._voiced = False
         self.probability = 0.0
+        self.floor = NoiseFloor()   # not for the verdict: the decisions' SNR (Segmenter.noise_floor_dbfs)
 
     def is_speech(self, frame: np.ndarray) -> bool:
+        self.floor.push(frame_dbfs(frame))
         self._pending = np.concatenate([self._pending, frame])
         while len(self._pending) >= SILERO_WINDOW:
             window, self._pending = self._pending[:SILERO_WINDOW], self._pending[SILERO_WINDOW:]
@@ -226,6 +233,12 @@ class Segmenter:
         self._voiced_run = 0             # voiced frames in a row at the end of _history
         self._tail: list[_Frame] = []    # unvoiced frames since the last voiced one, inside speech
         self._seg_s = 0.0
+
+    @property
+    def noise_floor_dbfs(self) -> float:
+        """The room's noise floor now (dBFS; -inf before the first frame): the quietest 30 ms frame
+        of the last FLOOR_WINDOW_S, whichever engine decides."""
+        return self._classifier.floor.level
 
     def process(self, chunk: np.ndarray, capture_time: float) -> list[VadEvent]:
         chunk = np.asarray(chunk, dtype=np.float32)

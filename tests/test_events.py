@@ -33,13 +33,14 @@ def test_every_kind_has_a_typed_schema_named_after_it():
 
 def test_constructors_round_and_keep_the_schema_order():
     d = events.decision(1.23456, "ada", True, 0.812345678, 0.9, {"bob": 0.1234567, "ada": 0.812345678},
-                        2.9999, 12.3456, 3.21987)
+                        2.9999, 12.3456, 3.21987, 0.4412345, 18.3)
     assert list(d) == keys_of("decision")
+    assert d["threshold"] == 0.4412 and d["snr_db"] == 18.3
     assert d["t"] == 1.235 and d["score"] == 0.8123 and d["speech_s"] == 3.0
     assert list(d["scores"]) == ["ada", "bob"] and d["scores"]["bob"] == 0.1235      # sorted by name
     assert d["latency_ms"] == 12.35 and d["compute_ms"] == 3.22
     # No profiles: decide() gives a NaN best score; the event says null, not NaN (invalid JSON).
-    empty = events.decision(1.0, None, False, math.nan, None, {}, 1.0, 1.0, 1.0)
+    empty = events.decision(1.0, None, False, math.nan, None, {}, 1.0, 1.0, 1.0, 0.48, None)
     assert empty["score"] is None and "NaN" not in events.to_json_line(empty)
     end = events.speech_end(5.0, 4.5, 0.5, 0)
     assert list(end) == keys_of("speech_end")
@@ -57,7 +58,7 @@ def test_constructors_round_and_keep_the_schema_order():
 def test_json_line_is_compact_and_round_trips():
     ev = events.speech_start(1.5)
     assert events.to_json_line(ev) == '{"event":"speech_start","t":1.5}'
-    d = events.decision(1.0, None, False, 0.3, None, {"a": 0.3}, 1.0, 1.0, 1.0)
+    d = events.decision(1.0, None, False, 0.3, None, {"a": 0.3}, 1.0, 1.0, 1.0, 0.48, None)
     assert json.loads(events.to_json_line(d)) == d
 
 

@@ -11,7 +11,7 @@ from streamsv.sources import FileSource
 
 SR = 16000
 DECISION_KEYS = {"event", "t", "speaker", "accepted", "score", "confidence", "scores", "speech_s", "latency_ms",
-                 "compute_ms"}
+                 "compute_ms", "threshold", "snr_db"}
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +153,7 @@ def test_live_view_renders(untrained, speech_clips, conversation):
             writer.consume(ev)
     text = buf.getvalue()
     assert "first" in text and "other" in text and "latency p50/p95" in text and "recent turns" in text
+    assert "bar / SNR" in text   # each decision's own bar, for its seconds and SNR
     final = io.StringIO()
     Console(file=final, width=100).print(view)   # the last frame, once every turn has ended
     frame = final.getvalue()
@@ -460,3 +461,43 @@ def test_a_decisions_block_encodes_at_most_a_hop_of_audio(untrained, speech_clip
     assert len(decided) >= 3 and cfg.scoring.min_speech_s > cfg.scoring.hop_s
     assert max(pushed.get(block, 0.0) for block in decided) <= cfg.scoring.hop_s + BLOCK_S + 1e-6
     assert max(pushed.values()) >= cfg.scoring.hop_s   # the first second, in hop-sized pushes
+
+
+def test_a_window_level_holds_the_voices_last_window():
+    from streamsv.pipeline import WindowLevel
+
+    level = WindowLevel(3.0)
+    assert level.dbfs() is None
+    t = np.arange(4 * SR) / SR
+    loud, quiet = 0.1 * np.sin(2 * np.pi * 200 * t), 0.01 * np.sin(2 * np.pi * 200 * t[:SR])
+    for audio in (loud, quiet):
+        for i in range(0, len(audio), 400):   # 25 ms blocks: the window is 120 of them exactly
+            level.add(audio[i:i + 400].astype(np.float32))
+    # The last 3 s: 2 s of the loud sine (power 0.005) and 1 s of the quiet one (0.00005).
+    assert level.dbfs() == pytest.approx(10 * np.log10((2 * 0.005 + 0.00005) / 3), abs=0.01)
+
+
+def test_a_noise_floor_lowers_the_decisions_bar_by_the_windows_snr(untrained, speech_clips, conversation, tmp_path):
+    """scoring.snr_slope: each decision's bar is its window's duration bar less the SNR shift, and
+    the event carries both the bar and the SNR it came from."""
+    path, _ = conversation
+    audio, _ = sf.read(path, dtype="float32")
+    noisy = tmp_path / "noisy.wav"
+    sf.write(noisy, audio + (0.01 * np.random.default_rng(0).standard_normal(len(audio))).astype(np.float32), SR)
+    profiles = profiles_for(untrained, speech_clips)
+
+    def decisions(source, **overrides):
+        cfg = Config().with_overrides(**{"output.stats_interval_s": 86400, **overrides})
+        pipeline = Pipeline(untrained, FileSource(source), cfg, profiles)
+        return [e for e in pipeline.run() if e["event"] == "decision"], pipeline.rule
+
+    clean, rule = decisions(path)
+    loud, _ = decisions(noisy)
+    off, off_rule = decisions(noisy, **{"scoring.snr_slope": 0.0})
+    assert len(clean) >= 3 and len(loud) >= 3
+    assert np.median([e["snr_db"] for e in loud]) < np.median([e["snr_db"] for e in clean]) - 10
+    for e in clean + loud:
+        assert e["threshold"] == pytest.approx(rule.threshold_at(e["speech_s"], e["snr_db"]), abs=1e-4)
+    assert any(e["threshold"] < rule.threshold_at(e["speech_s"]) - 0.02 for e in loud)   # noise: a lower bar
+    for e in off:
+        assert e["threshold"] == pytest.approx(off_rule.threshold_at(e["speech_s"]), abs=1e-4)

@@ -72,6 +72,17 @@ def test_threshold_is_lowered_for_short_windows():
     assert threshold_for(0.7, 5.0, 3.0, slope=0.08) == pytest.approx(0.7)   # never raised above the full-window bar
 
 
+def test_the_bar_comes_down_as_the_window_stands_less_above_the_noise():
+    from streamsv.scoring import MAX_SNR_SHIFT, snr_shift
+
+    assert snr_shift(30.0, 0.005, 30.0) == 0.0 and snr_shift(45.0, 0.005, 30.0) == 0.0   # at or over the reference
+    assert snr_shift(20.0, 0.005, 30.0) == pytest.approx(0.05)
+    assert snr_shift(-10.0, 0.005, 30.0) == MAX_SNR_SHIFT                                 # bounded however noisy
+    assert snr_shift(10.0, 0.0, 30.0) == 0.0                                              # slope 0: off
+    for unknown in (None, float("nan"), float("inf"), float("-inf")):
+        assert snr_shift(unknown, 0.005, 30.0) == 0.0
+
+
 def test_mean_is_numpys_bit_for_bit():
     """The smoother's mean skips numpy's call overhead, not its arithmetic: the same float64 bits
     (signed zeros too) for every count, across the switch to numpy's pairwise sum."""

@@ -69,7 +69,7 @@ def test_events_reach_every_sink_and_levels_only_those_that_ask():
 def test_turns_filters_before_every_sink():
     a, b = Recorder("a", []), Recorder("b", [])
     sinks = Sinks([a, b], turns=True)
-    d = events.decision(1.0, "ada", True, 0.9, None, {"ada": 0.9}, 1.0, 1.0, 1.0)
+    d = events.decision(1.0, "ada", True, 0.9, None, {"ada": 0.9}, 1.0, 1.0, 1.0, 0.48, 25.0)
     with sinks:
         for ev in (events.speech_start(0.0), d, {**d, "t": 1.5}, events.speech_end(2.0, 0.0, 2.0, 2, "ada", True, 0.9)):
             sinks.consume(ev)
@@ -135,7 +135,7 @@ def test_mqtt_start_that_fails_part_way_stops_its_threads(monkeypatch):
 
 def test_json_lines_sink_writes_the_compact_form():
     buf = io.StringIO()
-    ev = events.decision(1.0, None, False, 0.3, None, {"a": 0.3}, 1.0, 2.0, 3.0)
+    ev = events.decision(1.0, None, False, 0.3, None, {"a": 0.3}, 1.0, 2.0, 3.0, 0.48, 25.0)
     with JsonWriter(buf) as w:
         w.consume(ev)
         w.consume(events.speech_start(2.0))

@@ -234,3 +234,15 @@ def test_the_frame_conversion_matches_the_plain_one_and_clips():
         assert gated._pcm16(frame).tobytes() == _to_pcm16(frame)
     odd = np.linspace(-2, 2, 321, dtype=np.float32)   # not a 30 ms frame: the plain conversion
     assert bytes(gated._pcm16(odd)) == _to_pcm16(odd)
+
+
+@pytest.mark.parametrize("engine", ["webrtc", "silero"])
+def test_either_engine_keeps_the_rooms_noise_floor(speech_clips, engine):
+    # The decisions' SNR-aware bar reads the floor from the segmenter, whichever engine decides.
+    seg = Segmenter(VadConfig(engine=engine))
+    assert seg.noise_floor_dbfs == -np.inf
+    audio = noise_at(-40, 3)
+    speech = speech_clips[0][:2 * SR]
+    audio[:len(speech)] += speech   # speech over the noise, then the noise alone for the last second
+    run(seg, audio, 480)
+    assert -43 < seg.noise_floor_dbfs < -39

@@ -14,7 +14,8 @@ every recorded decision back exactly (else the tool stops: the replay would not 
     taskset -c 0 python -m tools.sweep_decisions --split tuning --per-set 3 --condition floor-50 \
         --condition quiet --policy default: --policy m0:min_margin=0 --policy m0s1:min_margin=0,smoothing_hops=1
 
-Policy keys: the ScoringConfig's (threshold, min_margin, duration_slope, smoothing_hops), replayed
+Policy keys: the ScoringConfig's (threshold, min_margin, duration_slope, smoothing_hops, snr_slope,
+snr_ref_db: the window's SNR is the one its decision event reports), replayed
 with the daemon's own code, and prototypes measured here and not in the daemon (docs/live-rooms.md,
 fifth pass): ``alpha`` (an exponential average of the scores), ``excess=1`` (average each hop's
 score minus its own duration bar), ``pool=embedding`` (average the last smoothing_hops windows'
@@ -144,7 +145,7 @@ def replay(rec: Recording, scoring, extras: dict) -> list[dict]:
         if kind == "decision":
             emb, seconds = rec.embeddings[k], rec.seconds[k]
             k += 1
-            bar = rule.threshold_at(seconds)
+            bar = rule.threshold_at(seconds, e.get("snr_db"))
             if pool:
                 state["recent"] = (state["recent"] + [unit(emb)])[-scoring.smoothing_hops:]
                 smoothed = cosine_scores(np.mean(state["recent"], axis=0), rec.centroids)

@@ -140,10 +140,12 @@ class LiveView:
         grid.add_column(justify="right")
         scores = (self.decision or {}).get("scores", {})
         best = (self.decision or {}).get("speaker")
+        # The mark is the bar this decision was held to (its window's seconds and SNR), once there is one.
+        mark = (self.decision or {}).get("threshold", thr)
         for n in sorted(set(self.profiles) | set(scores)):
             sc = scores.get(n)
             style = "bold green" if n == best else ""
-            grid.add_row(Text(n, style=style), Text(_bar(sc, thr if thr is not None else -1), style="green" if n == best else "cyan"),
+            grid.add_row(Text(n, style=style), Text(_bar(sc, mark if mark is not None else -1), style="green" if n == best else "cyan"),
                          f"{sc:.2f}" if sc is not None else "")
         if self.ready is not None and not self.profiles:
             grid.add_row("", Text("no profiles enrolled: everyone is unknown", style="yellow"), "")
@@ -154,6 +156,9 @@ class LiveView:
         info = Table.grid(padding=(0, 2))
         info.add_row("decision", self._verdict())
         info.add_row("VAD", Text("speech" if self.in_speech else "silence", style="magenta" if self.in_speech else "dim"))
+        snr, bar = (self.decision or {}).get("snr_db"), (self.decision or {}).get("threshold")
+        if bar is not None:
+            info.add_row("bar / SNR", f"{bar:.2f} / " + (f"{snr:.0f} dB" if snr is not None else "-"))
         lvl = self.level or {}
         info.add_row("input level", Text(level_meter(lvl.get("dbfs")) + ("  CLIPPING" if (lvl.get("peak") or 0) >= CLIP_LEVEL else ""),
                                          style="red" if (lvl.get("peak") or 0) >= CLIP_LEVEL else ""))
