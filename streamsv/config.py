@@ -105,8 +105,9 @@ class ChangeConfig:
     # candidate pause); "stream" pushes the audio pending for the next hop when the test is due
     # and pools the stream's own last frames (no step over recent_s; frames that carry the context
     # of the voice before the pause). On the tuning conversations (-50 dBFS and quiet) "stream" cost
-    # 0.004 of in-turn accuracy and 0.005 of boundary F1 for 9% less CPU: "offline" stays (docs/live-rooms.md,
-    # seventh pass).
+    # 0.004 of in-turn accuracy and 0.005 of boundary F1 for 9% less CPU, and on the reporting ones
+    # (every room) boundary F1 0.618 -> 0.609 [-0.016, -0.003] for 12% less: "offline" stays
+    # (docs/live-rooms.md, seventh and twelfth passes).
     pause_embedding: str = "offline"
     # The continuous test's own threshold (None: threshold). 0.4-0.6 tried with "stream" (tuning):
     # above 0.45 more false splits and no fewer missed boundaries; 0.4 within noise of 0.45.
