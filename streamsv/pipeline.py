@@ -34,7 +34,7 @@ from .events import Event
 from .features import SAMPLE_RATE
 from .scoring import Decision, Smoother, cosine_scores, decide, snr_shift, threshold_for, unit
 from .sources import Source
-from .vad import Segmenter, SpeechAudio, SpeechEnd, SpeechStart
+from .vad import ENERGY_EPS, Segmenter, SpeechAudio, SpeechEnd, SpeechStart
 
 TAIL_MIN_S = 0.3              # audio after the last hop worth adding to the turn summary
 LATENCY_KEEP = 5000            # recent hops kept for percentiles: bounded memory on a long-running service
@@ -54,7 +54,6 @@ STRANGER_VETO_MARGIN = 0.10
 # window or the hop (those shape the streaming state; they apply after a restart).
 RELOADABLE_SCORING = ("threshold", "min_margin", "duration_slope", "min_confidence", "snr_slope", "snr_ref_db")
 SNR_DECIMALS = 1              # a decision's snr_db: tenths of a dB
-ENERGY_EPS = 1e-12            # the level of digital silence is finite (vad.frame_dbfs's floor)
 
 log = logging.getLogger("streamsv.pipeline")
 
@@ -670,7 +669,8 @@ class Pipeline:
         event gives it (rounded, so the event's seconds and SNR give its bar back: a replay of the
         decisions, tools/sweep_decisions.py, needs that); None before the VAD has heard a frame."""
         level, floor = self.voice.level.dbfs(), self.segmenter.noise_floor_dbfs if self.segmenter else -math.inf
-        return None if level is None or not math.isfinite(floor) else round(level - floor, SNR_DECIMALS)
+        snr = math.nan if level is None else level - floor
+        return round(snr, SNR_DECIMALS) if math.isfinite(snr) else None
 
     def _summary(self, ev: SpeechEnd) -> events.SpeechEndEvent:
         """The voice's summary since its start (a change's ``at``, or the start of the first segment
