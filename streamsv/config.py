@@ -133,6 +133,13 @@ class ChangeConfig:
     # accuracy 0.808 -> 0.810; -50 dBFS: 0.658 -> 0.710 and 0.842 -> 0.841 (docs/live-rooms.md,
     # eleventh pass). False: a change between two unknown voices is reported too.
     stranger_veto: bool = True
+    # Every change test's bar comes down by this much per dB that the voice's window stands under
+    # scoring.snr_ref_db above the noise floor, at most change.MAX_SNR_SHIFT (0.03): in noise one
+    # voice's two stretches score less alike, and false splits outnumber missed turns. Tuning /
+    # reporting split, every room: boundary F1 0.625 -> 0.629 / 0.618 -> 0.626 (-50 dBFS 0.733 ->
+    # 0.751 / 0.710 -> 0.722), in-turn accuracy 0.814 -> 0.812 / 0.820 -> 0.818 (docs/live-rooms.md,
+    # twelfth pass). 0 turns it off.
+    snr_slope: float = 0.005
 
 
 @dataclass(frozen=True)
@@ -401,6 +408,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "change.short_gap_threshold": _optional(_num(-1.0, 1.0)),
     "change.profile_veto": _bool,
     "change.stranger_veto": _bool,
+    "change.snr_slope": _num(0.0, 0.1),
     "scoring.threshold": _num(-1.0, 1.0),
     "scoring.min_margin": _num(0.0, 2.0),
     "scoring.min_speech_s": _num(0.0, 60.0),

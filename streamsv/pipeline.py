@@ -517,7 +517,7 @@ class Pipeline:
         if embedding is None:
             self.change.drop_pauses()   # too little to embed: nothing to judge
             return None
-        verdict = self.change.test_pause(voice.audio_s, embedding, short_gap=True)
+        verdict = self.change.test_pause(voice.audio_s, embedding, short_gap=True, shift=self._change_shift())
         return self._split(self._last_end, verdict) if self._changed(verdict, embedding, after_s) else None
 
     def _bridged_gap(self, start: float) -> float | None:
@@ -549,7 +549,7 @@ class Pipeline:
         if not self.change.ready(self.voice.audio_s):
             return None
         recent = self._recent_embedding()
-        verdict = None if recent is None else self.change.test(self.voice.audio_s, recent)
+        verdict = None if recent is None else self.change.test(self.voice.audio_s, recent, self._change_shift())
         if verdict is None or not self._changed(verdict, recent, self.cfg.change.recent_s):
             return None
         return self._split(ev.t_end, verdict)
@@ -577,10 +577,14 @@ class Pipeline:
         if embedding is None:   # too little audio to embed (recent_s set below MIN_AUDIO_S)
             self.change.drop_pauses()
             return None
-        verdict = self.change.test_pause(self.voice.audio_s, embedding)
+        verdict = self.change.test_pause(self.voice.audio_s, embedding, shift=self._change_shift())
         if self.voice.awaiting_gap is not None and end + EPS_S >= self.voice.awaiting_gap:
             self.voice.awaiting_gap = None   # the last bridged gap has been judged
         return self._split(ev.t_end, verdict) if self._changed(verdict, embedding, judged_s) else None
+
+    def _change_shift(self) -> float:
+        """How far the change tests' bars come down for the room's noise now (change.snr_slope)."""
+        return self.change.snr_shift(self._window_snr(), self.rule.scoring.snr_ref_db)
 
     def _changed(self, verdict: ChangeVerdict, after: np.ndarray, after_s: float) -> bool:
         """A change test's verdict, unless the enrolled profiles say otherwise of the speech before

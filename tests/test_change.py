@@ -52,6 +52,25 @@ def test_the_continuous_test_can_have_its_own_threshold():
     assert run(0.7).changed and not run(0.5).changed
 
 
+def test_noise_lowers_every_tests_bar_by_a_bounded_shift():
+    # change.snr_slope: a cosine of 0.6 is a change at a bar of 0.615, and none once noise brings
+    # the bar down by 0.03 (continuous and pause tests alike); the shift is bounded.
+    from streamsv.change import MAX_SNR_SHIFT
+
+    det = ChangeDetector(ChangeConfig(threshold=0.615, snr_slope=0.005))
+    assert det.snr_shift(None, 30.0) == 0.0 and det.snr_shift(40.0, 30.0) == 0.0
+    assert det.snr_shift(26.0, 30.0) == pytest.approx(0.02)
+    assert det.snr_shift(0.0, 30.0) == MAX_SNR_SHIFT == pytest.approx(0.03)
+    assert ChangeDetector(ChangeConfig(snr_slope=0.0)).snr_shift(0.0, 30.0) == 0.0
+    near = vec(0) + vec(1) * np.sqrt(1 / 0.36 - 1)   # cosine 0.6 to vec(0)
+    for shift, changed in ((0.0, True), (0.01, True), (det.snr_shift(0.0, 30.0), False)):
+        det.reset()
+        det.remember(1.0, vec(0))
+        assert det.test(2.5, near, shift).changed == changed
+        det.pause(3.0, vec(0))
+        assert det.test_pause(4.0, near, shift=shift).changed == changed
+
+
 def test_confirm_hops_wants_that_many_in_a_row():
     odd_hop = feed(ChangeDetector(ChangeConfig(threshold=0.5, confirm_hops=2)), [0] * 5 + [1] + [0] * 4)
     assert not any(v and v.changed for v in odd_hop)      # a single odd hop is not enough
