@@ -34,7 +34,7 @@ from .events import Event
 from .features import SAMPLE_RATE
 from .scoring import Decision, Smoother, cosine_scores, decide, snr_shift, threshold_for, unit
 from .sources import Source
-from .vad import ENERGY_EPS, Segmenter, SpeechAudio, SpeechEnd, SpeechStart
+from .vad import Segmenter, SpeechAudio, SpeechEnd, SpeechStart, power_dbfs
 
 TAIL_MIN_S = 0.3              # audio after the last hop worth adding to the turn summary
 LATENCY_KEEP = 5000            # recent hops kept for percentiles: bounded memory on a long-running service
@@ -219,7 +219,7 @@ class WindowLevel:
         """The mean power of the audio held, in dBFS; None before any."""
         if not self._n:
             return None
-        return 10.0 * math.log10(sum(energy for _, energy in self._parts) / self._n + ENERGY_EPS)
+        return power_dbfs(sum(energy for _, energy in self._parts), self._n)
 
 
 @dataclasses.dataclass

@@ -94,10 +94,15 @@ def _to_pcm16(audio: np.ndarray) -> bytes:
     return scaled.astype("<i2").tobytes()
 
 
+def power_dbfs(energy: float, samples: int) -> float:
+    """The mean power of ``samples`` samples whose squares sum to ``energy``, in dB relative to full scale."""
+    # math.log10 on the float, not np.log10: numpy's scalar path costs more than the dot, per frame.
+    return 10.0 * math.log10(energy / max(samples, 1) + ENERGY_EPS)
+
+
 def frame_dbfs(frame: np.ndarray) -> float:
     """RMS level of a frame in dB relative to full scale."""
-    # math.log10 on the float, not np.log10: numpy's scalar path costs more than the dot, per frame.
-    return 10.0 * math.log10(float(np.dot(frame, frame)) / max(len(frame), 1) + ENERGY_EPS)
+    return power_dbfs(float(np.dot(frame, frame)), len(frame))
 
 
 class NoiseFloor:

@@ -138,10 +138,11 @@ class LiveView:
         grid.add_column(justify="right")
         grid.add_column()
         grid.add_column(justify="right")
-        scores = (self.decision or {}).get("scores", {})
-        best = (self.decision or {}).get("speaker")
+        decision = self.decision or {}
+        scores = decision.get("scores", {})
+        best = decision.get("speaker")
         # The mark is the bar this decision was held to (its window's seconds and SNR), once there is one.
-        mark = (self.decision or {}).get("threshold", thr)
+        mark = decision.get("threshold", thr)
         for n in sorted(set(self.profiles) | set(scores)):
             sc = scores.get(n)
             style = "bold green" if n == best else ""
@@ -156,7 +157,7 @@ class LiveView:
         info = Table.grid(padding=(0, 2))
         info.add_row("decision", self._verdict())
         info.add_row("VAD", Text("speech" if self.in_speech else "silence", style="magenta" if self.in_speech else "dim"))
-        snr, bar = (self.decision or {}).get("snr_db"), (self.decision or {}).get("threshold")
+        snr, bar = decision.get("snr_db"), decision.get("threshold")
         if bar is not None:
             info.add_row("bar / SNR", f"{bar:.2f} / " + (f"{snr:.0f} dB" if snr is not None else "-"))
         lvl = self.level or {}
