@@ -20,7 +20,7 @@ import math
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -178,42 +178,45 @@ class ReloadRequest:
         return True, cfg
 
 
-class RecentAudio:
+class TrailingBlocks:
+    """Per-block items of a voice's audio, as many of the latest blocks as cover its last ``keep_s``
+    (a block leaves once the blocks after it cover that much)."""
+
+    def __init__(self, keep_s: float) -> None:
+        self.keep = int(keep_s * SAMPLE_RATE)
+        self._parts: deque[tuple[int, Any]] = deque()
+        self._n = 0
+
+    def _append(self, samples: int, item: Any) -> None:
+        self._parts.append((samples, item))
+        self._n += samples
+        while self._n - self._parts[0][0] >= self.keep:
+            self._n -= self._parts.popleft()[0]
+
+
+class RecentAudio(TrailingBlocks):
     """The last ``keep_s`` of a voice's audio: what the pause tests (and an offline continuous test) embed."""
 
     def __init__(self, keep_s: float, first: np.ndarray | None = None) -> None:
-        self.keep = int(keep_s * SAMPLE_RATE)
-        self._parts: deque[np.ndarray] = deque()
-        self._n = 0
+        super().__init__(keep_s)
         if first is not None:
-            self._parts.append(first)
-            self._n = len(first)
+            self.add(first)
 
     def add(self, audio: np.ndarray) -> None:
-        self._parts.append(audio)
-        self._n += len(audio)
-        while self._n - len(self._parts[0]) >= self.keep:
-            self._n -= len(self._parts.popleft())
+        self._append(len(audio), audio)
 
     def last(self, seconds: float) -> np.ndarray:
         """The last ``seconds`` of audio (all that is kept, if less)."""
-        return np.concatenate(self._parts)[-min(self.keep, int(round(seconds * SAMPLE_RATE))):]
+        audio = np.concatenate([part for _, part in self._parts])
+        return audio[-min(self.keep, int(round(seconds * SAMPLE_RATE))):]
 
 
-class WindowLevel:
+class WindowLevel(TrailingBlocks):
     """The level of a voice's last ``window_s`` of audio (what its window embeds), kept per block
-    as (samples, energy): the speech side of a decision's SNR."""
-
-    def __init__(self, window_s: float) -> None:
-        self.keep = int(window_s * SAMPLE_RATE)
-        self._parts: deque[tuple[int, float]] = deque()
-        self._n = 0
+    as its energy: the speech side of a decision's SNR."""
 
     def add(self, audio: np.ndarray) -> None:
-        self._parts.append((len(audio), float(np.dot(audio, audio))))
-        self._n += len(audio)
-        while self._n - self._parts[0][0] >= self.keep:
-            self._n -= self._parts.popleft()[0]
+        self._append(len(audio), float(np.dot(audio, audio)))
 
     def dbfs(self) -> float | None:
         """The mean power of the audio held, in dBFS; None before any."""

@@ -16,8 +16,10 @@ Whether a 30 ms frame is voiced comes from one of two engines (``vad.engine``):
 - ``silero``: the silero-vad ONNX model (MIT, shipped in streamsv/vad_model with its licence),
   on onnxruntime, one 32 ms window at a time, with silero's own hysteresis.
 
-Either way the segmenter keeps the room's noise floor (``noise_floor_dbfs``): the live decisions
-lower their bar as a window's speech stands less far above it (pipeline.py, the SNR-aware bar).
+Either way the segmenter keeps the room's noise floor (``noise_floor_dbfs``), from every frame it
+hears, and hands each frame's level and the floor to the engine: the webrtc gate's verdict needs
+them, and the live decisions lower their bar as a window's speech stands less far above the floor
+(pipeline.py, the SNR-aware bar).
 """
 from __future__ import annotations
 
@@ -81,9 +83,8 @@ class _Frame:
 
 
 class FrameClassifier(Protocol):
-    floor: "NoiseFloor"   # the room's noise floor, from every frame it hears
-
-    def is_speech(self, frame: np.ndarray) -> bool: ...
+    def is_speech(self, frame: np.ndarray, level_dbfs: float, floor_dbfs: float) -> bool:
+        """Whether a 30 ms ``frame`` is speech; its level and the room's floor (which has heard it) come with it."""
 
 
 def _to_pcm16(audio: np.ndarray) -> bytes:
@@ -124,6 +125,12 @@ class NoiseFloor:
         lowest = min(self._blocks_min, self._current)
         return -np.inf if not np.isfinite(lowest) else lowest
 
+    def hear(self, frame: np.ndarray) -> float:
+        """Push ``frame``'s level and return it (dBFS)."""
+        level = frame_dbfs(frame)
+        self.push(level)
+        return level
+
     def push(self, dbfs: float) -> None:
         self._current = min(self._current, dbfs)
         self._in_block += 1
@@ -148,7 +155,6 @@ class WebrtcGated:
         _webrtcvad.init(self._vad)
         _webrtcvad.set_mode(self._vad, int(aggressiveness))
         self._snr_db = float(snr_db)
-        self.floor = NoiseFloor()
         # A frame's int16 conversion through buffers made once, with the bounds as arrays: numpy
         # converts a Python scalar argument on every call, and at 33 frames a second those calls
         # cost more than webrtcvad itself (the same samples as _to_pcm16).
@@ -165,13 +171,11 @@ class WebrtcGated:
         np.maximum(scaled, self._negative_full_scale, out=scaled)
         return scaled.astype("<i2")
 
-    def is_speech(self, frame: np.ndarray) -> bool:
-        level = frame_dbfs(frame)
-        self.floor.push(level)
+    def is_speech(self, frame: np.ndarray, level_dbfs: float, floor_dbfs: float) -> bool:
         # webrtcvad hears every frame, gated or not: its own noise model adapts to what it hears.
         pcm = self._pcm16(frame)
         voiced = bool(self._engine.process(self._vad, SAMPLE_RATE, pcm, len(frame)))
-        if self._snr_db > 0 and (level < ABSOLUTE_FLOOR_DBFS or level < self.floor.level + self._snr_db):
+        if self._snr_db > 0 and (level_dbfs < ABSOLUTE_FLOOR_DBFS or level_dbfs < floor_dbfs + self._snr_db):
             return False
         return voiced
 
@@ -195,10 +199,9 @@ class Silero:
         self._sr = np.array(SAMPLE_RATE, np.int64)
         self._voiced = False
         self.probability = 0.0
-        self.floor = NoiseFloor()   # not for the verdict: the decisions' SNR (Segmenter.noise_floor_dbfs)
 
-    def is_speech(self, frame: np.ndarray) -> bool:
-        self.floor.push(frame_dbfs(frame))
+    def is_speech(self, frame: np.ndarray, level_dbfs: float, floor_dbfs: float) -> bool:
+        """silero's own verdict: the level and the floor play no part in it."""
         self._pending = np.concatenate([self._pending, frame])
         while len(self._pending) >= SILERO_WINDOW:
             window, self._pending = self._pending[:SILERO_WINDOW], self._pending[SILERO_WINDOW:]
@@ -228,6 +231,7 @@ class Segmenter:
             raise ValueError("vad aggressiveness must be 0..3")
         self.settings = settings
         self._classifier = frame_classifier(settings)
+        self._floor = NoiseFloor()
         self._start_frames = max(1, -(-settings.start_ms // FRAME_MS))
         self._hang_frames = max(1, -(-settings.hangover_ms // FRAME_MS))
         self._pad_frames = max(0, settings.padding_ms // FRAME_MS)
@@ -243,7 +247,7 @@ class Segmenter:
     def noise_floor_dbfs(self) -> float:
         """The room's noise floor now (dBFS; -inf before the first frame): the quietest 30 ms frame
         of the last FLOOR_WINDOW_S, whichever engine decides."""
-        return self._classifier.floor.level
+        return self._floor.level
 
     def process(self, chunk: np.ndarray, capture_time: float) -> list[VadEvent]:
         chunk = np.asarray(chunk, dtype=np.float32)
@@ -255,7 +259,8 @@ class Segmenter:
             self._samples += FRAME
             # Samples after this frame in the chunk were captured later than it.
             behind = (len(buf) - (i + 1) * FRAME) / SAMPLE_RATE
-            voiced = self._classifier.is_speech(audio)
+            level = self._floor.hear(audio)
+            voiced = self._classifier.is_speech(audio, level, self._floor.level)
             frame = _Frame(audio, self._samples / SAMPLE_RATE, capture_time - behind, voiced)
             self._step(frame, events)
         self._pending = buf[n_frames * FRAME:].copy()

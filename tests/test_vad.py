@@ -108,9 +108,12 @@ def noise_at(dbfs: float, seconds: float, seed: int = 0) -> np.ndarray:
     return (x * 10 ** (dbfs / 20)).astype(np.float32)
 
 
-def voiced_share(classifier, audio: np.ndarray) -> float:
+def voiced_share(classifier, audio: np.ndarray, floor: NoiseFloor | None = None) -> float:
+    """The share of ``audio``'s frames ``classifier`` calls speech, each heard first by ``floor``
+    (the room's, as the Segmenter keeps it; a fresh one when None)."""
+    floor = floor or NoiseFloor()
     frames = [audio[i:i + FRAME] for i in range(0, len(audio) - FRAME + 1, FRAME)]
-    return float(np.mean([classifier.is_speech(f) for f in frames]))
+    return float(np.mean([classifier.is_speech(f, floor.hear(f), floor.level) for f in frames]))
 
 
 @pytest.mark.parametrize("snr_db", [VadConfig().snr_db, 10.0])
@@ -123,10 +126,11 @@ def test_a_noise_floor_that_comes_on_is_speech_to_webrtcvad_alone_but_not_throug
     room = np.concatenate([noise_at(-70, 3), noise_at(-50, 12, seed=1)])
     onset = slice(int((3 + FLOOR_WINDOW_S) * SR), 8 * SR)
     alone, gated = WebrtcGated(2, snr_db=0.0), WebrtcGated(2, snr_db=snr_db)
-    voiced_share(alone, room[:onset.start])
-    voiced_share(gated, room[:onset.start])
-    assert voiced_share(alone, room[onset]) > 0.3
-    assert voiced_share(gated, room[onset]) < 0.05
+    alone_floor, gated_floor = NoiseFloor(), NoiseFloor()
+    voiced_share(alone, room[:onset.start], alone_floor)
+    voiced_share(gated, room[:onset.start], gated_floor)
+    assert voiced_share(alone, room[onset], alone_floor) > 0.3
+    assert voiced_share(gated, room[onset], gated_floor) < 0.05
 
 
 @pytest.mark.parametrize("dbfs", [-60, -50, -40])
@@ -218,7 +222,8 @@ def test_the_engine_called_directly_gives_webrtcvads_own_verdicts(speech_clips, 
     audio = np.concatenate([speech_clips[0], noise_at(-40, 2), speech_clips[1]])
     ours, theirs = WebrtcGated(aggressiveness, snr_db=0.0), webrtcvad.Vad(aggressiveness)
     frames = [audio[i:i + FRAME] for i in range(0, len(audio) - FRAME + 1, FRAME)]
-    verdicts = [(ours.is_speech(f), theirs.is_speech(_to_pcm16(f), SR)) for f in frames]
+    floor = NoiseFloor()   # the gate is off (snr_db 0): the level and floor do not matter
+    verdicts = [(ours.is_speech(f, floor.hear(f), floor.level), theirs.is_speech(_to_pcm16(f), SR)) for f in frames]
     assert all(a == b for a, b in verdicts) and 0 < sum(a for a, _ in verdicts) < len(verdicts)
 
 
