@@ -43,6 +43,7 @@ FLOOR_WINDOW_S = 2.0        # the floor is the quietest frame of this long: spee
 FLOOR_BLOCK_FRAMES = 10     # minima are kept per block of frames, so the window costs O(blocks), not O(frames)
 ABSOLUTE_FLOOR_DBFS = -70.0  # never speech below this, whatever the floor (digital silence has no floor)
 ENERGY_EPS = 1e-12
+NO_AUDIO = np.zeros(0, np.float32)
 # silero-vad.
 SILERO_MODEL = Path(__file__).parent / "vad_model" / "silero_vad.onnx"
 SILERO_WINDOW = 512         # samples per call at 16 kHz (the model's fixed input)
@@ -74,7 +75,7 @@ class SpeechEnd:
 VadEvent = Union[SpeechStart, SpeechAudio, SpeechEnd]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Frame:
     audio: np.ndarray
     t_end: float
@@ -123,7 +124,8 @@ class NoiseFloor:
     def level(self) -> float:
         """The floor in dBFS (-inf before the first frame)."""
         lowest = min(self._blocks_min, self._current)
-        return -np.inf if not np.isfinite(lowest) else lowest
+        # math, not numpy: read every frame, and numpy's scalar path costs more than the rest of it
+        return lowest if math.isfinite(lowest) else -math.inf
 
     def hear(self, frame: np.ndarray) -> float:
         """Push ``frame``'s level and return it (dBFS)."""
@@ -235,7 +237,7 @@ class Segmenter:
         self._start_frames = max(1, -(-settings.start_ms // FRAME_MS))
         self._hang_frames = max(1, -(-settings.hangover_ms // FRAME_MS))
         self._pad_frames = max(0, settings.padding_ms // FRAME_MS)
-        self._pending = np.zeros(0, dtype=np.float32)
+        self._pending = NO_AUDIO
         self._samples = 0                # frames' samples consumed so far
         self.in_speech = False
         self._history: collections.deque[_Frame] = collections.deque(maxlen=self._pad_frames + self._start_frames)
@@ -263,7 +265,8 @@ class Segmenter:
             voiced = self._classifier.is_speech(audio, level, self._floor.level)
             frame = _Frame(audio, self._samples / SAMPLE_RATE, capture_time - behind, voiced)
             self._step(frame, events)
-        self._pending = buf[n_frames * FRAME:].copy()
+        rest = buf[n_frames * FRAME:]
+        self._pending = rest.copy() if len(rest) else NO_AUDIO
         return events
 
     def _step(self, f: _Frame, out: list[VadEvent]) -> None:
@@ -318,7 +321,7 @@ class Segmenter:
         out: list[VadEvent] = []
         if self.in_speech:
             self._close(out)
-        self._pending = np.zeros(0, dtype=np.float32)
+        self._pending = NO_AUDIO
         return out
 
 
