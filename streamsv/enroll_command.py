@@ -162,7 +162,8 @@ def _figures_line(q: enrollment.Quality, consistency_mean: float | None) -> str:
 
     return (f"  this recording: speech {q.voiced_s:.1f} s  level {f(q.level_dbfs, '.0f', ' dBFS')}  "
             f"SNR {f(q.snr_db, '.0f', ' dB')}  clipped {q.clipped:.2%}  flatness {f(q.flatness, '.2f')}  "
-            f"modulation {f(q.modulation_db, '.1f', ' dB')}  consistency {f(consistency_mean, '.2f')}")
+            f"modulation {f(q.modulation_db, '.1f', ' dB')}  speech {f(q.speech_share, '.0%')}  "
+            f"consistency {f(consistency_mean, '.2f')}")
 
 
 def run_enroll(name: str, paths: list[Path], seconds: float, *, force: bool, append: bool, json_out: bool,

@@ -10,6 +10,9 @@ embeddings), with one standard whatever the source, microphone or ``--from`` fil
 - spectral flatness: near 0 for voices, ~0.5 for white noise (refuses hiss and static);
 - modulation: the spread of frame levels over the voiced audio; speech rises and falls with
   its syllables, a tone, hum or fan does not (refuses tones and steady noise);
+- speech share: how much of the voiced audio a speech classifier (silero-vad) calls speech;
+  refuses sounds that rise and fall like a voice and share its spectrum but are not one (a
+  dog, dishes, a bike; the figures above pass about a third of such recordings);
 - consistency: the enrollment embeddings' agreement with their centroid.
 
 The verdict is ``good``, ``usable`` (kept, with the reasons it is not good) or ``refused``
@@ -24,7 +27,7 @@ import numpy as np
 
 from .features import HOP, N_FFT, SAMPLE_RATE
 from .features import WINDOW as FRAME  # the quality measures use the log-mel's 25 ms frames
-from .vad import frame_dbfs
+from .vad import frame_dbfs, speech_share
 
 # --- how much speech is enough: one standard for the microphone and for files
 GOOD_SPEECH_S = 20.0          # the microphone asks for this much by default
@@ -42,7 +45,13 @@ SILENT_DBFS = -60.0           # below this: refused (a muted or wrong input)
 SNR_GOOD_DB = 20.0            # below this the room noise shapes the profile
 SNR_REFUSE_DB = 6.0           # below this the "voice" barely rises above the background
 FLATNESS_REFUSE = 0.30        # median spectral flatness of loud frames: white noise 0.57, dev speech < 0.06
-MODULATION_REFUSE_DB = 2.5    # std of frame levels (dB) over loud frames: dev speech 5.8-9.7, tones/hum < 1.6
+MODULATION_REFUSE_DB = 2.5    # std of frame levels (dB) over loud frames: dev speech 5.7-10.6, tones/hum < 1.6
+# Share of the voiced audio's 32 ms windows silero-vad calls speech (vad.speech_share). The dev
+# speakers' enrollments (`python -m tools.enrollment_verdicts`: 226, clean, in held-out ESC-10
+# noise at 0-10 dB and white noise at 5-10 dB; urdu included) measured 0.54-0.96; the 23 noise
+# clips the other figures let through (of 66 held-out ESC-10 and Speech Commands backgrounds)
+# 0.00-0.17.
+SPEECH_SHARE_REFUSE = 0.3
 
 # --- consistency: mean cosine of the enrollment embeddings to their centroid (1 s prefixes
 # included). Clean single-speaker enrollments of the dev speakers (first 5 utterances of
@@ -76,6 +85,7 @@ class Quality:
     snr_db: float | None
     flatness: float | None
     modulation_db: float | None
+    speech_share: float | None = None   # None: not measured (no voiced window)
 
     def as_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -131,7 +141,7 @@ def measure(speech: list[np.ndarray], raw: list[np.ndarray]) -> Quality:
     modulation = float(np.std(active))
     raw_db = _frame_db(_frames(whole)) if len(whole) >= FRAME else db
     snr = float(min(SNR_CAP_DB, np.percentile(raw_db, 95) - np.percentile(raw_db, 10)))
-    return Quality(len(voiced) / SAMPLE_RATE, level, clipped, snr, flatness, modulation)
+    return Quality(len(voiced) / SAMPLE_RATE, level, clipped, snr, flatness, modulation, speech_share(speech))
 
 
 def judge(q: Quality, consistency_mean: float | None = None, min_speech_s: float = 3.0,
@@ -148,7 +158,10 @@ def judge(q: Quality, consistency_mean: float | None = None, min_speech_s: float
     if q.level_dbfs < SILENT_DBFS:
         return Verdict(REFUSED, [f"far too quiet ({q.level_dbfs:.0f} dBFS); check the input gain or --device"])
     if q.flatness is not None and q.flatness > FLATNESS_REFUSE:
-        return Verdict(REFUSED, [f"sounds like noise, not a voice (spectral flatness {q.flatness:.2f} > {FLATNESS_REFUSE:.2f})"])
+        flatness = f"spectral flatness {q.flatness:.2f} > {FLATNESS_REFUSE:.2f}"
+        if q.speech_share is not None and q.speech_share >= SPEECH_SHARE_REFUSE:   # a voice, under hiss
+            return Verdict(REFUSED, [f"the voice is buried in hiss or static ({flatness}); find a quieter place or move closer"])
+        return Verdict(REFUSED, [f"sounds like noise, not a voice ({flatness})"])
     if q.modulation_db is not None and q.modulation_db < MODULATION_REFUSE_DB:
         return Verdict(REFUSED, [f"a steady sound (a tone, hum or constant noise), not a voice: its level varies by "
                                  f"{q.modulation_db:.1f} dB, speech by more than {MODULATION_REFUSE_DB:g}"])
@@ -156,6 +169,9 @@ def judge(q: Quality, consistency_mean: float | None = None, min_speech_s: float
         return Verdict(REFUSED, [f"badly clipped ({q.clipped:.1%} of samples at full scale); lower the input gain"])
     if q.snr_db is not None and q.snr_db < SNR_REFUSE_DB:
         return Verdict(REFUSED, [f"the voice barely rises above the background (SNR {q.snr_db:.0f} dB); find a quieter place"])
+    if q.speech_share is not None and q.speech_share < SPEECH_SHARE_REFUSE:
+        return Verdict(REFUSED, [f"no voice in it: a speech detector heard speech in {q.speech_share:.0%} of the sound "
+                                 f"(a voice: over {SPEECH_SHARE_REFUSE:.0%}); speak, or check the file"])
     if q.voiced_s < min_speech_s:                       # this recording alone, --append or not
         shown_s = math.floor(q.voiced_s * 10) / 10      # 2.96 s must not read as "3.0 s, need 3"
         return Verdict(REFUSED, [f"too short: {shown_s:.1f} s of speech (need at least {min_speech_s:g} s, "

@@ -24,6 +24,7 @@ them, and the live decisions lower their bar as a window's speech stands less fa
 from __future__ import annotations
 
 import collections
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ SILERO_WINDOW = 512         # samples per call at 16 kHz (the model's fixed inpu
 SILERO_CONTEXT = 64         # samples of the previous window the model sees first (as silero's own wrapper)
 SILERO_STATE_SHAPE = (2, 1, 128)
 SILERO_RELEASE = 0.15       # once voiced, a window stays voiced down to threshold - this (silero's hysteresis)
+SPEECH_PROBABILITY = 0.5    # speech_share's bar: silero's own default threshold
 
 
 @dataclass
@@ -207,13 +209,44 @@ class Silero:
         self._pending = np.concatenate([self._pending, frame])
         while len(self._pending) >= SILERO_WINDOW:
             window, self._pending = self._pending[:SILERO_WINDOW], self._pending[SILERO_WINDOW:]
-            x = np.concatenate([self._context, window])[None, :].astype(np.float32)
-            out, self._state = self._session.run(None, {"input": x, "state": self._state, "sr": self._sr})
-            self._context = window[-SILERO_CONTEXT:]
-            self.probability = float(out[0, 0])
+            self.probability = self._window_probability(window)
             bar = self._threshold - SILERO_RELEASE if self._voiced else self._threshold
             self._voiced = self.probability >= bar
         return self._voiced
+
+    def _window_probability(self, window: np.ndarray) -> float:
+        x = np.concatenate([self._context, window])[None, :].astype(np.float32)
+        out, self._state = self._session.run(None, {"input": x, "state": self._state, "sr": self._sr})
+        self._context = window[-SILERO_CONTEXT:]
+        return float(out[0, 0])
+
+    def probabilities(self, wave: np.ndarray) -> np.ndarray:
+        """The speech probability of each whole SILERO_WINDOW of ``wave``, heard from a fresh state
+        (the stream's state is left as it was)."""
+        kept = self._state, self._context
+        self._state, self._context = np.zeros(SILERO_STATE_SHAPE, np.float32), np.zeros(SILERO_CONTEXT, np.float32)
+        wave = np.asarray(wave, np.float32)
+        try:
+            return np.array([self._window_probability(wave[i:i + SILERO_WINDOW])
+                             for i in range(0, len(wave) - SILERO_WINDOW + 1, SILERO_WINDOW)], np.float32)
+        finally:
+            self._state, self._context = kept
+
+
+@functools.lru_cache(maxsize=1)
+def _speech_detector() -> Silero:
+    return Silero(SPEECH_PROBABILITY)
+
+
+def speech_share(pieces: list[np.ndarray]) -> float | None:
+    """The share of the 32 ms windows of ``pieces`` (each heard from a fresh state) that
+    silero-vad calls speech (probability >= SPEECH_PROBABILITY); None when there is no window.
+    A classifier of speech against everything else, where the segmenter only asks what stands
+    out of the room: enrollment refuses a recording with too little speech in it."""
+    detector = _speech_detector()
+    probabilities = [detector.probabilities(p) for p in pieces]
+    heard = np.concatenate(probabilities) if probabilities else np.zeros(0, np.float32)
+    return float(np.mean(heard >= SPEECH_PROBABILITY)) if len(heard) else None
 
 
 def frame_classifier(settings: VadConfig) -> FrameClassifier:

@@ -70,8 +70,9 @@ def report(label: str, judged: list[tuple[enrollment.Verdict, enrollment.Quality
     top = "; ".join(f"{r} x{n}" for r, n in reasons.most_common(2))
     flat = _span([q.flatness for _, q in judged], ".3f")
     mod = _span([q.modulation_db for _, q in judged], ".1f")
+    share = _span([q.speech_share for _, q in judged], ".2f")
     print(f"| {label} | {len(verdicts)} | {counts['good']} | {counts['usable']} | {counts['refused']} | "
-          f"{flat} | {mod} | {top} |")
+          f"{flat} | {mod} | {share} | {top} |")
 
 
 COLLISION_SETS = {"speechocean-dev": 5, "librispeech-test-other": 3}    # utterances per profile
@@ -134,8 +135,8 @@ def main() -> int:
         return 0
     rng = np.random.default_rng(SEED)
     noises = [read_audio(p) for p in noise_files("heldout")[::4]]
-    print("| enrollment | n | good | usable | refused | flatness | modulation dB | most common first reasons |")
-    print("|---|---:|---:|---:|---:|---|---|---|")
+    print("| enrollment | n | good | usable | refused | flatness | modulation dB | speech share | most common first reasons |")
+    print("|---|---:|---:|---:|---:|---|---|---|---|")
     for name, groups in speakers().items():
         waves = [[read_audio(p) for p in files] for files in groups]
         report(f"{name}, clean", [judge(w) for w in waves])
