@@ -364,18 +364,26 @@ def count_parameters(model: nn.Module) -> int:
 # torch.onnx traces it into the graph the daemon runs (training/export_weights.py); tests hold it to
 # SpeakerEncoder.forward.
 #
-# The graph is written for ONNX Runtime on one thread, where a step pays for its node count:
-# measured here, a 1-frame push costs about a fifth of a 25-frame one (0.37 vs 2.0 ms), and a
-# 25-frame push spends about as long outside its matmuls as in them. So it keeps nodes few
-# (~420 after ORT's optimisation, was ~550): the mel normalisation is folded
-# into the stem's linear and the narrow convolution's bias into the running-mean projection's;
-# every position-dependent index or mixing matrix is computed once per push and shared by all
-# blocks; the state is one Split in and one Concat out; a block's token mixing is one gather from
-# its weights and one matmul per layer, its bias gathered as a column against a row of ones; the
-# half-rate branch's pairing, pair selection and state update are one small matmul; the wide
-# convolution reads its history from the token-mixing history. Depthwise convolutions stay a
-# gather, a product and a sum: ORT's Conv beat them here by 1-5% of a push only through its x86
-# NCHWc kernels, which a Pi's aarch64 build does not have.
+# The graph is written for ONNX Runtime on one thread, where a step pays for its node count and
+# for ops that copy element by element: measured here, a 1-frame push of the shipped 2-block model
+# costs about a third of a 25-frame one (0.27-0.34 vs 0.76-0.97 ms of thread CPU, noisy VM), and a
+# 25-frame push spends about as long outside its matmuls as in them. So it keeps nodes few (158
+# after ORT's optimisation; 189 before the index arithmetic, token-mixing gathers and half-rate
+# pairing below were reworked, which made the 25-frame step 10% cheaper and the 1-frame one 11%:
+# ``taskset -c 1 python -m tools.bench_step OLD.onnx NEW.onnx --frames 25``, medians of 6 runs).
+# The mel normalisation is folded into the stem's linear, the narrow
+# convolution's bias into the running-mean projection's, channel_out's into the group mixer's;
+# every position-dependent index is computed once per push from the push's frame numbers and
+# shared by all blocks; the state is one Split in and one Concat out; a block's token mixing is a
+# row gather, a per-row element gather and one matmul per layer, its bias gathered as a column
+# against a row of ones; the half-rate branch gathers each frame's pair from [the two frames
+# before the push; new frames], and its state is those two frames' values; the wide convolution
+# reads its history from the token-mixing history. Depthwise convolutions stay a gather, a
+# product and a sum: ORT's Conv beat them here by 1-5% of a push only through its x86 NCHWc
+# kernels, which a Pi's aarch64 build does not have (without them, a Conv node and its layout
+# transposes took 58 us for the wide convolution of a 25-frame push, the gather-product-sum 27).
+# Per-op figures here: ORT micro-graphs of R copies of the op against one copy, thread CPU time on
+# one core, ORT_DISABLE_ALL as the daemon runs them.
 
 STATE_ROWS_STEM = "stem_conv"
 STEM_KERNEL = 5  # Stem's CausalDepthwiseConv
@@ -385,13 +393,14 @@ NARROW_KERNEL = 3  # MixerBlock.local_narrow
 def _state_layout(cfg: ModelDimensions) -> list[tuple[str, int]]:
     """(name, rows) of every piece of the stream state, in the order of the state tensor's rows.
     Pieces are opaque to the daemon: zeros at the start of an utterance, then whatever the step
-    wrote (``half`` holds the (groups, 2, width/groups) pair state in a (2, width) slot)."""
+    wrote (``half`` holds the half-rate branch's values of the two frames before the push,
+    (groups, 2, width/groups) in a (2, width) slot)."""
     layout = [(STATE_ROWS_STEM, STEM_KERNEL - 1)]
     history = cfg.chunk_frames - 1  # the most frames an unfinished chunk holds before a push
     for i in range(cfg.n_blocks):
         layout += [(f"{i}.inputs", history),  # the block's last normed inputs: token mixing and the wide conv
                    (f"{i}.narrow", NARROW_KERNEL - 1), (f"{i}.hidden", history), (f"{i}.total", 1),
-                   (f"{i}.half", 2)]  # the half-rate branch's last output and last frame's pair value
+                   (f"{i}.half", 2)]  # the half-rate values of the last two frames: the latest pairs
     return layout
 
 
@@ -411,10 +420,25 @@ def _grouped(parts: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([p.weight.t() for p in parts]), torch.stack([p.bias[None] for p in parts])
 
 
-def _token_table(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """A token-mixing layer as one gatherable vector: its (chunk, chunk) weights row-major, then
-    its per-row biases, then a zero (what a frame may not see)."""
-    return torch.cat([w.reshape(-1), b, w.new_zeros(1)])
+def _token_rows(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A token-mixing layer as one row per chunk slot r (a frame's place in its chunk), indexed by
+    how far back the input frame lies: index 0 a zero (a frame ahead), 1 + lag for lag 0..chunk-1
+    the weight w[r, r - lag] (zero where lag > r: the frame is in an earlier chunk), chunk + 1 a
+    zero (lag >= chunk), then the layer's biases b[0..chunk-1] (the ones column reads chunk + 2 + r)."""
+    c = w.shape[0]
+    source = torch.arange(c)[:, None] - torch.arange(c)[None]  # (r, lag) -> the column r - lag of w
+    weights = torch.where(source >= 0, w.gather(1, source.clamp(min=0)), 0.0)
+    zero = w.new_zeros(c, 1)
+    return torch.cat([zero, weights, zero, b.expand(c, c)], dim=1)
+
+
+def _token_mixing(rows: torch.Tensor, index: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A layer's token-mixing weights for a push (n, history + n + 1) over the columns [history;
+    new; ones]: each frame's row of _token_rows (Gather, a row at a time), then each column's
+    entry in it (GatherElements). ORT's Gather copies a 1-element block per index at ~10 ns: a
+    flat per-element gather from a (chunk * chunk) table cost 15 us per layer of a 25-frame push
+    (40 us of a 50-frame one), these two 5 us (8 us)."""
+    return rows[index["row"]].gather(1, index["mix"])
 
 
 class ExportStep(nn.Module):
@@ -453,8 +477,8 @@ class ExportStep(nn.Module):
         put("wide_w", blk.local_wide.conv.weight[:, 0].t())
         put("wide_b", blk.local_wide.conv.bias)
         put("narrow_w", blk.local_narrow.conv.weight[:, 0].t())
-        put("mix1", _token_table(blk.chunk_mix.w1, blk.chunk_mix.b1))
-        put("mix2", _token_table(blk.chunk_mix.w2, blk.chunk_mix.b2))
+        put("mix1", _token_rows(blk.chunk_mix.w1, blk.chunk_mix.b1))
+        put("mix2", _token_rows(blk.chunk_mix.w2, blk.chunk_mix.b2))
         proj = blk.utterance_mix.proj
         put("mean_w", proj.weight.t())
         put("mean_b", proj.bias + blk.local_narrow.conv.bias)  # the narrow conv's bias, added once here
@@ -470,7 +494,8 @@ class ExportStep(nn.Module):
         put("channel_in_b", b)
         w, b = _grouped(list(blk.channel_out.parts))
         put("channel_out_w", w)
-        put("channel_out_b", b)
+        # channel_out's bias, through the group mixer, joins the group mixer's: one Add fewer
+        put("group_mix_b", blk.group_mix.bias + blk.group_mix.weight @ b.reshape(-1))
         return f
 
     def _split_state(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -480,34 +505,29 @@ class ExportStep(nn.Module):
     def _step_index(self, position: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
         """What every block of a push of ``n`` frames after ``position`` shares.
 
-        ``mix`` (n, history + n + 1): for each new frame, where its token-mixing weights over
-        the columns [history; new; ones] lie in a block's _token_table (its own chunk's row, the
-        zero for frames it may not see, its bias for the ones column). ``mean``: the running
-        mean's divisors. ``half`` (n + 2, n + 2): the half-rate branch on [last output; last
-        frame's value; new values] -> [each new frame's latest complete pair; the new last
-        output; the new last value]. The convolutions' taps into their padded inputs."""
+        ``row`` (n,): each new frame's slot in its chunk, its row of the token-mixing weights;
+        ``mix`` (n, history + n + 1): where each column of [history; new; ones] lies in that row
+        (_token_rows). ``mean`` (n, 1): the running mean's divisors. ``pair_first``,
+        ``pair_second`` (n,): the rows of [the two frames before the push; new frames] whose
+        half-rate values a new frame averages, its latest complete pair. The convolutions' taps
+        into their padded inputs. Pure index arithmetic on ``steps``: 23 small nodes in the
+        graph, where building the same tables by comparing absolute chunk numbers took 60."""
         c, history, k = self.cfg.chunk_frames, self.history, self.cfg.conv_kernel
-        steps = torch.arange(n)
-        new = position + c + steps  # shifted by one chunk: every index stays non-negative
-        seen = position + 1 + torch.arange(history + n)  # = new's first - history + j
-        rows = new % c
-        visible = ((seen[None] // c) == (new[:, None] // c)) & (seen[None] <= new[:, None])
-        weights = torch.where(visible, rows[:, None] * c + (seen % c)[None], c * c + c)
-        mix = torch.cat([weights, (c * c + rows)[:, None]], dim=1)
-        # Frame q = position + t completes a pair when q is odd: its pair is (q-1, q), i.e. columns
-        # t+1, t+2 of [last; value; new]; an even frame repeats the pair before it (columns t, t+1),
-        # or, as the push's first frame, the last output (column 0).
-        odd = (position + steps) % 2
-        first = steps + odd
-        second = torch.where((steps == 0) & (odd == 0), 0, steps + 1 + odd)
-        end = torch.zeros(1, dtype=torch.long) + n + 1  # the new last value: the push's last frame
-        first, second = torch.cat([first, first[-1:], end]), torch.cat([second, second[-1:], end])
-        columns = torch.arange(n + 2)[None]
-        half = ((columns == first[:, None]).float() + (columns == second[:, None]).float()) * 0.5
-        return {"mix": mix, "mean": 1.0 / (position + 1 + steps).float()[:, None], "half": half,
-                "wide": (history - (k - 1)) + steps[:, None] + torch.arange(k)[None],
-                "narrow": steps[:, None] + torch.arange(NARROW_KERNEL)[None],
-                "stem": steps[:, None] + torch.arange(STEM_KERNEL)[None]}
+        steps = torch.arange(n)[:, None]
+        frame = position + steps  # each new frame's index in the stream
+        row = frame % c
+        # Column j of [history; new] holds frame position - history + j: lag = steps + history - j.
+        lag = steps - torch.arange(-history, n)
+        mix = torch.cat([lag.clamp(-1, c) + 1, c + 2 + row], dim=1)
+        # Frame q completes a pair when q is odd, (q - 1, q); an even frame takes the pair before it,
+        # (q - 2, q - 1): rows steps + 1, steps + 2 (odd) or steps, steps + 1 (even) of [the two
+        # frames before the push; new frames]. The stream's first frame pairs the zero state.
+        first = (steps + frame % 2)[:, 0]
+        return {"row": row[:, 0], "mix": mix, "mean": 1.0 / (frame + 1).float(),
+                "pair_first": first, "pair_second": first + 1,
+                "wide": steps + ((history - (k - 1)) + torch.arange(k)[None]),
+                "narrow": steps + torch.arange(NARROW_KERNEL)[None],
+                "stem": steps + torch.arange(STEM_KERNEL)[None]}
 
     def block(self, i: int, x: torch.Tensor, s: dict[str, torch.Tensor],
               index: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -523,24 +543,29 @@ class ExportStep(nn.Module):
         wide = F.gelu(_depthwise(inputs, index["wide"], f.wide_w) + f.wide_b)
         narrow_in = torch.cat([s[f"{i}.narrow"], wide], dim=0)
         local = _depthwise(narrow_in, index["narrow"], f.narrow_w)
-        hidden = F.gelu(f.mix1[index["mix"]] @ inputs)
+        hidden = F.gelu(_token_mixing(f.mix1, index) @ inputs)
         hiddens = torch.cat([s[f"{i}.hidden"], hidden, ones], dim=0)
-        chunk = f.mix2[index["mix"]] @ hiddens
+        chunk = _token_mixing(f.mix2, index) @ hiddens
         sums = s[f"{i}.total"] + u.cumsum(dim=0)
         x = x + local + chunk + ((sums * index["mean"]) @ f.mean_w + f.mean_b)
         # Multi-Scale Mixing, on grouped activations (groups, n, width/g)
         k = h // g
         both = blk.norm_msm(x).reshape(-1, g, k).transpose(0, 1) @ f.scale_w + f.scale_b
+        # The half-rate branch is affine, so a pair's value is the mean of its frames' values. Two
+        # gathers and adds: 11 us on a 25-frame push, where one (n, 2) gather and a mean over the
+        # pair took 27 us, and the pairing matmul before needed ~25 index nodes to build. The 0.5
+        # stays a Mul: folded into the half-rate weights it moved int8's per-tensor scale (int8 vs
+        # fp32 1 - cosine on 84 dev clips, max 0.8e-4 -> 1.5e-4).
         values = torch.cat([s[f"{i}.half"].reshape(g, 2, k), both[:, :, k:]], dim=1)
-        paired = index["half"] @ values
-        scales = F.gelu(both[:, :, :k] + paired[:, :-2]) @ f.scale_out_w + f.scale_out_b  # full rate + half rate
+        rates = both[:, :, :k] + (values[:, index["pair_first"]] + values[:, index["pair_second"]]) * 0.5
+        scales = F.gelu(rates) @ f.scale_out_w + f.scale_out_b
         x = x + scales.transpose(0, 1).reshape(-1, h)
         # Group Channel Mixing
         u = blk.norm_gcm(x).reshape(-1, g, k).transpose(0, 1)
-        grouped = F.gelu(u @ f.channel_in_w + f.channel_in_b) @ f.channel_out_w + f.channel_out_b
-        x = x + blk.group_mix(grouped.transpose(0, 1).reshape(-1, h))
+        grouped = F.gelu(u @ f.channel_in_w + f.channel_in_b) @ f.channel_out_w
+        x = x + F.linear(grouped.transpose(0, 1).reshape(-1, h), blk.group_mix.weight, f.group_mix_b)
         new_state = [inputs[-history - 1:-1], narrow_in[-(NARROW_KERNEL - 1):], hiddens[-history - 1:-1],
-                     sums[-1:], paired[:, -2:].reshape(2, h)]
+                     sums[-1:], values[:, -2:].reshape(2, h)]
         return x, new_state
 
     def forward(self, mel: torch.Tensor, position: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
