@@ -6,7 +6,7 @@ fixed size, interleaved round-robin so a busy machine slows them alike. Pooling 
     taskset -c 0 python -m tools.bench_step /tmp/before/student.pool.onnx streamsv/weights/student.pool.onnx --frames 150
 
 Each graph runs in its own session with the daemon's settings (streamsv.embedder.session_options,
-1 thread) on its own stream of random log-mels, advancing its position and state as the daemon
+MODEL_GRAPH_OPTIMIZATION, 1 thread) on its own stream of random log-mels, advancing its position and state as the daemon
 does; each round runs every graph ROUND_PUSHES times. Times are the calling thread's CPU time
 (ONNX Runtime runs a 1-thread session in the caller), which other jobs on the core disturb far
 less than wall time; the first WARMUP_ROUNDS rounds are not counted. Prints p50, p10 and p90 per
@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from streamsv.embedder import MEL_FRAMES_PER_FRAME, session_options
+from streamsv.embedder import MEL_FRAMES_PER_FRAME, MODEL_GRAPH_OPTIMIZATION, session_options
 from streamsv.errors import StreamsvError
 
 ROUND_PUSHES = 20
@@ -31,7 +31,7 @@ def step_session(path: str):
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(path, session_options(1), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path, session_options(1, MODEL_GRAPH_OPTIMIZATION), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - any unreadable graph is the user's file
         raise StreamsvError(f"{path}: cannot load: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
 
