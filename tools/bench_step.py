@@ -6,11 +6,11 @@ fixed size, interleaved round-robin so a busy machine slows them alike. Pooling 
     taskset -c 0 python -m tools.bench_step /tmp/before/student.pool.onnx streamsv/weights/student.pool.onnx --frames 150
 
 Each graph runs in its own session with the daemon's settings (streamsv.embedder.session_options,
-MODEL_GRAPH_OPTIMIZATION, 1 thread) on its own stream of random log-mels, advancing its position and state as the daemon
-does; each round runs every graph ROUND_PUSHES times. Times are the calling thread's CPU time
-(ONNX Runtime runs a 1-thread session in the caller), which other jobs on the core disturb far
-less than wall time; the first WARMUP_ROUNDS rounds are not counted. Prints p50, p10 and p90 per
-push and the ratio of each p50 to the first graph's.
+MODEL_GRAPH_OPTIMIZATION, 1 thread) on its own stream of random log-mels, advancing its position
+and state as the daemon does; each round runs every graph ROUND_PUSHES times. Times are the calling
+thread's CPU time (ONNX Runtime runs a 1-thread session in the caller), which other jobs on the
+core disturb far less than wall time; the first WARMUP_ROUNDS rounds are not counted. Prints p50,
+p10 and p90 per push and the ratio of each p50 to the first graph's.
 """
 from __future__ import annotations
 
