@@ -174,8 +174,16 @@ class ProfilesConfig:
 
     def resolved(self) -> Path:
         """The folder profiles live in, after the env fallback; ``~`` expanded."""
-        raw = self.dir or os.environ.get(ENV_PROFILES_DIR) or str(DEFAULT_PROFILES_DIR)
-        return Path(raw).expanduser()
+        if self.dir:
+            return Path(self.dir).expanduser()
+        from_env = os.environ.get(ENV_PROFILES_DIR)
+        if from_env:   # checked as profiles.dir is in a file
+            try:
+                _text(from_env)
+            except _Bad as e:
+                raise StreamsvError(f"${ENV_PROFILES_DIR}: {e}") from None
+            return Path(from_env).expanduser()
+        return DEFAULT_PROFILES_DIR
 
 
 @dataclass(frozen=True)
@@ -316,7 +324,7 @@ def _device(v: Any) -> str | int | None:
         raise _Bad(f"out of range: {v} (device index must be >= 0)")
     if isinstance(v, str) and not v.strip():
         raise _Bad("must not be empty (leave it out for the default device)")
-    return v
+    return _text(v) if isinstance(v, str) else v
 
 
 def _optional_bool(v: Any) -> bool | None:

@@ -154,6 +154,7 @@ class ProfilesReloadedEvent(TypedDict):
     min_confidence: float | None
     min_margin: float
     duration_slope: float
+    error: str | None             # why the profiles were not re-read (the ones in force kept); None when they were
 
 
 Event = (ReadyEvent | SpeechStartEvent | DecisionEvent | SpeakerChangeEvent | SpeechEndEvent | LevelEvent
@@ -220,10 +221,11 @@ def stats(t: float, final: bool, uptime_s: float, audio_s: float, segments: int,
 
 
 def profiles_reloaded(t: float, profiles: Iterable[str], count: int, threshold: float,
-                      min_confidence: float | None, min_margin: float, duration_slope: float) -> ProfilesReloadedEvent:
+                      min_confidence: float | None, min_margin: float, duration_slope: float,
+                      error: str | None = None) -> ProfilesReloadedEvent:
     return {"event": PROFILES_RELOADED, "t": _t(t), "profiles": sorted(profiles), "count": count,
             "threshold": threshold, "min_confidence": min_confidence, "min_margin": min_margin,
-            "duration_slope": duration_slope}
+            "duration_slope": duration_slope, "error": error}
 
 
 def percentile(values: list[float], q: float) -> float | None:

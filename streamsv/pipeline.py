@@ -351,15 +351,16 @@ class Pipeline:
             fixed += [s for s in ("audio", "vad", "model", "profiles") if getattr(new, s) != getattr(self.cfg, s)]
             if fixed:
                 log.warning("reload: %s changed; applied after a restart", ", ".join(fixed))
+        error = None
         try:
             n = self.reload_profiles()
         except StreamsvError as e:
             # e.g. the folder became writable by others: keep verifying with the profiles we had.
             log.error("reload: %s; keeping the current profiles", e)
-            n = len(self.centroids)
+            n, error = len(self.centroids), str(e)
         sc = self.rule.scoring
         return events.profiles_reloaded(self.totals.audio_s, self.centroids, n, sc.threshold, sc.min_confidence,
-                                        sc.min_margin, sc.duration_slope)
+                                        sc.min_margin, sc.duration_slope, error)
 
     # ------------------------------------------------------------------ loop
 

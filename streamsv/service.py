@@ -390,8 +390,13 @@ class ServiceRunner:
             text = status_line(event)
             self._set_status(text + (f", {self._note}" if self._note else ""))
         elif kind == "profiles_reloaded":
-            log.info("profiles reloaded: %s", ", ".join(event.get("profiles", [])) or "none")
-            self._set_status(f"profiles reloaded ({event.get('count', 0)})", force=True)
+            names = ", ".join(event.get("profiles", [])) or "none"
+            if event.get("error"):   # the pipeline logged why; the ones in force stay
+                log.warning("profiles not reloaded; still in force: %s", names)
+                self._set_status(f"profiles not reloaded, {event.get('count', 0)} kept", force=True)
+            else:
+                log.info("profiles reloaded: %s", names)
+                self._set_status(f"profiles reloaded ({event.get('count', 0)})", force=True)
             self._reload_done()
         else:
             note = _decision_note(event) if isinstance(event, dict) else None

@@ -65,28 +65,45 @@ def _set(lines: list[str], key: str, value: str | None) -> None:
         lines[i] = f"{key}={value}"
 
 
-def default_executable() -> str:
-    """How systemd should start streamsv: the installed console script, else this Python."""
+def default_executable() -> list[str]:
+    """How systemd should start streamsv, as a command's words: the installed console script, else
+    this Python."""
     argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
     if argv0 is not None and argv0.name == "streamsv" and argv0.exists():
-        return str(argv0.resolve())
+        return [str(argv0.resolve())]
     found = shutil.which("streamsv")
     if found:
-        return str(Path(found).resolve())
-    return f"{Path(sys.executable).resolve()} -m streamsv.cli"  # cli.py runs main() as a module
+        return [str(Path(found).resolve())]
+    return [str(Path(sys.executable).resolve()), "-m", "streamsv.cli"]  # cli.py runs main() as a module
+
+
+def exec_word(word: str) -> str:
+    """``word`` (a path, or a constant argument) as one word of the ExecStart= line. systemd splits
+    the line at whitespace and expands ``%`` specifiers, so a word with a space is double-quoted
+    and ``%`` doubled: "/opt/my dir/streamsv" stays one path (``$`` is left alone: systemd does not
+    expand it in the executable's name). systemd refuses quotes and backslashes in an executable's
+    name, and a control character (a newline would start a directive of its own) could inject
+    one: such a path is refused here with its reason."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in word):
+        raise StreamsvError(f"service: the executable path {shown(word)} holds a control character")
+    if any(c in word for c in "\"'\\"):
+        raise StreamsvError(f"service: the executable path {shown(word)} holds a quote or a backslash, "
+                            "which systemd does not accept in ExecStart; install streamsv under another path")
+    word = word.replace("%", "%%")
+    return f'"{word}"' if re.search(r"\s", word) else word
 
 
 def unit_text(executable: str | None = None, watchdog_s: int | None = None, network: bool = False) -> str:
     """The unit file. ``executable`` defaults to the running streamsv (as installed); ``watchdog_s``
     to the shipped WatchdogSec; ``network`` lets the service reach an MQTT broker over IP (the
     default unit has no network at all)."""
-    exec_start = executable or default_executable()
-    if not exec_start.startswith("/"):
-        raise StreamsvError(f"service: executable must be an absolute path, got {exec_start!r}")
+    command = [executable] if executable else default_executable()
+    if not command[0].startswith("/"):
+        raise StreamsvError(f"service: executable must be an absolute path, got {shown(command[0])}")
     lines = shipped_unit().split("\n")
-    _set(lines, "ExecStart", exec_start + EXEC_ARGS)
+    _set(lines, "ExecStart", " ".join(map(exec_word, command)) + EXEC_ARGS)
     # ProtectHome=yes hides /home: a streamsv installed in a venv there could not even start.
-    if exec_start.startswith(HOME_PREFIXES):
+    if command[0].startswith(HOME_PREFIXES):
         _set(lines, "ProtectHome", "read-only")
     if watchdog_s is not None:
         _set_watchdog(lines, watchdog_s)

@@ -194,6 +194,7 @@ def test_a_reload_into_an_untrusted_folder_keeps_the_current_profiles(tmp_path, 
     events = list(pipe.run())
     reloaded = [e for e in events if e["event"] == "profiles_reloaded"]
     assert reloaded and reloaded[0]["profiles"] == ["alice"]          # kept, not dropped, no crash
+    assert "writable by group or others" in reloaded[0]["error"]        # and the event says so
     assert "keeping the current profiles" in caplog.text and "writable by group or others" in caplog.text
     assert events[-1]["event"] == "stats" and events[-1]["final"]
 
@@ -535,10 +536,19 @@ def test_a_truncated_flac_still_ends_with_final_stats(capsys, tmp_path, speech_c
 
 def test_a_nul_byte_in_a_configured_path_is_not_echoed_raw(capsys, tmp_path, clips, enrolled):
     cfg = tmp_path / "c.yaml"
-    for key in ("profiles:\n  dir", "model:\n  path", "audio:\n  source"):
+    for key in ("profiles:\n  dir", "model:\n  path", "audio:\n  source", "audio:\n  device"):
         cfg.write_text(f'{key}: "/tmp/a\\0b\\x1b[31m"\n')
         err = refused(run(capsys, "verify", "alice", str(clips[0]), "--config", str(cfg)), "control characters")
         assert "\x00" not in err and "\x1b" not in err and "\\x00" in err
+
+
+def test_a_control_character_in_the_profiles_folder_from_the_environment_is_refused(capsys, monkeypatch, tmp_path):
+    # $STREAMSV_PROFILES_DIR is checked as profiles.dir is: no folder named with an escape is made.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STREAMSV_PROFILES_DIR", "p\x1bq")
+    err = refused(run(capsys, "profiles", "list"), "control characters")
+    assert "STREAMSV_PROFILES_DIR" in err and "\x1b" not in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_no_stream_is_ever_left_with_raw_control_characters_from_a_path(capsys, tmp_path):

@@ -549,6 +549,35 @@ def test_a_speaker_change_inside_a_turn_fires_the_new_voices_first_event(broker)
         sub.close()
 
 
+def test_the_last_attribute_keeps_the_last_decided_turns_speaker(broker):
+    # `last` is the last turn's speaker while the next one speaks, and after a turn too short to
+    # decide (a cough): Home Assistant reads it to know who spoke last.
+    from streamsv.config import MqttConfig
+    from streamsv.sinks.mqtt import MqttSink
+
+    sub = Subscriber(broker.port)
+    sink = MqttSink(MqttConfig(url=broker.url, room="hall"), names=["ada", "bob"]).start()
+    try:
+        decision = {"event": "decision", "accepted": True, "score": 0.9}
+        end = {"event": "speech_end", "accepted": True, "score": 0.9}
+        sink.consume({"event": "speech_start", "t": 0.0})
+        sink.consume({**decision, "t": 1.0, "speaker": "ada", "scores": {"ada": 0.9}})
+        sink.consume({**end, "t": 1.5, "decisions": 1, "speaker": "ada", "scores": {"ada": 0.9}})
+        sink.consume({"event": "speech_start", "t": 3.0})
+        sink.consume({**decision, "t": 4.0, "speaker": "bob", "scores": {"bob": 0.9}})
+        sink.consume({**end, "t": 5.5, "decisions": 1, "speaker": "bob", "scores": {"bob": 0.9}})
+        sink.consume({"event": "speech_start", "t": 7.0})
+        sink.consume({"event": "speech_end", "t": 7.3, "decisions": 0})   # a cough: nothing decided
+        sub.wait_for(lambda m: m[1] == "streamsv/hall/speaker" and json.loads(m[2]).get("score") is None
+                     and json.loads(m[2])["last"] == "bob")
+        states = [json.loads(p) for _, _, p, _ in sub.all("streamsv/hall/speaker")]
+        assert [(s["speaker"], s["last"]) for s in states][-4:] == [("none", "ada"), ("bob", "ada"), ("none", "bob"),
+                                                                   ("none", "bob")]
+    finally:
+        sink.close()
+        sub.close()
+
+
 def test_a_continuing_segment_fires_no_second_first_event(broker):
     # change.bridge_s: a segment that continues the voice is the same turn for automations.
     from streamsv.config import MqttConfig

@@ -351,6 +351,29 @@ def test_systemd_accepts_the_unit(tmp_path, network):
     assert "Unknown" not in res.stderr and "unknown" not in res.stderr, res.stderr
 
 
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_an_executable_path_with_spaces_and_specifier_characters_stays_one_word(tmp_path):
+    # systemd splits ExecStart at whitespace and expands % and $: a venv under "/opt/my dir" must
+    # still name its own streamsv (verify fails when ExecStart's program does not exist).
+    folder = tmp_path / "my dir 100% $HOME"
+    folder.mkdir()
+    program = folder / "streamsv"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    unit = tmp_path / "streamsv.service"
+    unit.write_text(unit_text(str(program)))
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
+def test_an_executable_path_systemd_would_misread_is_refused():
+    # A newline in ExecStart's value would end the line: the rest would be a directive of its own.
+    with pytest.raises(StreamsvError, match="control character"):
+        unit_text("/x\nExecStartPre=/bin/evil")
+    with pytest.raises(StreamsvError, match="quote or a backslash"):   # systemd refuses these in a name
+        unit_text('/opt/a"b/streamsv')
+
+
 def test_install_unit_writes_atomically_with_mode_0644(tmp_path):
     target = tmp_path / "streamsv.service"
     text = install_unit(target, executable="/opt/streamsv/bin/streamsv")

@@ -223,6 +223,7 @@ class MqttSink:
         self._stop = False
         self._turn_first_sent = False
         self._speaker_label = NO_SPEAKER
+        self._last_turn: str | None = None   # the speaker of the last decided turn: the `last` attribute
         self._refusal: str | None = None
         self._client = None
         self._pump_thread: threading.Thread | None = None
@@ -335,18 +336,19 @@ class MqttSink:
             if label != self._speaker_label:
                 self._speaker_label = label
                 self._set_state(self.topics.speaker, _json({"speaker": label, "score": event.get("score"),
-                                                            "scores": event.get("scores", {}), "last": None}))
+                                                            "scores": event.get("scores", {}), "last": self._last_turn}))
         elif kind == "speech_end":
             self._speaker_label = NO_SPEAKER
             self._set_state(self.topics.speech, SPEECH_OFF)
             if event.get("decisions"):
-                label = _label(event)
-                self._fire(label, event, "end")
+                # A turn too short to decide (a cough, a door) keeps the last decided turn's speaker.
+                self._last_turn = _label(event)
+                self._fire(self._last_turn, event, "end")
                 self._set_state(self.topics.speaker, _json({"speaker": NO_SPEAKER, "score": event.get("score"),
-                                                            "scores": event.get("scores", {}), "last": label}))
+                                                            "scores": event.get("scores", {}), "last": self._last_turn}))
             else:
                 self._set_state(self.topics.speaker, _json({"speaker": NO_SPEAKER, "score": None, "scores": {},
-                                                            "last": None}))
+                                                            "last": self._last_turn}))
         elif kind == "stats":
             self._set_state(self.topics.stats, _json({"latency_p95_ms": event.get("latency_p95_ms"),
                                                       "rtf": event.get("rtf"), "drops": event.get("drops"),
