@@ -86,6 +86,7 @@ class Quality:
     flatness: float | None
     modulation_db: float | None
     speech_share: float | None = None   # None: not measured (no voiced window)
+    recording_dbfs: float | None = None  # RMS of the whole recordings, silences included (None: empty)
 
     def as_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -130,9 +131,10 @@ def measure(speech: list[np.ndarray], raw: list[np.ndarray]) -> Quality:
     voiced = np.concatenate([np.asarray(s, np.float32) for s in speech]) if speech else np.zeros(0, np.float32)
     whole = np.concatenate([np.asarray(r, np.float32) for r in raw]) if raw else voiced
     clipped = float(np.mean(np.abs(whole) >= CLIP_LEVEL)) if len(whole) else 0.0
+    recording = frame_dbfs(whole) if len(whole) else None
     frames = _frames(voiced)
     if len(frames) == 0:
-        return Quality(len(voiced) / SAMPLE_RATE, None, clipped, None, None, None)
+        return Quality(len(voiced) / SAMPLE_RATE, None, clipped, None, None, None, None, recording)
     db = _frame_db(frames)
     level = frame_dbfs(voiced)
     loud = frames[db >= db.max() - LOUD_FRAME_DB]
@@ -141,7 +143,7 @@ def measure(speech: list[np.ndarray], raw: list[np.ndarray]) -> Quality:
     modulation = float(np.std(active))
     raw_db = _frame_db(_frames(whole)) if len(whole) >= FRAME else db
     snr = float(min(SNR_CAP_DB, np.percentile(raw_db, 95) - np.percentile(raw_db, 10)))
-    return Quality(len(voiced) / SAMPLE_RATE, level, clipped, snr, flatness, modulation, speech_share(speech))
+    return Quality(len(voiced) / SAMPLE_RATE, level, clipped, snr, flatness, modulation, speech_share(speech), recording)
 
 
 def judge(q: Quality, consistency_mean: float | None = None, min_speech_s: float = 3.0,
@@ -154,6 +156,10 @@ def judge(q: Quality, consistency_mean: float | None = None, min_speech_s: float
     """
     total = q.voiced_s if total_speech_s is None else total_speech_s
     if q.level_dbfs is None or q.voiced_s <= 0:
+        if q.recording_dbfs is not None and q.recording_dbfs >= SILENT_DBFS:
+            # The segmenter's noise-floor gate passes nothing of a steady sound: it is loud, not silent.
+            return Verdict(REFUSED, [f"no voice heard: only a steady sound at {q.recording_dbfs:.0f} dBFS "
+                                     "(noise, hum or a tone); speak, or check the file"])
         return Verdict(REFUSED, ["no voice heard (silence); check the microphone or the file"])
     if q.level_dbfs < SILENT_DBFS:
         return Verdict(REFUSED, [f"far too quiet ({q.level_dbfs:.0f} dBFS); check the input gain or --device"])

@@ -115,6 +115,16 @@ def test_real_background_noise_is_refused():
         assert v.refused, (path.name, v)
 
 
+def test_a_loud_steady_sound_is_not_called_silence():
+    # The segmenter's noise-floor gate passes nothing of steady noise, so no audio is voiced; the
+    # recording is loud all the same, and the reason must not send the user to the microphone.
+    noise = (0.1 * np.random.default_rng(0).standard_normal(10 * SR)).astype(np.float32)
+    v = judged([noise])
+    assert v.refused and v.reasons[0].startswith("no voice heard: only a steady sound at -20 dBFS"), v
+    v = judged([np.zeros(10 * SR, np.float32)])
+    assert v.refused and "silence" in v.reasons[0], v
+
+
 def test_a_voice_under_hiss_is_told_so_not_called_noise(speech_clips):
     rng = np.random.default_rng(4)
     hissy = [c + rng.standard_normal(len(c)).astype(np.float32) * np.sqrt(np.mean(c ** 2))
