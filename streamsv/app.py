@@ -6,6 +6,7 @@ conversation; the service runs ``run_service``. Nothing here parses flags or pri
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +182,8 @@ def verify(cfg, name: str, file: Path, load_model: Callable[[], object]) -> Veri
     speech = voiced_speech(wave, cfg.vad)
     seconds = len(speech) / SAMPLE_RATE
     if seconds < MIN_SCORED_SPEECH_S:
-        raise StreamsvError(f"{file}: only {seconds:.1f} s of speech; need at least {MIN_SCORED_SPEECH_S:g} s")
+        shown_s = math.floor(seconds * 10) / 10   # 0.49 s must not read as "0.5 s, need 0.5"
+        raise StreamsvError(f"{file}: only {shown_s:.1f} s of speech; need at least {MIN_SCORED_SPEECH_S:g} s")
     score = cosine_scores(embed_bounded(emb, speech), {name: prof.centroid})[name]
     conf = calibration.confidence(score, seconds) if calibration is not None else None
     ok = conf >= sc.min_confidence if sc.min_confidence is not None else score >= sc.threshold

@@ -190,7 +190,7 @@ def enroll(
 
 @app.command()
 def listen(
-    source: Optional[str] = typer.Option(None, "--source", help="mic (default), an audio file, or - for raw s16le 16 kHz mono on stdin."),
+    source: Optional[str] = typer.Option(None, "--source", help="mic (default), an audio file, or - for raw s16le mono on stdin (at audio.sample_rate: 16 kHz unless set)."),
     device: Optional[str] = typer.Option(None, "--device", help="Input device: index or part of its name."),
     realtime: bool = typer.Option(False, "--realtime", help="Play a file at wall-clock pace (as a mic would)."),
     json_out: Optional[bool] = typer.Option(None, "--json/--no-json", help="JSON lines (default when stdout is not a TTY)."),
@@ -530,7 +530,7 @@ def wyoming(
 
 @app.command(add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
-    """Run the accuracy/latency benchmark (options are passed to streamsv.bench)."""
+    """Speed and memory of the listen pipeline: the fp32 and int8 graphs side by side (options go to streamsv.bench)."""
     try:
         from . import bench as bench_mod
     except ImportError as e:
