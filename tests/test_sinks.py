@@ -141,3 +141,15 @@ def test_json_lines_sink_writes_the_compact_form():
         w.consume(events.speech_start(2.0))
     lines = buf.getvalue().splitlines()
     assert lines[0] == events.to_json_line(ev) and json.loads(lines[1]) == {"event": "speech_start", "t": 2.0}
+
+
+def test_the_live_view_ends_its_last_frame_with_a_newline_off_a_terminal():
+    # Piped or redirected, the last frame must end its line, or what is printed next joins it.
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    with LiveView(console=Console(file=out, force_terminal=False, width=80)) as view:
+        view.consume({"event": "ready", "profiles": ["ada"], "threshold": 0.5})
+    assert out.getvalue().endswith("╯\n")

@@ -77,6 +77,8 @@ class LiveView:
     def __exit__(self, *exc: object) -> None:
         if self._live is not None:
             self._live.__exit__(*exc)
+            if not self.console.is_terminal:   # rich leaves the last frame without its newline there
+                self.console.line()
 
     def consume(self, event: Mapping[str, Any]) -> None:
         kind = event.get("event")
