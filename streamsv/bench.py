@@ -496,7 +496,8 @@ def report(result: dict) -> str:
         target = ""
         if key in TARGETS:
             op, limit = TARGETS[key]
-            value = result["systems"].get(result["target_system"], {}).get("figures", {}).get(key)
+            target_figures = result["systems"].get(result["target_system"], {}).get("figures", {})
+            value = None if target_figures.get("decisions") == 0 else target_figures.get(key)   # no speech: no verdict
             target = f"{op} {limit:g} " + ("-" if value is None else ("ok" if value <= limit else "MISSED"))
         if any(c != "-" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {target} |")
@@ -553,6 +554,9 @@ def run_bench(args, kit: Kit = DAEMON_KIT) -> dict:
         figures = summarise(runs[name])
         figures.update(kit.systems[name].counts(system))
         result["systems"][name] = {"desc": desc, "figures": figures, "runs": runs[name]}
+        if figures.get("decisions") == 0:
+            result["notes"].append(f"{name}: no decision was made (no speech the VAD passes in this audio): the hop "
+                                   "figures are empty and RTF is the VAD's alone, not the pipeline's")
     result["notes"].append(vad_cost_note(wave, result))
     return result
 

@@ -114,6 +114,20 @@ def test_tools_bench_without_dev_speech_says_so(monkeypatch, tmp_path):
     assert out.stderr.startswith("error: bench: no dev speech") and out.stderr.count("\n") == 1, out.stderr
 
 
+def test_bench_on_audio_without_speech_says_so_and_claims_no_target(capsys, tmp_path):
+    # Silence makes no decision: RTF is then the VAD's alone, and no "ok" may stand beside it.
+    import soundfile as sf
+
+    path = tmp_path / "silence.wav"
+    sf.write(path, np.zeros(5 * 16000, np.float32), 16000)
+    assert bench.main(["--systems", "fp32", "--audio", str(path), "--seconds", "5", "--repeat", "1",
+                       "--realtime-s", "0", "--no-startup"]) == 0
+    out = capsys.readouterr().out
+    assert "fp32: no decision was made" in out
+    rtf = next(line for line in out.splitlines() if line.startswith("| RTF"))
+    assert " ok" not in rtf and "MISSED" not in rtf, rtf
+
+
 def test_report_shows_ratios_against_the_first_system():
     figures = {"hop_p95_ms": 4.0, "rtf": 0.01}
     result = {"audio": "a", "clock": "wall", "audio_s": 3, "repeat": 1, "notes": [], "target_system": "fp32",
