@@ -139,13 +139,30 @@ def confidence_report(trials: Trials, fingerprint: str, window_s: float, save_to
         say("keep it for listen/verify with: streamsv calibrate ... --save")
 
 
+def check_options(enroll_n: int, target_far: float | None) -> None:
+    """Refuse option values no calibration can use, before anything is read."""
+    from .scoring import valid_target_far
+
+    if enroll_n < 1:
+        raise StreamsvError(f"--enroll-n must be at least 1 (recordings per speaker for its profile), got {enroll_n}")
+    if target_far is not None and not valid_target_far(target_far):
+        raise StreamsvError(f"--target-far must be a false-accept rate from 0 up to (not including) 1, "
+                            f"e.g. 0.01; got {target_far:g}")
+
+
 def run_calibrate(folder: Path, enroll_n: int, target_far: float | None, *, save: bool, force: bool, cfg,
                   load_model: Callable[[], object], say: Callable[[str], None],
                   warn: Callable[[str], None]) -> None:
     """The whole ``calibrate`` command after option parsing (``load_model()`` gives the embedder)."""
     from .confidence import USER_FILE
+    from .profiles import ProfileStore
 
+    check_options(enroll_n, target_far)
     speakers = speaker_folders(folder, enroll_n, warn)       # a bad folder fails before the model loads
+    if save:
+        # The calibration sits beside the profiles (fitted on the user's voices): the folder is made
+        # 0700 or checked like theirs, now, so a folder it cannot use fails before minutes of embedding.
+        ProfileStore(cfg.profiles.resolved()).ensure_dir()
     emb = load_model()
     trials = build_trials(emb, speakers, enroll_n, cfg.scoring, cfg.vad)
     for line in threshold_report(trials, cfg.scoring, target_far):

@@ -171,9 +171,8 @@ def run_enroll(name: str, paths: list[Path], seconds: float, *, force: bool, app
                warn: Callable[[str], None]) -> None:
     """The whole ``enroll`` command after option parsing (``load_model()`` gives the embedder);
     raises StreamsvError on a refusal, having written nothing."""
-    from .profiles import MIN_ENROLL_S, ProfileStore, append_to_profile, bounded_embeddings
+    from .profiles import MIN_ENROLL_S, ProfileStore, append_to_profile
     from .profiles import enroll as build_profile
-    from .profiles import Profile
 
     store = ProfileStore(cfg.profiles.resolved())
     exists = store.exists(name)
@@ -229,9 +228,6 @@ def run_enroll(name: str, paths: list[Path], seconds: float, *, force: bool, app
                                 f"add this speech to it with `streamsv enroll {who} --append`, "
                                 f"or keep {name!r} as well with --force")
         profile = new
-        if len(profile.embeddings) > len(bounded_embeddings(profile.embeddings)):
-            profile = Profile(name=name, embeddings=bounded_embeddings(profile.embeddings), speech_s=profile.speech_s,
-                              model=profile.model, created=profile.created)
     for who, score in similar:
         # --append never refuses on another profile's likeness (it checks the profile's own voice).
         why = f"appended to {name!r} anyway" if old is not None else "kept because of --force"

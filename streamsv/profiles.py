@@ -7,8 +7,9 @@ the fingerprint of the model that made it; embeddings from another model live
 in a different space, so such a profile is refused with a re-enroll message.
 
 Profile files are also untrusted input (hand-edited, planted, damaged):
-- reading is bounded (size, JSON depth, number length) and every field is validated, so a bad
-  file is one warning and every other profile keeps working;
+- reading is bounded (size, JSON depth, number length, number of embeddings) and every field is
+  validated (no unknown or repeated keys, a centroid that is its embeddings' own), so a bad file
+  is one warning and every other profile keeps working; an imported file is read the same way;
 - like ssh with a key file, a folder or file writable by group/others or owned by another user
   is refused (a planted ``alice.json`` made from bob's voice would verify bob as alice);
 - streamsv creates the folder 0700 but never changes the mode of an existing one;
@@ -24,6 +25,7 @@ import os
 import re
 import stat
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,9 @@ from .safeio import TMP_PREFIX, atomic_write, check_trusted, read_bounded
 
 FORMAT = "streamsv-profile"
 VERSION = 1
+# Every key a version 1 profile has (Profile.to_json); the format has no extension keys, so any
+# other is refused: a key this streamsv ignores could be read by another as something else.
+KEYS = frozenset(("format", "version", "name", "model", "created", "speech_s", "dim", "centroid", "embeddings"))
 SUFFIX = ".json"
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DIR_MODE = 0o700
@@ -41,6 +46,12 @@ MAX_PROFILE_BYTES = 16 << 20   # ~thousands of embeddings; anything bigger is no
 MAX_NUMBER_CHARS = 40          # a float32 written by json is ~20 characters
 NUMBER_TYPES = frozenset((int, float))
 MAX_DIM = 4096                 # embedding size; ours is 256
+MAX_EMBEDDINGS = 200           # per profile (~1 MB at 256 values): bounds memory however often --append runs
+# A stored centroid must be centroid_of(its embeddings), value by value within this. Measured on
+# five speechocean762 profiles (2026-12): an export/import round trip differs by 0 (float32 survives
+# JSON exactly), a float64 mean by <= 4.5e-8, values rounded to 6 decimals by 5e-7; dropping one
+# of ~25 embeddings moves it by >= 2.3e-3, another speaker's centroid by >= 0.18.
+CENTROID_TOLERANCE = 1e-4
 MAX_MODEL_CHARS = 256
 MAX_SPEECH_S = 1e6
 # created: 1970 .. 2100. Beyond it time.localtime overflows and one profile breaks `profiles list`.
@@ -111,6 +122,10 @@ class Profile:
         if type(version) is not int or version != VERSION:
             raise StreamsvError(f"{where}: unsupported profile version {_brief(version)} (this streamsv reads {VERSION})")
         try:
+            unknown = sorted(set(data) - KEYS)
+            if unknown:
+                more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+                raise _Malformed(f"unknown key {_brief(unknown[0])}{more}")
             name = data.get("name")
             if not isinstance(name, str):
                 raise _Malformed(f"name: expected a string, got {_brief(name)}")
@@ -119,10 +134,14 @@ class Profile:
                 raise _Malformed(f"model: expected a fingerprint string, got {_brief(model)}")
             created = _number(data.get("created"), "created", 0.0, MAX_TIMESTAMP)
             speech_s = _number(data.get("speech_s"), "speech_s", 0.0, MAX_SPEECH_S)
-            emb = _matrix(data.get("embeddings"), "embeddings")
-            cen = _matrix([data.get("centroid")], "centroid")[0]
+            emb = _matrix(data.get("embeddings"), "embeddings", MAX_EMBEDDINGS)
+            cen = _matrix([data.get("centroid")], "centroid", 1)[0]
             if cen.shape != (emb.shape[1],):
                 raise _Malformed(f"centroid has {cen.size} values, embeddings have {emb.shape[1]}")
+            # Scoring uses the centroid alone: one that is not these embeddings' (bob's beside
+            # alice's embeddings) would verify someone the profile's own data does not describe.
+            if np.max(np.abs(cen - centroid_of(emb))) > CENTROID_TOLERANCE:
+                raise _Malformed("the centroid is not the mean of the embeddings")
             if "dim" in data and (type(data["dim"]) is not int or data["dim"] != emb.shape[1]):
                 raise _Malformed(f"dim {_brief(data['dim'])} does not match the {emb.shape[1]}-value embeddings")
             return cls(name=name, embeddings=emb, speech_s=speech_s, model=model, created=created, centroid=cen)
@@ -153,10 +172,12 @@ def _number(value: object, what: str, lo: float, hi: float) -> float:
     return x
 
 
-def _matrix(rows: object, what: str) -> np.ndarray:
-    """A non-empty list of equal-length lists of finite numbers, each row non-zero, as float32."""
+def _matrix(rows: object, what: str, max_rows: int) -> np.ndarray:
+    """A list of 1..``max_rows`` equal-length lists of finite numbers, each row non-zero, as float32."""
     if not isinstance(rows, list) or not rows:
         raise _Malformed(f"{what}: expected a non-empty list of vectors, got {_brief(rows)}")
+    if len(rows) > max_rows:
+        raise _Malformed(f"{what}: {len(rows)} vectors, more than the {max_rows} a profile holds")
     width = None
     for row in rows:
         if not isinstance(row, list) or not row or len(row) > MAX_DIM:
@@ -184,7 +205,8 @@ def centroid_of(embeddings: np.ndarray) -> np.ndarray:
 
 
 def new_profile(name: str, embeddings: list[np.ndarray] | np.ndarray, speech_s: float, model: str) -> Profile:
-    return Profile(name=check_name(name), embeddings=np.stack(list(embeddings)), speech_s=speech_s,
+    """A new profile of at most MAX_EMBEDDINGS embeddings (evenly thinned beyond: what a reader accepts)."""
+    return Profile(name=check_name(name), embeddings=bounded_embeddings(np.stack(list(embeddings))), speech_s=speech_s,
                    model=model, created=time.time())
 
 
@@ -207,21 +229,33 @@ def _no_constant(text: str) -> float:
     raise _Malformed(f"{text}: non-finite numbers are not allowed")
 
 
+def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json's object hook: a key given twice is refused (json keeps the last one silently, so a file
+    could show one value to a reader that keeps the first and act on another)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        repeated = next(key for key, n in Counter(key for key, _ in pairs).items() if n > 1)
+        raise _Malformed(f"key {_brief(repeated)} given more than once")
+    return out
+
+
 def parse_profile_json(raw: bytes, where: str) -> object:
     """Parse the (size-capped) bytes of a profile file with every other bound checked as it parses.
 
-    Numbers longer than MAX_NUMBER_CHARS and NaN/Infinity are refused by the parser's hooks. Deep
-    nesting is caught as RecursionError: CPython's C parser checks the recursion limit at every
-    level (measured: 200,000 '[' raise it cleanly, in the main thread and in others), which is
-    cheaper than scanning the bytes first (+94% load time for a 200-embedding profile, against
-    +29% for the number hooks).
+    Numbers longer than MAX_NUMBER_CHARS, NaN/Infinity and repeated keys are refused by the
+    parser's hooks. Deep nesting is caught as RecursionError: CPython's C parser checks the
+    recursion limit at every level (measured: 200,000 '[' raise it cleanly, in the main thread and
+    in others), which is cheaper than scanning the bytes first (+94% load time for a 200-embedding
+    profile, against +29% for the number hooks; the repeated-key hook runs once per object, and a
+    profile has one).
     """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise StreamsvError(f"{where}: corrupt profile file (not UTF-8 JSON text)") from None
     try:
-        return json.loads(text, parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_no_constant)
+        return json.loads(text, parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_no_constant,
+                          object_pairs_hook=_no_repeated_keys)
     except _Malformed as e:
         raise StreamsvError(f"{where}: malformed profile ({e})") from None
     except RecursionError:
@@ -252,8 +286,9 @@ class ProfileStore:
         check_trusted(st, self.dir, f"profiles folder {shown(self.dir)}", "it", TRUST_REASON)
         return st
 
-    def _ensure_dir(self) -> None:
-        """Create the folder 0700 if absent; an existing one is checked, never chmod'ed."""
+    def ensure_dir(self) -> None:
+        """Create the folder 0700 if absent; an existing one is checked, never chmod'ed. Everything
+        written into the folder (profiles, ``calibrate --save``'s calibration) comes through here."""
         if self._dir_stat() is not None:
             return
         try:
@@ -356,7 +391,7 @@ class ProfileStore:
 
     def save(self, profile: Profile, force: bool = False) -> Path:
         """Write a profile; without ``force`` it is created exclusively (an existing one is kept)."""
-        self._ensure_dir()
+        self.ensure_dir()
         self.remove_stale_temps()
         p = self.path(profile.name)
         exists_msg = f"profile {profile.name!r} already exists; use --force to replace it"
@@ -394,13 +429,20 @@ class ProfileStore:
         """Copy a profile to ``dest`` (a new file, or a folder to put ``NAME.json`` in).
 
         An existing file is replaced only with ``force``, and never anything but a regular file
-        (a device node, FIFO or symlink stays as it is).
+        (a device node, FIFO or symlink stays as it is); nothing is written into the profiles folder.
         """
         prof = self.load(name)
         out = Path(dest).expanduser()
         if _lstat(out) is not None and os.path.isdir(out):
             out = out / f"{name}{SUFFIX}"
         st = _lstat(out)
+        if self._holds(out):
+            # Export takes a profile out; into the folder it would replace or plant a profile
+            # (alice's voice saved as bob.json) that every listen then loads.
+            where = "already exists in" if st is not None else "is in"
+            raise StreamsvError(f"{shown(out)}: {where} the profiles folder {shown(self.dir)}, where export never writes "
+                                f"(not even with --force); export to a file elsewhere "
+                                f"(to rename a profile: streamsv profiles rename)")
         if st is not None:
             if not stat.S_ISREG(st.st_mode):
                 kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
@@ -414,6 +456,11 @@ class ProfileStore:
         except OSError as e:
             raise StreamsvError(f"cannot write {shown(out)}: {os_reason(e)}") from None
         return out
+
+    def _holds(self, path: Path) -> bool:
+        """Whether ``path`` would land in the folder or a folder under it, following symlinks of
+        its parent folders (``path`` itself is never followed: export refuses to replace a link)."""
+        return Path(os.path.realpath(path.parent)).is_relative_to(os.path.realpath(self.dir))
 
     def import_(self, src: str | os.PathLike, name: str | None = None, force: bool = False,
                 fingerprint: str | None = None, dim: int | None = None) -> Profile:
@@ -504,8 +551,6 @@ def enroll(embedder, name: str, recordings: list[np.ndarray], vad_settings=None,
 
 
 # --------------------------------------------------------------------------- enroll --append
-
-MAX_EMBEDDINGS = 200   # per profile: bounds the file (~0.6 MB) and scoring however often --append runs
 
 
 def bounded_embeddings(embeddings: np.ndarray, limit: int = MAX_EMBEDDINGS) -> np.ndarray:

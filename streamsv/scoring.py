@@ -136,12 +136,20 @@ def _rates(genuine: np.ndarray, impostor: np.ndarray, thr: np.ndarray) -> tuple[
     return far, frr
 
 
+def valid_target_far(target_far: float) -> bool:
+    """A false-accept rate ``calibrate`` can aim at: finite, 0 <= x < 1. 0 is reachable (above every
+    impostor score), 1 or more accepts every impostor, so it is no target."""
+    return math.isfinite(target_far) and 0.0 <= target_far < 1.0
+
+
 def calibrate(genuine: np.ndarray, impostor: np.ndarray, target_far: float | None = None) -> Calibration:
     """Threshold from score lists: the EER point, or the lowest threshold with FAR <= target_far."""
     g = np.asarray(genuine, dtype=np.float64)
     i = np.asarray(impostor, dtype=np.float64)
     if len(g) == 0 or len(i) == 0:
         raise ValueError("calibration needs both genuine and impostor scores")
+    if target_far is not None and not valid_target_far(target_far):
+        raise ValueError(f"target_far must be a rate in [0, 1), got {target_far!r}")
     cands = np.unique(np.concatenate([g, i, [np.nextafter(max(g.max(), i.max()), np.inf)]]))
     far, frr = _rates(g, i, cands)
     k = int(np.argmin(np.abs(far - frr)))
@@ -155,7 +163,7 @@ def calibrate(genuine: np.ndarray, impostor: np.ndarray, target_far: float | Non
             if abs(far_m[0] - frr_m[0]) > abs(far[k] - frr[k]):
                 thr = float(cands[k])
     else:
-        ok = np.nonzero(far <= target_far)[0]
-        thr = float(cands[ok[0]])
+        # The last candidate is above every score (FAR 0), so some threshold always qualifies.
+        thr = float(cands[np.nonzero(far <= target_far)[0][0]])
     far_t, frr_t = _rates(g, i, np.array([thr]))
     return Calibration(thr, eer, float(far_t[0]), float(frr_t[0]), len(g), len(i))

@@ -24,6 +24,7 @@ import soxr
 
 from conftest import REPO, refused, with_pauses, run_cli
 from streamsv import cli
+from streamsv.profiles import centroid_of
 
 SR = 16000
 
@@ -278,7 +279,7 @@ def _tamper(kind: str, path: Path) -> str:
     data = json.loads(path.read_text())
     if kind == "wrong-dimension":
         data["embeddings"] = [row[:128] for row in data["embeddings"]]
-        data["centroid"] = data["centroid"][:128]
+        data["centroid"] = [float(x) for x in centroid_of(np.asarray(data["embeddings"]))]   # consistent, 128 values
         data["dim"] = 128
         needle = "128-dimensional"
     elif kind == "dim-lie":
