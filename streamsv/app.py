@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -103,6 +105,24 @@ def run_service(cfg, emb, realtime: bool = False, reload_config=None, turns: boo
         return runner.run()
 
 
+@contextmanager
+def _sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """Outside the service (a container's stop, ``kill``), SIGTERM ends ``listen`` as Ctrl-C does:
+    the final stats, then exit 0. Signal handlers belong to the main thread; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
                stop: threading.Event | None = None, on_event=None, turns: bool = False) -> dict:
     """Build source + pipeline + sinks from a Config and run to the end; returns the final stats."""
@@ -112,7 +132,7 @@ def run_listen(cfg, emb, realtime: bool = False, title: str = "streamsv listen",
     pipe = _listening_pipeline(cfg, emb, open_audio(cfg, realtime), sinks)
     final: dict = {}
     stop = stop or threading.Event()
-    with sinks:
+    with sinks, _sigterm_stops_like_ctrl_c():
         events = pipe.run(stop)
         try:
             for ev in events:

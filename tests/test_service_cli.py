@@ -141,6 +141,18 @@ def test_listen_service_flag_without_socket_stops_on_sigint(home, tiny_model, sp
     assert final["event"] == "stats" and final["final"] is True and 0 < final["audio_s"] < FILE_S
 
 
+def test_plain_listen_stops_on_sigterm_as_on_ctrl_c(home, tiny_model, speechlike):
+    # Without --service (a container's stop sends SIGTERM): the final stats, then exit 0.
+    proc = subprocess.Popen(listen_cmd(home, tiny_model, speechlike, "--json"), env=home["env"],
+                            cwd=home["tmp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with killed_on_failure(proc):
+        assert json.loads(proc.stdout.readline())["event"] == "ready"
+        proc.stdout.readline()                                        # audio is flowing
+        out, err = stop_cleanly(proc, signal.SIGTERM)
+    final = json.loads(out.splitlines()[-1])
+    assert final["event"] == "stats" and final["final"] is True and 0 < final["audio_s"] < FILE_S
+
+
 def test_service_install_print_is_the_repo_unit(capsys):
     from streamsv import cli
 
