@@ -8,6 +8,7 @@ terminal, else to one line a second (JSON lines with ``--json``).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import enrollment
-from .errors import StreamsvError
+from .errors import StreamsvError, shown
 from .features import SAMPLE_RATE
 
 PIECE_S = 3.0                 # mic enrollment: one embedding per ~3 s of voice, like a live window
@@ -184,6 +185,11 @@ def run_enroll(name: str, paths: list[Path], seconds: float, *, force: bool, app
         from .sources import load_audio
         from .vad import voiced_speech
 
+        seen: dict[str, Path] = {}
+        for p in paths:   # the same recording twice would count its speech twice
+            first = seen.setdefault(os.path.realpath(p), p)
+            if first is not p:
+                raise StreamsvError(f"{shown(p)}: the same file as {shown(first)}; give each recording once")
         raw = [load_audio(p) for p in paths]            # a bad file fails before the model loads
         speech = [voiced_speech(w, cfg.vad) for w in raw]
         labels = [str(p) for p in paths]

@@ -334,3 +334,13 @@ def test_append_refuses_another_voice_without_force(capsys, shipped_cli, clips, 
     code, _, err = run_cli(capsys, "enroll", "alice", "--append", "--from", *other)
     assert code == 2 and "does not sound like alice" in err
     assert run_cli(capsys, "enroll", "alice", "--append", "--force", "--from", *other)[0] == 0
+
+
+def test_the_same_recording_given_twice_is_refused(capsys, untrained_cli, clips, tmp_path):
+    # Its speech would count twice: a 1.3 s clip given three times made a "usable" 3.8 s profile.
+    link = tmp_path / "again.opus"
+    link.symlink_to(clips[0])
+    for files in ([clips[0], clips[1], clips[0]], [clips[0], link]):
+        code, out, err = run_cli(capsys, "enroll", "twice", "--from", *map(str, files))
+        assert code == 2 and "the same file as" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "profiles" / "twice.json").exists()
