@@ -277,7 +277,11 @@ def _int(lo: int, hi: int) -> Callable[[Any], int]:
 def _num(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], float]:
     def check(v: Any) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise _Bad(f"expected a number, got {_show(v)}")
+            hint = ""
+            if isinstance(v, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", v.strip()):
+                # YAML 1.1 (PyYAML) reads 5e-1 as text: a float needs its dot, as in 5.0e-1.
+                hint = " (YAML reads an exponent without a dot as text: write 0.5 or 5.0e-1)"
+            raise _Bad(f"expected a number, got {_show(v)}{hint}")
         v = float(v)
         if not math.isfinite(v):
             raise _Bad(f"expected a finite number, got {v}")

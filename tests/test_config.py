@@ -235,3 +235,16 @@ def test_change_embedding_is_one_of_its_sources():
     assert parse_config("change:\n  continuous_threshold: null\n", source="test.yaml").change.continuous_threshold is None
     msg = error_of("change:\n  embedding: online\n")
     assert "change.embedding" in msg and "offline, stream" in msg
+
+
+def test_a_yaml_exponent_read_as_text_says_how_to_write_it(tmp_path):
+    # PyYAML follows YAML 1.1: 5e-1 is a string there, 5.0e-1 a float.
+    from streamsv.config import load_config
+    from streamsv.errors import StreamsvError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("scoring:\n  threshold: 5e-1\n")
+    with pytest.raises(StreamsvError, match=r"expected a number, got '5e-1' \(YAML reads an exponent"):
+        load_config(path)
+    path.write_text("scoring:\n  threshold: 5.0e-1\n")
+    assert load_config(path).scoring.threshold == 0.5
