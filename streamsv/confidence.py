@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StreamsvError, shown
+from .profiles import DIR_MODE
 from .safeio import PRIVATE_MODE, atomic_write, check_trusted, read_bounded
 from .scoring import MIN_SCORED_SPEECH_S
 
@@ -211,7 +212,8 @@ def save(path: str | os.PathLike, fingerprint: str, model: ConfidenceModel, forc
     models[fingerprint] = model.to_json()
     if len(models) > MAX_MODELS:
         raise StreamsvError(f"{path}: more than {MAX_MODELS} models; remove old entries")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # A private calibration's new folder is made as a profiles folder is (owner-only).
+    path.parent.mkdir(mode=0o755 if shared else DIR_MODE, parents=True, exist_ok=True)
     atomic_write(path, json.dumps({"format": FORMAT, "version": VERSION, "models": models}, indent=1, sort_keys=True) + "\n",
                  mode=SHARED_MODE if shared else PRIVATE_MODE)
     return path

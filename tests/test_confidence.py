@@ -229,3 +229,18 @@ def test_calibrate_save_refits_on_your_recordings(capsys, shipped, tmp_path):
     assert stat.S_IMODE(user.stat().st_mode) == 0o600
     code, _, err = run_cli(capsys, "calibrate", str(root), "--save")
     assert code == 2 and "--force" in err
+
+
+def test_a_private_calibration_makes_its_new_folder_owner_only(tmp_path):
+    import os
+    import stat
+
+    from streamsv import confidence
+
+    model = confidence.ConfidenceModel((0.0, 10.0, 0.0, 0.0), 3.0)
+    old = os.umask(0o022)
+    try:
+        path = confidence.save(tmp_path / "new" / "profiles" / "calibration.json", "fp", model)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700 and stat.S_IMODE(path.stat().st_mode) == 0o600
