@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from .errors import StreamsvError
+from .errors import StreamsvError, shown
 from .features import SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -115,9 +115,13 @@ def turn_of(t: float, turns: list[tuple[str, float, float]]) -> str | None:
 
 
 def make_keep_folder(keep: Path) -> None:
-    """``--keep``'s folder, made before any synthesis so that a bad path fails at once, in one line."""
+    """``--keep``'s folder, made before any synthesis so that a bad path fails at once, in one line.
+    A folder that already holds files is refused: the demo's copies would replace any of the same name."""
     try:
         keep.mkdir(parents=True, exist_ok=True)
+        if any(keep.iterdir()):
+            raise StreamsvError(f"--keep {shown(keep)}: the folder is not empty; give a new or empty one "
+                                "(the demo's audio would replace files of the same name)")
     except OSError as e:
         raise StreamsvError(f"--keep {keep}: cannot make this folder ({e.strerror or e})") from None
 

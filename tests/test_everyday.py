@@ -167,3 +167,16 @@ def test_demo_keep_folder_error_is_one_line(tmp_path):
     blocker.write_text("x")
     with pytest.raises(StreamsvError, match="--keep .*cannot make this folder"):
         make_keep_folder(blocker / "sub")
+
+
+def test_demo_keep_refuses_a_folder_that_holds_files(tmp_path):
+    # The demo's copies would replace files of the same name: nothing is overwritten unasked.
+    from streamsv.demo import make_keep_folder
+    from streamsv.errors import StreamsvError
+
+    make_keep_folder(tmp_path / "fresh")          # new, or empty: fine
+    make_keep_folder(tmp_path / "fresh")
+    (tmp_path / "fresh" / "conversation.wav").write_bytes(b"mine")
+    with pytest.raises(StreamsvError, match="not empty"):
+        make_keep_folder(tmp_path / "fresh")
+    assert (tmp_path / "fresh" / "conversation.wav").read_bytes() == b"mine"
