@@ -77,12 +77,13 @@ class ChangeConfig:
     min_reference_s: float = 1.0  # segment audio before the recent window needed to test at all
     continuous: bool = True  # test every hop, half-way between decisions (a voice that takes over without a pause)
     min_pause_s: float = 0.1  # a pause inside a segment this long is tested once recent_s follows it (0 = never)
-    # A segment that starts within this many seconds of the last one's end continues its voice (window,
-    # smoother, change references, turn summary); the gap is a pause inside it, which the pause test
-    # judges (0 = every segment is a new voice; so does min_pause_s 0, which turns the pause test
-    # off). 1.0 s with bridge_threshold 0.7 won on the tuning conversations of tools.bench_detection (boundary F1
-    # 0.513 -> 0.571 at -50 dBFS, 0.605 -> 0.665 quiet; in-turn accuracy 0.819 -> 0.833 and
-    # 0.832 -> 0.829); 0.5 and 2.0 s did no better (docs/live-rooms.md, third pass).
+    # A segment that starts within this many seconds of the last one's end continues its voice
+    # (window, smoother, change references, turn summary); the gap is a pause inside it, which the
+    # pause test judges (0 = every segment is a new voice; so does min_pause_s 0, which turns the
+    # pause test off). 1.0 s with bridge_threshold 0.7 won on the tuning conversations of
+    # tools.bench_detection (boundary F1 0.513 -> 0.571 at -50 dBFS, 0.605 -> 0.665 quiet; in-turn
+    # accuracy 0.819 -> 0.833 and 0.832 -> 0.829); 0.5 and 2.0 s did no better (docs/live-rooms.md,
+    # third pass).
     bridge_s: float = 1.0
     # After a bridged gap, no decision until its pause test has spoken: deciding at once on the window
     # from before the gap names the previous voice for the next one's first second (in-turn 0.71, tuning).
