@@ -140,6 +140,15 @@ def clips(tmp_path, speech_clips) -> list[Path]:
     return paths
 
 
+def twice(path: Path) -> list[str]:
+    """``path`` and a copy of it beside it: a recording's speech twice over for ``enroll --from``
+    (which refuses the same file given twice)."""
+    copy = path.with_name(path.stem + "-again" + path.suffix)
+    if not copy.exists():
+        copy.write_bytes(path.read_bytes())
+    return [str(path), str(copy)]
+
+
 def speaker_folders(root: Path, speakers: list[str], per_speaker: int) -> Path:
     """``calibrate``'s layout: one sub-folder per dev speaker under root, holding links to the
     first ``per_speaker`` of their utterances (the data is never copied)."""

@@ -22,7 +22,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from conftest import REPO, refused, with_pauses, run_cli
+from conftest import REPO, refused, run_cli, twice, with_pauses
 from streamsv import cli
 from streamsv.profiles import centroid_of
 
@@ -111,7 +111,7 @@ def test_odd_audio_is_accepted_by_every_command(capsys, tmp_path, speech, enroll
     final = json.loads(out.splitlines()[-1])
     assert final["final"] and final["audio_s"] == pytest.approx(len(wave) / SR, abs=0.05)
     # --force: the same voice as alice, which enroll otherwise refuses as a collision.
-    code, out, err = run(capsys, "enroll", f"v-{kind.lower()}", "--force", "--from", str(f), str(f))
+    code, out, err = run(capsys, "enroll", f"v-{kind.lower()}", "--force", "--from", *twice(f))
     assert code == 0, err
 
 
@@ -315,7 +315,7 @@ def test_a_tampered_profile_spoils_only_itself(capsys, caplog, tmp_path, speech_
     profiles, clip = enrolled
     bob = tmp_path / "bob.wav"
     sf.write(bob, speech_clips[2], SR)
-    assert run(capsys, "enroll", "bob", "--force", "--from", str(bob), str(bob))[0] == 0   # alice's voice too
+    assert run(capsys, "enroll", "bob", "--force", "--from", *twice(bob))[0] == 0   # alice's voice too
     needle = _tamper(kind, profiles / "bob.json")
     alice_bytes = (profiles / "alice.json").read_bytes()
     code, out, err = run(capsys, "verify", "alice", str(clip), "--json")
@@ -417,13 +417,13 @@ def test_profile_files_0600_in_a_0700_folder(capsys, tmp_path, enrolled, speech_
     old = os.umask(0)                                         # even with a careless umask
     try:
         # --force: the clips are one speaker's, so bob sounds like alice (duplicate-voice check)
-        code, out, err = run(capsys, "enroll", "bob", "--force", "--from", str(bob), str(bob))
+        code, out, err = run(capsys, "enroll", "bob", "--force", "--from", *twice(bob))
         assert code == 0, err
         assert run(capsys, "profiles", "rename", "bob", "carol")[0] == 0
         exported = tmp_path / "carol.json"
         assert run(capsys, "profiles", "export", "carol", str(exported))[0] == 0
         assert run(capsys, "profiles", "import", str(exported), "--name", "dave")[0] == 0
-        assert run(capsys, "enroll", "alice", "--force", "--from", str(clip), str(clip))[0] == 0
+        assert run(capsys, "enroll", "alice", "--force", "--from", *twice(clip))[0] == 0
     finally:
         os.umask(old)
     assert stat.S_IMODE(profiles.stat().st_mode) == 0o755      # never chmod'ed by streamsv

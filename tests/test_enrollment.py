@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import dev_speakers, dev_utterances, run_cli
+from conftest import dev_speakers, dev_utterances, run_cli, twice
 from streamsv import app, enrollment
 from streamsv.enroll_command import LineReporter, MicProgress, hint_for
 from streamsv.profiles import Profile, ProfileStore, append_to_profile, bounded_embeddings, centroid_of
@@ -303,7 +303,7 @@ def test_append_adds_speech_and_embeddings(capsys, shipped_cli, clips, tmp_path)
     assert code == 0, err
     store = ProfileStore(tmp_path / "profiles")
     before = store.load("alice")
-    code, out, err = run_cli(capsys, "enroll", "alice", "--append", "--from", str(clips[2]), str(clips[2]))
+    code, out, err = run_cli(capsys, "enroll", "alice", "--append", "--from", *twice(clips[2]))
     assert code == 0, err
     assert out.startswith("appended to 'alice': ")
     after = store.load("alice")

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, SR, refused, run_cli
+from conftest import REPO, SR, refused, run_cli, twice
 from streamsv import profiles as profiles_mod
 from streamsv.config import Config, load_config, parse_config
 from streamsv.errors import StreamsvError
@@ -43,7 +43,7 @@ def enrolled(capsys, tmp_path, clips):
     code, _, err = run(capsys, "enroll", "alice", "--from", str(clips[0]), str(clips[1]))
     assert code == 0, err
     # --force: the clips are one speaker's, so bob sounds like alice (duplicate-voice check)
-    code, _, err = run(capsys, "enroll", "bob", "--force", "--from", str(clips[2]), str(clips[2]))
+    code, _, err = run(capsys, "enroll", "bob", "--force", "--from", *twice(clips[2]))
     assert code == 0, err
     return tmp_path / "profiles"
 
@@ -357,8 +357,8 @@ def test_a_full_disk_during_enroll_rename_import_is_one_line_and_loses_nothing(c
     assert run(capsys, "profiles", "export", "alice", str(exported))[0] == 0
     before = snapshot(enrolled)
     _full_disk(monkeypatch)
-    for argv in (["enroll", "carol", "--force", "--from", str(clips[0]), str(clips[0])],
-                 ["enroll", "alice", "--force", "--from", str(clips[1]), str(clips[1])],
+    for argv in (["enroll", "carol", "--force", "--from", *twice(clips[0])],
+                 ["enroll", "alice", "--force", "--from", *twice(clips[1])],
                  ["profiles", "rename", "bob", "robert"],
                  ["profiles", "import", str(exported), "--name", "alice2"],
                  ["profiles", "export", "alice", str(tmp_path / "new.json")]):
@@ -394,7 +394,7 @@ def test_importing_a_wav_says_what_is_wrong_in_words(capsys, clips, enrolled):
 
 def _real_enroll(tmp_path: Path, clip: Path) -> dict:
     env = {"STREAMSV_PROFILES_DIR": str(tmp_path / "real-profiles"), "HOME": str(tmp_path)}
-    proc = _cli_subprocess(["enroll", "alice", "--force", "--from", str(clip), str(clip)], env, timeout=300)
+    proc = _cli_subprocess(["enroll", "alice", "--force", "--from", *twice(clip)], env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return env
 
@@ -447,12 +447,12 @@ def test_an_existing_folder_is_never_chmoded_and_a_world_writable_one_is_refused
     link = tmp_path / "link"
     link.symlink_to(shared)
     for d in (shared, link):
-        refused(run(capsys, "enroll", "eve", "--from", str(clips[0]), str(clips[0]), "--profiles-dir", str(d)),
+        refused(run(capsys, "enroll", "eve", "--from", *twice(clips[0]), "--profiles-dir", str(d)),
                 "writable by group or others", "chmod go-w")
         refused(run(capsys, "profiles", "list", "--profiles-dir", str(d)), "writable by group or others")
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777 and not list(shared.iterdir())
     fresh = tmp_path / "new" / "profiles"
-    assert run(capsys, "enroll", "eve", "--from", str(clips[0]), str(clips[0]), "--profiles-dir", str(fresh))[0] == 0
+    assert run(capsys, "enroll", "eve", "--from", *twice(clips[0]), "--profiles-dir", str(fresh))[0] == 0
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o700      # created by streamsv: 0700
 
 
