@@ -460,6 +460,8 @@ def profiles_export(name: str = typer.Argument(..., help="Profile name."),
                     dest: Path = typer.Argument(..., help="File (or folder) to write."), force: bool = typer.Option(False, "--force", help="Replace an existing file."),
                     profiles_dir: Optional[str] = ProfilesOpt, config: Optional[Path] = ConfigOpt) -> None:
     """Copy a profile to a file (0600; it is biometric data: keep it private)."""
+    if str(dest) == "-":   # not stdout: a terminal or a pipe would carry it past the file's 0600
+        raise StreamsvError("profiles export writes a file (0600), not stdout: give a path, such as alice.json")
     cfg = _config(config, **{"profiles.dir": profiles_dir})
     out = application.open_store(cfg).export(name, dest, force=force)
     typer.echo(f"exported {name!r} -> {out}")

@@ -35,6 +35,8 @@ FRAMES_PER_SECOND = 50  # encoder frames (20 ms) per second of audio
 MEL_FRAMES_PER_FRAME = 2  # the stem stacks pairs of 10 ms log-mel frames
 MAX_STEP_FRAMES = 64  # longer pushes run as several steps: token mixing grows with a step squared
 MIN_AUDIO_S = 0.1  # below this an embedding is mostly noise
+STEP_INPUTS = ("mel", "position", "state")   # the graphs' inputs, as training/model.py exports them
+POOL_INPUTS = ("features", "logits")
 WINDOW_BUFFER_WINDOWS = 2  # a stream's frame buffer holds this many windows: one shift per window of pushes
 ORT_LOG_ERRORS_ONLY = 3  # onnxruntime severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 # The model's graphs come pre-optimised from training/export_weights.py (its portable fusions and
@@ -87,6 +89,11 @@ class OnnxEncoder:
         self.step = ort.InferenceSession(step, options, providers=providers)
         self.pool = ort.InferenceSession(pool, options, providers=providers)
         inputs = {i.name: i for i in self.step.get_inputs()}
+        for session, names, what in ((self.step, STEP_INPUTS, "step"), (self.pool, POOL_INPUTS, "pooling")):
+            given = {i.name for i in session.get_inputs()}
+            if not set(names) <= given:
+                raise ValueError(f"not a streamsv {what} graph (its inputs are {', '.join(sorted(given))}, "
+                                 f"expected {', '.join(names)})")
         self.state_shape = tuple(inputs["state"].shape)
         self.n_mels = int(inputs["mel"].shape[1])
         self.metadata = dict(self.step.get_modelmeta().custom_metadata_map)
@@ -265,6 +272,8 @@ def load_embedder(path: str | Path | None = None, variant: str | None = None, th
     """The shipped model (``variant`` fp32 or int8), or the step graph at ``path``."""
     step, pool = model_paths(path, variant)
     for p in (step, pool):
+        if p.is_dir():
+            raise StreamsvError(f"{p}: a folder, not a model file (give the step graph, NAME.onnx)")
         if not p.is_file():
             raise StreamsvError(f"model file not found: {p}")
     try:

@@ -44,6 +44,7 @@ def test_enroll_from_files_then_force(capsys, clips, tmp_path):
     (["embed", "/nonexistent.wav"], "no such file"),
     (["profiles", "show", "ghost"], "no profile named 'ghost'"),
     (["listen", "--source", "x.wav", "--threshold", "7"], "config: scoring.threshold"),
+    (["profiles", "export", "alice", "-"], "not stdout"),
 ])
 def test_errors_are_one_line_exit_2(capsys, argv, msg):
     code, out, err = run(capsys, *argv)
@@ -234,3 +235,15 @@ def test_quick_listen_runs_listen_with_the_same_exit_status(capsys, tmp_path, sp
     code, out, err = run(capsys, "listen", "--source", str(wav), "--json", "--turns")
     events = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and events[0]["event"] == "ready" and events[-1]["event"] == "stats", err
+
+
+def test_a_model_path_that_is_no_step_graph_is_said_plainly():
+    # A folder, or the pooling graph given for the step: said plainly, not as a graph's input name.
+    from streamsv.embedder import load_embedder
+    from streamsv.errors import StreamsvError
+
+    weights = REPO / "streamsv" / "weights"
+    for model, msg in ((weights, "a folder, not a model file"),
+                       (weights / "student.pool.onnx", "not a streamsv step graph")):
+        with pytest.raises(StreamsvError, match=msg):
+            load_embedder(model)
