@@ -12,7 +12,7 @@ embeddings), with one standard whatever the source, microphone or ``--from`` fil
   its syllables, a tone, hum or fan does not (refuses tones and steady noise);
 - speech share: how much of the voiced audio a speech classifier (silero-vad) calls speech;
   refuses sounds that rise and fall like a voice and share its spectrum but are not one (a
-  dog, dishes, a bike; the figures above pass about a third of such recordings);
+  cat, the dishes; the figures above passed about a third of such recordings);
 - consistency: the enrollment embeddings' agreement with their centroid.
 
 The verdict is ``good``, ``usable`` (kept, with the reasons it is not good) or ``refused``

@@ -85,7 +85,7 @@ def test_clipping_quiet_and_noise_are_named(speech_clips):
 
 def test_a_sound_that_rises_and_falls_like_a_voice_but_is_not_one_is_refused():
     # Brown noise under a syllable-rate random envelope: its level, spectrum, modulation and SNR all
-    # pass for a voice's (as a third of real noise recordings did: dishes, a cat, a bike); the
+    # pass for a voice's (as a third of real noise recordings did: the dishes, a cat); the
     # speech classifier is what refuses it.
     from dataclasses import replace
 
