@@ -25,7 +25,11 @@ current name stays accepted down to D below the bar), ``closeness=K,near=C`` (a 
 by K per unit of its centroid's cosine to the nearest other profile above C), ``cohort_weight=W``
 (and ``top_k``, default 100: every score less W times the mean of the window's and the profile's
 top_k cosines to training/cohort.py's clean cohort, the mean half of AS-norm; needs the shared data),
-``center=C`` (both sides less C times that cohort's mean before the cosine).
+``center=C`` (both sides less C times that cohort's mean before the cosine), ``adapt=W,adapt_bar=B``
+(and ``adapt_max``, default 20: each turn's most confident accepted window, raw score at least B,
+joins its profile's centroid with weight W), ``shift=W`` (and ``shift_after``, default 10: every
+window less W times how far the mean of the conversation's windows so far lies from the mean of
+the enrolled centroids).
 
 Every run ends with the spread over households (tools.bench_detection's: paired bootstrap 95%
 intervals of each policy's figures and of its difference from the first policy).
@@ -125,23 +129,48 @@ def replay(rec: Recording, scoring, extras: dict) -> list[dict]:
         profile_mu = dict(zip(rec.centroids, top_k_stats(np.stack(list(rec.centroids.values())), cohort, top_k)[0]))
     # Embeddings and centroids less ``center`` times the cohort's mean before the cosine.
     center = float(extras.get("center", 0.0))
-    centroids = rec.centroids
+    centroids = dict(rec.centroids)
     if center:
         shift = center * np.mean([unit(c) for c in cohort], axis=0)
         centroids = {n: unit(c) - shift for n, c in rec.centroids.items()}
+    # Profiles that follow the voice as this room hears it: a turn's most confident accepted
+    # window (raw score at least ``adapt_bar``) joins its profile's centroid with weight ``adapt``
+    # (the enrolled centroid weighs 1), at most ``adapt_max`` windows a profile.
+    adapt, adapt_bar = float(extras.get("adapt", 0.0)), float(extras.get("adapt_bar", 1.0))
+    adapt_max = int(extras.get("adapt_max", 20))
+    enrolled = {n: unit(c) for n, c in centroids.items()}
+    # The room's channel taken out of every window: its embedding less ``shift`` times how far the
+    # mean of the room's windows so far (every voice) lies from the mean of the enrolled centroids,
+    # once ``shift_after`` windows are in.
+    shift_w, shift_after = float(extras.get("shift", 0.0)), int(extras.get("shift_after", 10))
+    room_sum, room_n = np.zeros_like(next(iter(enrolled.values()))), 0
+    household = np.mean(list(enrolled.values()), axis=0)
+    absorbed: dict[str, list[np.ndarray]] = {n: [] for n in centroids}
     out, k = [], 0
     state: dict = {}
 
+    def commit():
+        best = state.get("confident")
+        if adapt and best is not None:
+            name, emb = best[1], best[2]
+            absorbed[name] = (absorbed[name] + [unit(emb)])[-adapt_max:]
+            centroids[name] = unit(enrolled[name] + adapt * np.sum(absorbed[name], axis=0))
+
     def reset():
+        commit()
+        state["confident"] = None
         smoother.reset()
         state.clear()
-        state.update(ema=None, recent=[], named=None, run_name=None, run=0)
+        state.update(ema=None, recent=[], named=None, run_name=None, run=0, confident=None)
 
     reset()
     for e in rec.events:
         kind = e["event"]
         if (kind == "speech_start" and not e.get("continues")) or kind == "speaker_change":
             reset()
+        if kind == "speech_end":
+            commit()
+            state["confident"] = None
         if kind == "decision":
             emb, seconds = rec.embeddings[k], rec.seconds[k]
             k += 1
@@ -150,7 +179,11 @@ def replay(rec: Recording, scoring, extras: dict) -> list[dict]:
                 state["recent"] = (state["recent"] + [unit(emb)])[-scoring.smoothing_hops:]
                 smoothed = cosine_scores(np.mean(state["recent"], axis=0), rec.centroids)
             else:
+                room_sum, room_n = room_sum + unit(emb), room_n + 1
+                if shift_w and room_n >= shift_after:
+                    emb = unit(emb) - shift_w * (room_sum / room_n - household)
                 raw = cosine_scores(unit(emb) - shift if center else emb, centroids)
+                raw_scores = raw
                 if cohort_weight:
                     mu = float(top_k_stats(emb[None, :], cohort, top_k)[0][0])
                     raw = {n: v - cohort_weight * 0.5 * (mu + float(profile_mu[n])) for n, v in raw.items()}
@@ -177,6 +210,8 @@ def replay(rec: Recording, scoring, extras: dict) -> list[dict]:
                     speaker = None
             if speaker is not None:
                 state["named"] = speaker
+                if adapt and raw_scores[speaker] >= adapt_bar and (state["confident"] is None or raw_scores[speaker] > state["confident"][0]):
+                    state["confident"] = (raw_scores[speaker], speaker, emb)
             e = {**e, "speaker": speaker, "accepted": speaker is not None}
         out.append(e)
     return out
@@ -193,7 +228,8 @@ def split_policy(policy: dict) -> tuple[dict, dict]:
             {k: v for k, v in policy.items() if k in SMOOTHER_KEYS})
 
 
-SMOOTHER_KEYS = ("alpha", "excess", "pool", "confirm", "stay", "switch_only", "closeness", "near", "cohort_weight", "top_k", "center")
+SMOOTHER_KEYS = ("alpha", "excess", "pool", "confirm", "stay", "switch_only", "closeness", "near", "cohort_weight", "top_k", "center",
+                 "adapt", "adapt_bar", "adapt_max", "shift", "shift_after")
 
 
 def check_replay(recs: list[Recording], scoring) -> None:
