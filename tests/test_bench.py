@@ -95,7 +95,8 @@ def test_tools_bench_adds_the_numpy_baseline_on_the_same_audio(capsys, tmp_path)
     for name, system in out["systems"].items():
         assert all(system["figures"][key] > 0 for key in FIGURES), name
     # The baseline runs only its own weights: beside another model it is left out, with a note.
-    assert tools_bench.main(["--systems", "numpy-baseline,fp32", "--model", str(DEFAULT_WEIGHTS), *QUICK]) == 0
+    assert tools_bench.main(["--systems", "numpy-baseline,fp32", "--model", str(DEFAULT_WEIGHTS), "--audio", str(path),
+                             *QUICK]) == 0
     out = json.loads(capsys.readouterr().out)
     assert list(out["systems"]) == ["fp32"] and any(n.startswith("numpy-baseline: skipped (--model given") for n in out["notes"])
 
