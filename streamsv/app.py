@@ -49,6 +49,13 @@ def profile_loader(store, emb) -> Callable[[], dict]:
     return profiles
 
 
+def profiles_watch(cfg, store):
+    """A ProfilesWatch on ``store`` by ``profiles.watch_s``; None when it is 0 (reload signals only)."""
+    from .profiles import ProfilesWatch
+
+    return ProfilesWatch(store, cfg.profiles.watch_s) if cfg.profiles.watch_s > 0 else None
+
+
 def check_listen_inputs(cfg) -> None:
     """Fail on a wrong device, a missing file or a missing MQTT password before the model loads."""
     if cfg.mqtt.url:
@@ -79,7 +86,8 @@ def _listening_pipeline(cfg, emb, source, sinks):
     from .pipeline import Pipeline
 
     store = open_store(cfg)
-    pipe = Pipeline(emb, source, cfg, profile_loader(store, emb), level_interval_s=sinks.level_interval_s)
+    pipe = Pipeline(emb, source, cfg, profile_loader(store, emb), level_interval_s=sinks.level_interval_s,
+                    watch=profiles_watch(cfg, store))
     if not pipe.centroids:
         log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
     return pipe
@@ -228,7 +236,8 @@ def run_wyoming(settings, cfg, load_model: Callable[[], object]) -> None:
 
     store = open_store(cfg)
     emb = load_model()
-    proxy = Proxy(settings, cfg, emb, profile_loader(store, emb))   # reads profiles once, and on SIGHUP
+    # Reads the profiles now, on SIGHUP and when their folder changes (profiles.watch_s).
+    proxy = Proxy(settings, cfg, emb, profile_loader(store, emb), profiles_watch(cfg, store))
     if not proxy.centroids:
         log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
     serve(proxy)

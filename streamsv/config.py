@@ -172,6 +172,7 @@ class ScoringConfig:
 @dataclass(frozen=True)
 class ProfilesConfig:
     dir: str | None = None  # None = $STREAMSV_PROFILES_DIR, else ./profiles
+    watch_s: float = 2.0  # look for enrolled, changed or deleted profiles this often; 0 = only on a reload signal
 
     def resolved(self) -> Path:
         """The folder profiles live in, after the env fallback; ``~`` expanded."""
@@ -433,6 +434,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "scoring.snr_slope": _num(0.0, 0.1),
     "scoring.snr_ref_db": _num(0.0, 100.0),
     "profiles.dir": _optional(_text),
+    "profiles.watch_s": _num(0.0, 3600.0),
     "model.path": _optional(_text),
     "model.variant": _choice(("fp32", "int8")),
     "model.threads": _int(1, 64),

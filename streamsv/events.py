@@ -15,7 +15,7 @@ Key order is part of the contract (it is the order of the JSON line).
                       or since the start of the segment it continues)
   level               input level, only for a sink that asks for it (the console's meter)
   stats               periodic (``output.stats_interval_s``) and once at the end, ``final`` true
-  profiles_reloaded   after SIGHUP / a reload request: the profiles and the rule now in force
+  profiles_reloaded   after SIGHUP, a reload request or a change to the profiles folder: the profiles and the rule now in force
 
 ``confidence`` is null when the model has no confidence calibration; ``score`` is null when no
 profile is enrolled. ``listen --turns`` keeps only what ``TurnFilter`` keeps.

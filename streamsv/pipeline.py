@@ -29,9 +29,10 @@ from . import events
 from .change import ChangeDetector, ChangeVerdict
 from .config import Config, ScoringConfig
 from .embedder import MIN_AUDIO_S
-from .errors import StreamsvError
+from .errors import StreamsvError, shown
 from .events import Event
 from .features import SAMPLE_RATE
+from .profiles import ProfilesWatch
 from .scoring import Decision, Smoother, cosine_scores, decide, snr_shift, threshold_for, unit
 from .sources import Source
 from .vad import Segmenter, SpeechAudio, SpeechEnd, SpeechStart, power_dbfs
@@ -285,15 +286,18 @@ def _passed(mark: float, now: float, step: float) -> tuple[bool, float]:
 
 class Pipeline:
     def __init__(self, embedder, source: Source, cfg: Config, profiles: ProfileLoader | dict[str, np.ndarray],
-                 *, level_interval_s: float = 0.0, rule: DecisionRule | None = None) -> None:
+                 *, level_interval_s: float = 0.0, rule: DecisionRule | None = None,
+                 watch: ProfilesWatch | None = None) -> None:
         """``profiles``: a loader (re-read on reload) or fixed centroids. ``rule``: a decision rule
         already loaded for ``cfg.scoring`` (a server shares one across requests); by default it is
-        loaded here. ``level_interval_s``: what a level-meter sink asked for (0: no level events)."""
+        loaded here. ``level_interval_s``: what a level-meter sink asked for (0: no level events).
+        ``watch``: the loader's folder, looked at between chunks: a change there is a reload."""
         self.embedder = embedder
         self.source = source
         self.cfg = cfg
         self.rule = rule or DecisionRule.load(cfg.scoring, embedder.fingerprint, cfg.profiles.resolved())
         self._loader: ProfileLoader = profiles if callable(profiles) else (lambda p=dict(profiles): p)
+        self._watch = watch
         self.centroids: dict[str, np.ndarray] = {}
         self.reload_profiles()
         self._reload = ReloadRequest()
@@ -330,6 +334,8 @@ class Pipeline:
 
     def reload_profiles(self) -> int:
         """Re-read profiles now (call from the loop's thread); returns how many are loaded."""
+        if self._watch is not None:
+            self._watch.read()          # before the read: a change made during it is seen next time
         self.centroids = {n: unit(c) for n, c in self._loader().items()}
         return len(self.centroids)
 
@@ -383,6 +389,9 @@ class Pipeline:
                     yield level
                 self._tell_listeners(len(chunk))
                 asked, new_cfg = self._reload.take()
+                if not asked and self._watch is not None and self._watch.changed():
+                    log.info("profiles folder %s changed: reloading", shown(self._watch.store.dir))
+                    asked = True
                 if asked:
                     yield self._apply_reload(new_cfg)
                 began = time.perf_counter()

@@ -262,11 +262,13 @@ class Proxy:
     """What every connection shares: settings, model, scoring config, and the profiles and decision
     rule read from disk once (``reload()`` reads them again)."""
 
-    def __init__(self, settings: ProxySettings, cfg: Any, embedder: Any, profiles: Any) -> None:
+    def __init__(self, settings: ProxySettings, cfg: Any, embedder: Any, profiles: Any, watch: Any = None) -> None:
         self.settings = settings
         self.cfg = cfg
         self.embedder = embedder
         self.load_profiles = profiles
+        self.watch = watch   # a ProfilesWatch on the profiles' folder (serve() looks), or None
+        self.watching: asyncio.Task | None = None
         self.centroids: dict[str, np.ndarray] = {}
         self.rule = None
         self.requests = 0
@@ -277,6 +279,8 @@ class Proxy:
         from .pipeline import DecisionRule
 
         rule = DecisionRule.load(self.cfg.scoring, self.embedder.fingerprint, self.cfg.profiles.resolved())
+        if self.watch is not None:
+            self.watch.read()       # before the read: a change made during it is seen next time
         centroids = self.load_profiles()
         self.rule, self.centroids = rule, centroids     # two plain swaps: a new request sees one or the other
 
@@ -471,6 +475,7 @@ async def start_proxy(proxy: Proxy):
     handler = make_handler_class()
     server = AsyncServer.from_uri(proxy.settings.uri)
     await server.start(lambda reader, writer: handler(reader, writer, proxy))
+    _start_watching(proxy)
     return server
 
 
@@ -486,12 +491,30 @@ def serve(proxy: Proxy) -> None:
         loop = asyncio.get_running_loop()
         # Off the event loop: reading profiles takes a moment, and clients keep streaming meanwhile.
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, _reload_logged, proxy))
+        _start_watching(proxy)
         try:
             await server.run(lambda reader, writer: handler(reader, writer, proxy))
         except OSError as exc:
             raise StreamsvError(f"cannot listen on {proxy.settings.uri}: {exc.strerror or exc}") from None
 
     asyncio.run(main())
+
+
+def _start_watching(proxy: Proxy) -> None:
+    """The folder watch as a task of the running loop (kept on the proxy: a task nobody holds can be
+    collected); ended with the loop."""
+    if proxy.watch is not None:
+        proxy.watching = asyncio.get_running_loop().create_task(_watch_profiles(proxy))
+
+
+async def _watch_profiles(proxy: Proxy) -> None:
+    """Reload when the profiles' folder changes (profiles.watch_s), as SIGHUP does; off the event loop."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(proxy.watch.interval_s)
+        if await loop.run_in_executor(None, proxy.watch.changed):
+            log.info("wyoming: profiles folder changed: reloading")
+            await loop.run_in_executor(None, _reload_logged, proxy)
 
 
 def _reload_logged(proxy: Proxy) -> None:

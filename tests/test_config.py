@@ -121,6 +121,8 @@ def test_empty_file_and_empty_sections_are_defaults():
         ("output:\n  log_level: loud\n", "config: output.log_level: expected one of debug, info, warning, error"),
         ("output:\n  stats_interval_s: 0\n", "config: output.stats_interval_s: out of range"),
         ("profiles:\n  dir: 5\n", "config: profiles.dir: expected a string, got 5"),
+        ("profiles:\n  watch_s: -1\n", "config: profiles.watch_s: out of range"),
+        ("profiles:\n  watch_s: .nan\n", "config: profiles.watch_s:"),
         ("model:\n  path: {a: 1}\n", "config: model.path: expected a string"),
         ("audoi:\n  device: 1\n", "config: audoi: unknown section (known: audio, vad, scoring"),
         ("audio: 5\n", "config: audio: expected a mapping of settings, got 5"),

@@ -210,6 +210,37 @@ def test_reload_with_config_swaps_thresholds_at_a_chunk_boundary(untrained, spee
     assert any(e["accepted"] for e in before)   # the enrolled clip itself passes the default rule
 
 
+def test_a_profile_enrolled_or_deleted_while_listening_is_picked_up_without_a_signal(untrained, speech_clips,
+                                                                                      conversation, tmp_path):
+    from streamsv.app import profile_loader
+    from streamsv.profiles import ProfilesWatch, ProfileStore, new_profile
+
+    def profile(name, clip):
+        return new_profile(name, untrained.embed(clip)[None], len(clip) / 16000, untrained.fingerprint)
+
+    path, _ = conversation
+    store = ProfileStore(tmp_path / "profiles")
+    store.save(profile("first", speech_clips[0]))
+    watch = ProfilesWatch(store, 0.0)                 # looks at every chunk
+    pipe = Pipeline(untrained, FileSource(path), Config(), profile_loader(store, untrained), watch=watch)
+    events = []
+    for e in pipe.run():
+        events.append(e)
+        decisions = sum(x["event"] == "decision" for x in events)
+        if e["event"] == "decision" and decisions == 1:
+            store.save(profile("second", speech_clips[1]))       # `streamsv enroll second` meanwhile
+        if e["event"] == "decision" and decisions == 6:
+            store.delete("first")                                 # `streamsv profiles delete first`
+    reloads = [(i, e) for i, e in enumerate(events) if e["event"] == "profiles_reloaded"]
+    assert [e["profiles"] for _, e in reloads] == [["first", "second"], ["second"]]
+    assert all(e["error"] is None for _, e in reloads)
+    (added, _), (removed, _) = reloads
+    scored = lambda part: [set(e["scores"]) for e in part if e["event"] == "decision" and e.get("scores")]
+    assert scored(events[:added]) and all(s == {"first"} for s in scored(events[:added]))
+    assert scored(events[added:removed]) and all(s == {"first", "second"} for s in scored(events[added:removed]))
+    assert scored(events[removed:]) and all(s == {"second"} for s in scored(events[removed:]))
+
+
 # ------------------------------------------------------------ a segment that continues the voice
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from streamsv.errors import StreamsvError
-from streamsv.profiles import ProfileStore, check_name, enroll, new_profile, piece_bounds
+from streamsv.profiles import ProfileStore, ProfilesWatch, check_name, enroll, new_profile, piece_bounds
 
 
 def prof(name="alice", model="m1", n=4, dim=8, seed=0):
@@ -144,3 +144,35 @@ def test_piece_bounds_fold_a_short_tail_into_the_piece_before():
     assert piece_bounds(14, 10) == [(0, 14)]                  # 4 < 5: folded
     assert piece_bounds(15, 10) == [(0, 10), (10, 15)]        # half a step: its own piece
     assert piece_bounds(34, 10) == [(0, 10), (10, 20), (20, 34)]
+
+
+def test_the_watch_sees_each_change_to_the_folder_once_and_no_sooner_than_its_interval(tmp_path):
+    store = ProfileStore(tmp_path / "profiles")
+    now = [0.0]
+    watch = ProfilesWatch(store, 2.0, clock=lambda: now[0])       # the folder does not exist yet
+
+    def look(after_s: float = 2.0) -> bool:
+        now[0] += after_s
+        return watch.changed()
+
+    assert not look()
+    store.save(prof())                                            # enrolled while running
+    assert not look(1.0)                                          # not before the interval...
+    assert look(1.0) and not look()                               # ...then once
+    (store.dir / ".tmp-half-written.json").write_text("{")          # a writer's temp file: nothing yet
+    assert not look()
+    store.save(prof(seed=1), force=True)                          # re-enrolled (a new file by rename)
+    assert look()
+    store.rename("alice", "alicia")
+    assert look()
+    os.chmod(store.path("alicia"), 0o644)                         # loadable or not can change with its mode
+    assert look()
+    os.chmod(store.dir, 0o777)                                    # an untrusted folder: a reload says so
+    assert look() and not look()
+    os.chmod(store.dir, 0o700)
+    assert look()
+    store.delete("alicia")
+    assert look() and not look()
+    store.save(prof(name="bob"))
+    watch.read()                                                  # a reload (a signal) read it already
+    assert not look()

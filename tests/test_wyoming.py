@@ -346,3 +346,44 @@ def test_profiles_and_calibration_are_read_once_per_server_and_on_reload(setup, 
     assert [Transcript.from_event(r).context["speaker"]["name"] for r in replies] == ["ada", "bob", "ada"]
     assert after_two == {"profiles": 1, "calibration": 1}
     assert reads == {"profiles": 2, "calibration": 2}
+
+
+def test_a_voice_enrolled_while_the_proxy_runs_is_named_without_a_reload_signal(setup, tmp_path):
+    # profiles.watch_s: the proxy looks at its profiles' folder and reloads when it changes.
+    import os
+    import shutil
+
+    from streamsv.app import profile_loader
+    from streamsv.profiles import ProfilesWatch, ProfileStore
+
+    store = ProfileStore(tmp_path / "profiles")
+    store.ensure_dir()
+    shutil.copy2(setup["store_dir"] / "bob.json", store.path("bob"))
+    emb = setup["emb"]
+    proxy_port, asr_port = free_port(), free_port()
+
+    async def scenario():
+        asr = AsyncServer.from_uri(f"tcp://127.0.0.1:{asr_port}")
+        await asr.start(FixedAsr)
+        proxy = Proxy(ProxySettings(f"tcp://127.0.0.1:{proxy_port}", f"tcp://127.0.0.1:{asr_port}"),
+                      setup["cfg"], emb, profile_loader(store, emb), ProfilesWatch(store, 0.05))
+        server = await start_proxy(proxy)
+        try:
+            before = (await ask(proxy_port, setup["commands"]["ada"]))[0]
+            # `streamsv profiles import` / `enroll` write a temp file and rename it into place.
+            shutil.copy2(setup["store_dir"] / "ada.json", store.dir / ".incoming")
+            os.replace(store.dir / ".incoming", store.path("ada"))
+            for _ in range(100):
+                if "ada" in proxy.centroids:
+                    break
+                await asyncio.sleep(0.05)
+            after = (await ask(proxy_port, setup["commands"]["ada"]))[0]
+            return before, after, sorted(proxy.centroids)
+        finally:
+            await server.stop()
+            await asr.stop()
+
+    before, after, names = asyncio.run(scenario())
+    assert names == ["ada", "bob"]
+    assert Transcript.from_event(before).context["speaker"]["name"] is None           # not enrolled yet
+    assert Transcript.from_event(after).text == f"[ada] {ASR_TEXT}"
