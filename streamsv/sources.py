@@ -10,13 +10,14 @@ from __future__ import annotations
 import collections
 import os
 import re
+import select
 import stat
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -260,11 +261,35 @@ class StdinSource(Source):
             chunk = self._resampler.resample_chunk(chunk, last=last)
         return chunk
 
+    def _reader(self, stop: threading.Event | None) -> Callable[[int], bytes | None]:
+        """``read(n)``: up to n bytes, b"" at the end of the input. With ``stop``, a pipe that has gone
+        quiet is waited on in ``_WAIT_S`` steps, None each time, so that a stop is seen while no audio
+        comes (a stalled ``arecord``): a plain blocking read would hold SIGTERM until the next byte."""
+        try:
+            fd = self._stream.fileno()
+        except (AttributeError, OSError, ValueError):    # an in-memory stream: it never waits
+            fd = None
+        if stop is None or fd is None:
+            return self._stream.read
+
+        def read(n: int) -> bytes | None:
+            if not select.select([fd], [], [], _WAIT_S)[0]:
+                return None
+            try:
+                return os.read(fd, n)
+            except OSError as e:
+                raise StreamsvError(f"--source -: cannot read stdin ({os_reason(e)})") from None
+
+        return read
+
     def chunks(self, stop: threading.Event | None = None) -> Iterator[tuple[np.ndarray, float]]:
         want = self.block * STDIN_SAMPLE_BYTES
         carry = b""
+        read = self._reader(stop)
         while stop is None or not stop.is_set():
-            data = self._stream.read(want - len(carry))
+            data = read(want - len(carry))
+            if data is None:
+                continue                                   # nothing yet: look at the stop event again
             if not data:
                 break
             carry += data

@@ -829,3 +829,37 @@ def test_a_one_microsecond_watchdog_does_not_busy_loop(notify_socket):
     pings = sum(1 for d in notify_socket.recv_all() if d == b"WATCHDOG=1")
     assert turns <= 1.5 / service.MIN_TICK_S, turns           # was thousands of turns a second
     assert pings <= 1.5 / service.MIN_TICK_S
+
+
+def test_sigterm_stops_a_service_whose_stdin_has_gone_quiet(notify_socket, tmp_path):
+    # QA: `arecord | streamsv listen --service --source -` with the capture stalled held SIGTERM
+    # until the next byte (16-36 s), and a unit's TimeoutStopSec would have SIGKILLed it.
+    import numpy as np
+
+    env = dict(os.environ, NOTIFY_SOCKET=notify_socket.env, HOME=str(tmp_path), PYTHONPATH=str(REPO),
+               STREAMSV_PROFILES_DIR=str(tmp_path / "profiles"))
+    for name in ("WATCHDOG_USEC", "WATCHDOG_PID", "STREAMSV_CONFIG"):
+        env.pop(name, None)
+    proc = subprocess.Popen([sys.executable, "-m", "streamsv.cli", "listen", "--service", "--source", "-", "--json"],
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        second = (0.1 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000) * 32767).astype("<i2").tobytes()
+        proc.stdin.write(second)
+        proc.stdin.flush()                          # one second of audio, then nothing: the pipe stays open
+        notify_socket.wait_for(b"READY=1", timeout=60)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)                   # stdin still open (communicate() would close it)
+        except subprocess.TimeoutExpired:
+            pass
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert took < 2.0, took
+    final = json.loads(out.splitlines()[-1])
+    assert final["event"] == "stats" and final["final"] is True and final["audio_s"] == pytest.approx(1.0, abs=0.05)
