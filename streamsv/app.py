@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import StreamsvError
+from .errors import StreamsvError, shown
 from .features import SAMPLE_RATE
 
 log = logging.getLogger("streamsv")
@@ -42,8 +42,18 @@ def open_store(cfg):
 
 def profile_loader(store, emb) -> Callable[[], dict]:
     """A function giving the store's profiles made by ``emb``'s model, name -> centroid (read
-    afresh on each call, so a reload sees new and deleted profiles)."""
+    afresh on each call, so a reload sees new and deleted profiles). A folder that was there at an
+    earlier call and is gone now (unmounted, moved) is an error, so a reload keeps the profiles in
+    force rather than forgetting everyone; a folder that never was is simply no profiles yet."""
+    seen = False
+
     def profiles() -> dict:
+        nonlocal seen
+        if not store.dir.is_dir():
+            if seen:
+                raise StreamsvError(f"profiles folder {shown(store.dir)} is gone (unmounted, moved or deleted?)")
+            return {}
+        seen = True
         return {n: p.centroid for n, p in store.load_all(emb.fingerprint, emb.dim).items()}
 
     return profiles

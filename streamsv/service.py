@@ -394,6 +394,9 @@ class ServiceRunner:
             if event.get("error"):   # the pipeline logged why; the ones in force stay
                 log.warning("profiles not reloaded; still in force: %s", names)
                 self._set_status(f"profiles not reloaded, {event.get('count', 0)} kept", force=True)
+            elif not event.get("profiles"):
+                log.warning("profiles reloaded: none; every voice will be reported unknown")
+                self._set_status("profiles reloaded (0)", force=True)
             else:
                 log.info("profiles reloaded: %s", names)
                 self._set_status(f"profiles reloaded ({event.get('count', 0)})", force=True)

@@ -241,6 +241,31 @@ def test_a_profile_enrolled_or_deleted_while_listening_is_picked_up_without_a_si
     assert scored(events[removed:]) and all(s == {"second"} for s in scored(events[removed:]))
 
 
+def test_a_profiles_folder_that_goes_away_keeps_the_profiles_in_force(untrained, speech_clips, conversation,
+                                                                        tmp_path, caplog):
+    # QA: an unmounted or moved folder, then a reload, silently dropped every profile.
+    from streamsv.app import profile_loader
+    from streamsv.profiles import ProfilesWatch, ProfileStore, new_profile
+
+    path, _ = conversation
+    store = ProfileStore(tmp_path / "profiles")
+    store.save(new_profile("first", untrained.embed(speech_clips[0])[None], 3.0, untrained.fingerprint))
+    pipe = Pipeline(untrained, FileSource(path), Config(), profile_loader(store, untrained),
+                    watch=ProfilesWatch(store, 0.0))
+    events, decisions = [], 0
+    for e in pipe.run():
+        events.append(e)
+        decisions += e["event"] == "decision"
+        if e["event"] == "decision" and decisions == 1:
+            store.dir.rename(tmp_path / "elsewhere")             # unmounted, moved
+        if e["event"] == "decision" and decisions == 4:
+            (tmp_path / "elsewhere").rename(store.dir)            # back
+    reloads = [e for e in events if e["event"] == "profiles_reloaded"]
+    assert [(e["profiles"], e["error"] is None) for e in reloads] == [(["first"], False), (["first"], True)]
+    assert "is gone" in reloads[0]["error"] and "keeping the current profiles" in caplog.text
+    assert all(set(e["scores"]) == {"first"} for e in events if e["event"] == "decision")
+
+
 # ------------------------------------------------------------ a segment that continues the voice
 
 

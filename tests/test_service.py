@@ -863,3 +863,25 @@ def test_sigterm_stops_a_service_whose_stdin_has_gone_quiet(notify_socket, tmp_p
     assert took < 2.0, took
     final = json.loads(out.splitlines()[-1])
     assert final["event"] == "stats" and final["final"] is True and final["audio_s"] == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("reloaded, line", [
+    ({"profiles": ["alice"], "count": 1, "error": None}, ("INFO", "profiles reloaded: alice")),
+    ({"profiles": [], "count": 0, "error": None},
+     ("WARNING", "profiles reloaded: none; every voice will be reported unknown")),
+    ({"profiles": ["alice"], "count": 1, "error": "profiles folder /x is gone"},
+     ("WARNING", "profiles not reloaded; still in force: alice")),
+])
+def test_a_reload_to_no_profiles_is_a_warning(notify_socket, caplog, reloaded, line):
+    # QA: every profile deleted (or none left loadable) was logged at INFO like any reload.
+    class OneReload:
+        def add_audio_listener(self, fn):
+            pass
+
+        def run(self, stop):
+            yield {"event": "profiles_reloaded", **reloaded}
+            yield {"event": "stats", "final": True}
+
+    caplog.set_level("INFO", logger="streamsv")
+    assert ServiceRunner(OneReload(), lambda e: None).run(install_signals=False) == 0
+    assert line in [(r.levelname, r.getMessage()) for r in caplog.records]
