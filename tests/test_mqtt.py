@@ -355,6 +355,42 @@ def test_backlog_is_bounded_drops_oldest_and_update_never_blocks(tmp_path):
         sink.close()
 
 
+def test_a_turn_event_that_waited_too_long_for_the_broker_is_dropped_not_sent_late(tmp_path, caplog):
+    # QA: after a 20 s outage the backlog fired "alice spoke" 30 s late; an automation would run then.
+    from streamsv.config import MqttConfig
+    from streamsv.sinks.mqtt import MqttSink
+
+    def turn(t: float, who: str) -> None:
+        decided = {"speaker": who, "accepted": True, "score": 0.9, "scores": {who: 0.9}}
+        sink.consume({"event": "speech_start", "t": t})
+        sink.consume({"event": "decision", "t": t + 1.0, **decided})
+        sink.consume({"event": "speech_end", "t": t + 2.0, "decisions": 1, **decided})
+
+    port = free_port()                                   # nothing listens there yet
+    sink = MqttSink(MqttConfig(url=f"mqtt://127.0.0.1:{port}", room="attic"), names=["ada", "bob"]).start()
+    sink.event_max_age_s = 0.5
+    broker = Broker(tmp_path, port)
+    try:
+        turn(0.0, "ada")                                 # while the broker is away
+        time.sleep(1.0)
+        broker.start()
+        sub = Subscriber(port)
+        deadline = time.monotonic() + 30
+        while not sink.stats()["connected"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        turn(10.0, "bob")                                # after it came back
+        sub.wait_for(lambda m: m[1] == "streamsv/attic/event" and json.loads(m[2])["phase"] == "end")
+        sent = [(json.loads(p)["event_type"], json.loads(p)["phase"]) for _, _, p, _ in sub.all("streamsv/attic/event")]
+        sub.close()
+        st = sink.stats()
+    finally:
+        sink.close()
+        broker.stop()
+    assert sent == [("bob", "first"), ("bob", "end")]
+    assert st["stale"] == 2 and st["dropped"] == 2
+    assert "turn events older than 0.5 s are dropped" in caplog.text
+
+
 # --------------------------------------------------------------------------- settings
 
 @pytest.mark.parametrize("args, message", [

@@ -16,7 +16,8 @@ Topics, with ``<p>`` = ``<topic_prefix>/<room>``:
   <p>/speaker       {"speaker": name|unknown|none, "score", "scores", "last"}   retained, on change
   <p>/speech        ON | OFF                           retained, on change
   <p>/event         {"event_type": name|unknown, "score", "phase": first|end, "room", "t"}
-                    once per turn at its first confident decision and once at its end
+                    once per turn at its first confident decision and once at its end; one
+                    still queued ``EVENT_MAX_AGE_S`` later (the broker away) is dropped, not sent late
   <p>/stats         {"latency_p95_ms", "rtf", "drops", "mqtt_dropped"}   retained, on change
 
 Discovery: ``<discovery_prefix>/<component>/streamsv_<room>/<object>/config``, retained.
@@ -52,6 +53,8 @@ PUMP_TICK_S = 0.2
 RESEND_WAIT_S = 2.0           # after a reconnect, wait this long for paho's re-sends before the snapshot
 CLOSE_FLUSH_S = 1.0           # how long close() waits for the backlog and "offline" to reach the broker
                               # (short: a service must stop within 2 s of SIGTERM)
+EVENT_MAX_AGE_S = 10.0        # a turn event still queued this long after its turn is dropped, not sent
+                              # late: an automation fired by "alice spoke" must not run minutes after
 MAX_PASSWORD_BYTES = 4096
 ONLINE, OFFLINE = "online", "offline"
 UNKNOWN = "unknown"           # a voice that matched no profile
@@ -190,6 +193,7 @@ class _Message:
     topic: str
     payload: str
     retain: bool
+    expires: float | None = None  # time.monotonic() after which it is not worth sending (turn events)
 
 
 class MqttSink:
@@ -207,10 +211,12 @@ class MqttSink:
         self.password = read_password(settings)
         self.client_id = client_id or f"streamsv-{self.room}-{os.getpid()}"
         self.backlog_max = settings.backlog
+        self.event_max_age_s = EVENT_MAX_AGE_S
         self.names: list[str] | None = sorted(names) if names is not None else None   # None: not known yet
         # Counters (read by tests, the bench and the stats topic).
         self.enqueued = 0
-        self.dropped = 0
+        self.dropped = 0              # never sent: pushed out of a full backlog, or a turn event gone stale
+        self.stale = 0                # of those, the stale turn events
         self.published = 0
         self.connects = 0
         self._backlog: deque[_Message] = deque()
@@ -220,6 +226,7 @@ class MqttSink:
         self._cond = threading.Condition()
         self._connected = False
         self._fresh = False
+        self._stale_told = False
         self._stop = False
         self._turn_first_sent = False
         self._speaker_label = NO_SPEAKER
@@ -311,7 +318,8 @@ class MqttSink:
     def stats(self) -> dict:
         with self._cond:
             return {"connected": self._connected, "backlog": len(self._backlog), "inflight": len(self._inflight),
-                    "enqueued": self.enqueued, "dropped": self.dropped, "published": self.published, "connects": self.connects}
+                    "enqueued": self.enqueued, "dropped": self.dropped, "stale": self.stale, "published": self.published,
+                    "connects": self.connects}
 
     # ------------------------------------------------------------------ events in (audio loop's thread)
 
@@ -368,7 +376,7 @@ class MqttSink:
                    "t": event.get("t")}
         if "confidence" in event:
             payload["confidence"] = event["confidence"]
-        self._enqueue(_Message(self.topics.event, _json(payload), False))
+        self._enqueue(_Message(self.topics.event, _json(payload), False, time.monotonic() + self.event_max_age_s))
 
     def _set_state(self, topic: str, payload: str) -> None:
         """Publish a retained state, only when it changed."""
@@ -400,6 +408,7 @@ class MqttSink:
         with self._cond:
             self._connected = True
             self._fresh = True
+            self._stale_told = False
             self.connects += 1
             self._cond.notify_all()
         log.info("mqtt: connected to %s:%d", self.broker.host, self.broker.port)
@@ -440,6 +449,14 @@ class MqttSink:
                     return
                 fresh, self._fresh = self._fresh, False
                 batch = [] if fresh else [self._backlog.popleft()]
+                if batch and batch[0].expires is not None and time.monotonic() > batch[0].expires:
+                    self.dropped += 1
+                    self.stale += 1
+                    warn, self._stale_told = not self._stale_told, True     # once a connection
+                    if warn:
+                        log.warning("mqtt: turn events older than %g s are dropped, not sent late (the broker "
+                                    "was away)", self.event_max_age_s)
+                    continue
             if fresh:
                 batch = self._after_connect()
             for msg in batch:
