@@ -50,6 +50,8 @@ MAX_PAYLOAD_BYTES = 1 << 20           # its binary payload (an audio chunk is a 
 MAX_VERIFY_S = 30.0                   # audio verified per request; the ASR still gets all of it
 QUEUE_CHUNKS = 4000                   # chunks waiting for the verifier (it runs ~100x real time)
 UPSTREAM_TIMEOUT_S = 30.0
+IDLE_TIMEOUT_S = 60.0                 # a client silent this long is gone (a satellite lost power):
+                                      # its connection, verifier thread and ASR connection are closed
 DESCRIBE_TIMEOUT_S = 3.0
 RATE_RANGE = (8000, 48000)
 WIDTHS = (1, 2, 4)
@@ -343,7 +345,10 @@ def make_handler_class():
             try:
                 while self._is_running:
                     try:
-                        event = await read_event_bounded(self.reader)
+                        event = await asyncio.wait_for(read_event_bounded(self.reader), IDLE_TIMEOUT_S)
+                    except asyncio.TimeoutError:
+                        log.info("wyoming: closing a connection silent for %g s", IDLE_TIMEOUT_S)
+                        break
                     except BadEvent as bad:
                         log.warning("wyoming: dropping a client: %s", bad)
                         await self._error(str(bad), "bad-event")

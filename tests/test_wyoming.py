@@ -387,3 +387,37 @@ def test_a_voice_enrolled_while_the_proxy_runs_is_named_without_a_reload_signal(
     assert names == ["ada", "bob"]
     assert Transcript.from_event(before).context["speaker"]["name"] is None           # not enrolled yet
     assert Transcript.from_event(after).text == f"[ada] {ASR_TEXT}"
+
+
+def test_a_client_that_goes_silent_is_closed_and_the_next_is_served(setup, monkeypatch):
+    # QA: a satellite that lost power mid-request held a verifier thread and an ASR connection forever.
+    import threading
+
+    from streamsv import wyoming_asr
+
+    monkeypatch.setattr(wyoming_asr, "IDLE_TIMEOUT_S", 0.5)
+
+    def verifiers() -> int:
+        return sum(t.name == "streamsv-wyoming-verify" for t in threading.enumerate())
+
+    async def scenario(port):
+        threads = verifiers()
+        async with AsyncTcpClient("127.0.0.1", port, connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S) as client:
+            await client.write_event(Transcribe(language="en").event())
+            await client.write_event(AudioStart(rate=SR, width=2, channels=1).event())
+            await client.write_event(AudioChunk(rate=SR, width=2, channels=1, audio=bytes(3200)).event())
+            for _ in range(100):                            # the request's verifier starts
+                busy = verifiers()
+                if busy > threads:
+                    break
+                await asyncio.sleep(0.02)
+            closed = await asyncio.wait_for(client.read_event(), 5.0)   # then nothing more is sent
+        await asyncio.sleep(0.1)
+        after = verifiers()
+        reply, _ = await ask(port, setup["commands"]["bob"])
+        return threads, busy, closed, after, reply
+
+    threads, busy, closed, after, reply = asyncio.run(with_servers(setup, scenario))
+    assert closed is None                                   # the proxy hung up
+    assert busy == threads + 1 and after == threads         # and the request's verifier is gone
+    assert Transcript.from_event(reply).text == f"[bob] {ASR_TEXT}"
