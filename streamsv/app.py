@@ -40,15 +40,18 @@ def open_store(cfg):
     return ProfileStore(cfg.profiles.resolved())
 
 
-def profile_loader(store, emb) -> Callable[[], dict]:
+def profile_loader(store, emb, watch=None) -> Callable[[], dict]:
     """A function giving the store's profiles made by ``emb``'s model, name -> centroid (read
-    afresh on each call, so a reload sees new and deleted profiles). A folder that was there at an
-    earlier call and is gone now (unmounted, moved) is an error, so a reload keeps the profiles in
-    force rather than forgetting everyone; a folder that never was is simply no profiles yet."""
+    afresh on each call, so a reload sees new and deleted profiles; ``watch``, a ProfilesWatch on
+    the store, learns that the folder was read). A folder that was there at an earlier call and is
+    gone now (unmounted, moved) is an error, so a reload keeps the profiles in force rather than
+    forgetting everyone; a folder that never was is simply no profiles yet."""
     seen = False
 
     def profiles() -> dict:
         nonlocal seen
+        if watch is not None:
+            watch.read()         # before the read: a change made during it is seen at the next look
         if not store.dir.is_dir():
             if seen:
                 raise StreamsvError(f"profiles folder {shown(store.dir)} is gone (unmounted, moved or deleted?)")
@@ -96,8 +99,9 @@ def _listening_pipeline(cfg, emb, source, sinks):
     from .pipeline import Pipeline
 
     store = open_store(cfg)
-    pipe = Pipeline(emb, source, cfg, profile_loader(store, emb), level_interval_s=sinks.level_interval_s,
-                    watch=profiles_watch(cfg, store))
+    watch = profiles_watch(cfg, store)
+    pipe = Pipeline(emb, source, cfg, profile_loader(store, emb, watch), level_interval_s=sinks.level_interval_s,
+                    watch=watch)
     if not pipe.centroids:
         log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
     return pipe
@@ -247,7 +251,8 @@ def run_wyoming(settings, cfg, load_model: Callable[[], object]) -> None:
     store = open_store(cfg)
     emb = load_model()
     # Reads the profiles now, on SIGHUP and when their folder changes (profiles.watch_s).
-    proxy = Proxy(settings, cfg, emb, profile_loader(store, emb), profiles_watch(cfg, store))
+    watch = profiles_watch(cfg, store)
+    proxy = Proxy(settings, cfg, emb, profile_loader(store, emb, watch), watch)
     if not proxy.centroids:
         log.warning("no usable profiles in %s: every voice will be reported unknown", store.dir)
     serve(proxy)

@@ -291,7 +291,8 @@ class Pipeline:
         """``profiles``: a loader (re-read on reload) or fixed centroids. ``rule``: a decision rule
         already loaded for ``cfg.scoring`` (a server shares one across requests); by default it is
         loaded here. ``level_interval_s``: what a level-meter sink asked for (0: no level events).
-        ``watch``: the loader's folder, looked at between chunks: a change there is a reload."""
+        ``watch``: the ProfilesWatch of the loader's folder, asked between chunks: a change there is a
+        reload (the loader tells it when it reads)."""
         self.embedder = embedder
         self.source = source
         self.cfg = cfg
@@ -334,8 +335,6 @@ class Pipeline:
 
     def reload_profiles(self) -> int:
         """Re-read profiles now (call from the loop's thread); returns how many are loaded."""
-        if self._watch is not None:
-            self._watch.read()          # before the read: a change made during it is seen next time
         self.centroids = {n: unit(c) for n, c in self._loader().items()}
         return len(self.centroids)
 

@@ -269,7 +269,7 @@ class Proxy:
         self.cfg = cfg
         self.embedder = embedder
         self.load_profiles = profiles
-        self.watch = watch   # a ProfilesWatch on the profiles' folder (serve() looks), or None
+        self.watch = watch   # a ProfilesWatch on the profiles' folder (serve() asks it; the loader tells it), or None
         self.watching: asyncio.Task | None = None
         self.centroids: dict[str, np.ndarray] = {}
         self.rule = None
@@ -281,8 +281,6 @@ class Proxy:
         from .pipeline import DecisionRule
 
         rule = DecisionRule.load(self.cfg.scoring, self.embedder.fingerprint, self.cfg.profiles.resolved())
-        if self.watch is not None:
-            self.watch.read()       # before the read: a change made during it is seen next time
         centroids = self.load_profiles()
         self.rule, self.centroids = rule, centroids     # two plain swaps: a new request sees one or the other
 

@@ -222,7 +222,7 @@ def test_a_profile_enrolled_or_deleted_while_listening_is_picked_up_without_a_si
     store = ProfileStore(tmp_path / "profiles")
     store.save(profile("first", speech_clips[0]))
     watch = ProfilesWatch(store, 0.0)                 # looks at every chunk
-    pipe = Pipeline(untrained, FileSource(path), Config(), profile_loader(store, untrained), watch=watch)
+    pipe = Pipeline(untrained, FileSource(path), Config(), profile_loader(store, untrained, watch), watch=watch)
     events = []
     for e in pipe.run():
         events.append(e)
@@ -250,8 +250,8 @@ def test_a_profiles_folder_that_goes_away_keeps_the_profiles_in_force(untrained,
     path, _ = conversation
     store = ProfileStore(tmp_path / "profiles")
     store.save(new_profile("first", untrained.embed(speech_clips[0])[None], 3.0, untrained.fingerprint))
-    pipe = Pipeline(untrained, FileSource(path), Config(), profile_loader(store, untrained),
-                    watch=ProfilesWatch(store, 0.0))
+    watch = ProfilesWatch(store, 0.0)
+    pipe = Pipeline(untrained, FileSource(path), Config(), profile_loader(store, untrained, watch), watch=watch)
     events, decisions = [], 0
     for e in pipe.run():
         events.append(e)

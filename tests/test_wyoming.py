@@ -360,13 +360,14 @@ def test_a_voice_enrolled_while_the_proxy_runs_is_named_without_a_reload_signal(
     store.ensure_dir()
     shutil.copy2(setup["store_dir"] / "bob.json", store.path("bob"))
     emb = setup["emb"]
+    watch = ProfilesWatch(store, 0.05)
     proxy_port, asr_port = free_port(), free_port()
 
     async def scenario():
         asr = AsyncServer.from_uri(f"tcp://127.0.0.1:{asr_port}")
         await asr.start(FixedAsr)
         proxy = Proxy(ProxySettings(f"tcp://127.0.0.1:{proxy_port}", f"tcp://127.0.0.1:{asr_port}"),
-                      setup["cfg"], emb, profile_loader(store, emb), ProfilesWatch(store, 0.05))
+                      setup["cfg"], emb, profile_loader(store, emb, watch), watch)
         server = await start_proxy(proxy)
         try:
             before = (await ask(proxy_port, setup["commands"]["ada"]))[0]
