@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
+import stat
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,23 +45,41 @@ def open_store(cfg):
 def profile_loader(store, emb, watch=None) -> Callable[[], dict]:
     """A function giving the store's profiles made by ``emb``'s model, name -> centroid (read
     afresh on each call, so a reload sees new and deleted profiles; ``watch``, a ProfilesWatch on
-    the store, learns that the folder was read). A folder that was there at an earlier call and is
-    gone now (unmounted, moved) is an error, so a reload keeps the profiles in force rather than
-    forgetting everyone; a folder that never was is simply no profiles yet."""
-    seen = False
+    the store, learns that the folder was read).
+
+    A reload that would forget everyone because the folder went away is an error, so the profiles
+    in force stay: a folder that was there at an earlier call and is gone now (moved, deleted), or
+    one now on another filesystem and without profiles (the mount point a filesystem left when it
+    was unmounted). A folder that never was is simply no profiles yet, and one deleted and made
+    again empty on the same filesystem (``rm -r`` then ``mkdir``: forget everyone) is no profiles."""
+    device = None   # the folder's filesystem at the last read
 
     def profiles() -> dict:
-        nonlocal seen
+        nonlocal device
         if watch is not None:
             watch.read()         # before the read: a change made during it is seen at the next look
-        if not store.dir.is_dir():
-            if seen:
-                raise StreamsvError(f"profiles folder {shown(store.dir)} is gone (unmounted, moved or deleted?)")
+        st = _folder_stat(store.dir)
+        if st is None:
+            if device is not None:
+                raise StreamsvError(f"profiles folder {shown(store.dir)} is gone (moved, deleted or unmounted?)")
             return {}
-        seen = True
-        return {n: p.centroid for n, p in store.load_all(emb.fingerprint, emb.dim).items()}
+        loaded = {n: p.centroid for n, p in store.load_all(emb.fingerprint, emb.dim).items()}
+        if not loaded and device is not None and st.st_dev != device:
+            raise StreamsvError(f"profiles folder {shown(store.dir)} is now an empty folder on another "
+                                f"filesystem (unmounted?)")
+        device = st.st_dev
+        return loaded
 
     return profiles
+
+
+def _folder_stat(path: Path) -> os.stat_result | None:
+    """The folder's stat (through symlinks), None when there is no folder there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st if stat.S_ISDIR(st.st_mode) else None
 
 
 def profiles_watch(cfg, store):

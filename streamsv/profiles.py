@@ -379,13 +379,16 @@ class ProfileStore:
         return prof
 
     def signature(self) -> tuple:
-        """What a reload would read, in brief: each profile file's name, inode, size, modification
-        time, mode and owner (a rewrite in place, a replacement by rename, a chmod each change it),
-        or why the folder cannot be read. A temp file being written does not count: its rename does."""
+        """What a reload would read, in brief: the folder's device and inode (a folder deleted and made
+        again, or a filesystem mounted or unmounted there, changes them), each profile file's name,
+        inode, size, modification time, mode and owner (a rewrite in place, a replacement by rename,
+        a chmod each change it), or why the folder is absent or cannot be read. A temp file being
+        written does not count: its rename does."""
         try:
-            if self._dir_stat() is None:
-                return ()
-            files = []
+            folder = self._dir_stat()
+            if folder is None:
+                return (("absent",),)
+            files = [("folder", folder.st_dev, folder.st_ino)]
             with os.scandir(self.dir) as entries:        # a stat per entry without pathlib's cost
                 for entry in entries:
                     if self._profile_name(entry.name) is None:

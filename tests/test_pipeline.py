@@ -1,3 +1,4 @@
+import os
 import threading
 
 import numpy as np
@@ -6,6 +7,7 @@ import soundfile as sf
 
 from conftest import with_pauses
 from streamsv.config import Config
+from streamsv.errors import StreamsvError
 from streamsv.pipeline import Pipeline
 from streamsv.sources import FileSource
 
@@ -264,6 +266,34 @@ def test_a_profiles_folder_that_goes_away_keeps_the_profiles_in_force(untrained,
     assert [(e["profiles"], e["error"] is None) for e in reloads] == [(["first"], False), (["first"], True)]
     assert "is gone" in reloads[0]["error"] and "keeping the current profiles" in caplog.text
     assert all(set(e["scores"]) == {"first"} for e in events if e["event"] == "decision")
+
+
+def test_an_unmounted_profiles_folder_keeps_the_profiles_and_an_emptied_one_forgets_them(untrained, speech_clips,
+                                                                                         tmp_path, monkeypatch):
+    # QA: unmounting a filesystem leaves its mount point: an empty folder at the same path, on the
+    # filesystem below. That is not "forget everyone"; deleting the profiles there (or the folder,
+    # then making it again) is.
+    import shutil
+
+    from streamsv import app
+    from streamsv.profiles import ProfileStore, new_profile
+
+    store = ProfileStore(tmp_path / "profiles")
+    store.save(new_profile("first", untrained.embed(speech_clips[0])[None], 3.0, untrained.fingerprint))
+    load = app.profile_loader(store, untrained)
+    assert list(load()) == ["first"]
+    real = app._folder_stat
+    monkeypatch.setattr(app, "_folder_stat", lambda path: os.stat_result(
+        (*real(path)[:2], real(path).st_dev + 1, *real(path)[3:])))   # another filesystem now
+    store.delete("first")
+    with pytest.raises(StreamsvError, match="now an empty folder on another filesystem"):
+        load()
+    monkeypatch.setattr(app, "_folder_stat", real)                   # mounted again: the same filesystem
+    store.save(new_profile("first", untrained.embed(speech_clips[0])[None], 3.0, untrained.fingerprint))
+    assert list(load()) == ["first"]
+    shutil.rmtree(store.dir)
+    store.dir.mkdir(mode=0o700)                                      # forget everyone, on purpose
+    assert load() == {}
 
 
 # ------------------------------------------------------------ a segment that continues the voice

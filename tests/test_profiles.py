@@ -1,6 +1,7 @@
 import json
 import logging
 import os
+import shutil
 import stat
 
 import numpy as np
@@ -172,6 +173,10 @@ def test_the_watch_sees_each_change_to_the_folder_once_and_no_sooner_than_its_in
     os.chmod(store.dir, 0o700)
     assert look()
     store.delete("alicia")
+    assert look() and not look()
+    shutil.rmtree(store.dir)                                      # the folder deleted...
+    assert look()
+    store.dir.mkdir(mode=0o700)                                   # ...and made again, empty: a change too
     assert look() and not look()
     store.save(prof(name="bob"))
     watch.read()                                                  # a reload (a signal) read it already
