@@ -381,12 +381,13 @@ def test_a_turn_event_that_waited_too_long_for_the_broker_is_dropped_not_sent_la
         turn(10.0, "bob")                                # after it came back
         sub.wait_for(lambda m: m[1] == "streamsv/attic/event" and json.loads(m[2])["phase"] == "end")
         sent = [(json.loads(p)["event_type"], json.loads(p)["phase"]) for _, _, p, _ in sub.all("streamsv/attic/event")]
+        ages = [time.time() - json.loads(p)["time"] for _, _, p, _ in sub.all("streamsv/attic/event")]
         sub.close()
         st = sink.stats()
     finally:
         sink.close()
         broker.stop()
-    assert sent == [("bob", "first"), ("bob", "end")]
+    assert sent == [("bob", "first"), ("bob", "end")] and all(0 <= age < 10 for age in ages)
     assert st["stale"] == 2 and st["dropped"] == 2
     assert "turn events older than 0.5 s are dropped" in caplog.text
 

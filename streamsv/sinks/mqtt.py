@@ -15,9 +15,12 @@ Topics, with ``<p>`` = ``<topic_prefix>/<room>``:
   <p>/availability  online | offline                   retained; offline is also the last will
   <p>/speaker       {"speaker": name|unknown|none, "score", "scores", "last"}   retained, on change
   <p>/speech        ON | OFF                           retained, on change
-  <p>/event         {"event_type": name|unknown, "score", "phase": first|end, "room", "t"}
-                    once per turn at its first confident decision and once at its end; one
-                    still queued ``EVENT_MAX_AGE_S`` later (the broker away) is dropped, not sent late
+  <p>/event         {"event_type": name|unknown, "score", "phase": first|end, "room", "t", "time"}
+                    once per turn at its first confident decision and once at its end (``time``:
+                    Unix seconds when it was made). One still queued here ``EVENT_MAX_AGE_S``
+                    later (the broker away) is dropped, not sent late; the few already handed to
+                    paho when a connection silently died are re-sent at the reconnect (QoS 1:
+                    a broker restart loses none), so a consumer that must act at once reads ``time``
   <p>/stats         {"latency_p95_ms", "rtf", "drops", "mqtt_dropped"}   retained, on change
 
 Discovery: ``<discovery_prefix>/<component>/streamsv_<room>/<object>/config``, retained.
@@ -292,8 +295,12 @@ class MqttSink:
             self._pump_thread = None
         if self._backlog or self._inflight:
             log.warning("mqtt: %d messages not delivered at exit", len(self._backlog) + len(self._inflight))
-        if self.dropped:
-            log.warning("mqtt: %d messages dropped while the broker was away (backlog %d)", self.dropped, self.backlog_max)
+        if self.dropped > self.stale:
+            log.warning("mqtt: %d messages pushed out of the full backlog (%d) while the broker was away",
+                        self.dropped - self.stale, self.backlog_max)
+        if self.stale:
+            log.warning("mqtt: %d turn events not sent: older than %g s when the broker could take them",
+                        self.stale, self.event_max_age_s)
         self._client.disconnect()
         self._stop_threads()
 
@@ -373,7 +380,7 @@ class MqttSink:
 
     def _fire(self, label: str, event: dict, phase: str) -> None:
         payload = {"event_type": label, "score": event.get("score"), "phase": phase, "room": self.room,
-                   "t": event.get("t")}
+                   "t": event.get("t"), "time": round(time.time(), 3)}
         if "confidence" in event:
             payload["confidence"] = event["confidence"]
         self._enqueue(_Message(self.topics.event, _json(payload), False, time.monotonic() + self.event_max_age_s))
