@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
-import stat
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,7 +56,7 @@ def profile_loader(store, emb, watch=None) -> Callable[[], dict]:
         nonlocal device
         if watch is not None:
             watch.read()         # before the read: a change made during it is seen at the next look
-        st = _folder_stat(store.dir)
+        st = store.folder_stat()     # None when absent; a folder it cannot use is a one-line error
         if st is None:
             if device is not None:
                 raise StreamsvError(f"profiles folder {shown(store.dir)} is gone (moved, deleted or unmounted?)")
@@ -71,15 +69,6 @@ def profile_loader(store, emb, watch=None) -> Callable[[], dict]:
         return loaded
 
     return profiles
-
-
-def _folder_stat(path: Path) -> os.stat_result | None:
-    """The folder's stat (through symlinks), None when there is no folder there."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st if stat.S_ISDIR(st.st_mode) else None
 
 
 def profiles_watch(cfg, store):

@@ -272,7 +272,7 @@ class ProfileStore:
 
     # -- the folder
 
-    def _dir_stat(self) -> os.stat_result | None:
+    def folder_stat(self) -> os.stat_result | None:
         """The folder's stat (following a symlink to it), None if absent; refused if untrusted."""
         try:
             st = os.stat(self.dir)
@@ -289,13 +289,13 @@ class ProfileStore:
     def ensure_dir(self) -> None:
         """Create the folder 0700 if absent; an existing one is checked, never chmod'ed. Everything
         written into the folder (profiles, ``calibrate --save``'s calibration) comes through here."""
-        if self._dir_stat() is not None:
+        if self.folder_stat() is not None:
             return
         try:
             self.dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         except OSError as e:
             raise StreamsvError(f"profiles folder {shown(self.dir)}: {os_reason(e)}") from None
-        self._dir_stat()
+        self.folder_stat()
 
     def _entries(self) -> list[str]:
         try:
@@ -305,7 +305,7 @@ class ProfileStore:
 
     def remove_stale_temps(self, now: float | None = None) -> list[str]:
         """Delete temp files a killed writer left (each may hold a whole voice profile)."""
-        if self._dir_stat() is None:
+        if self.folder_stat() is None:
             return []
         now = time.time() if now is None else now
         removed = []
@@ -338,7 +338,7 @@ class ProfileStore:
         return None
 
     def names(self) -> list[str]:
-        if self._dir_stat() is None:
+        if self.folder_stat() is None:
             return []
         return [name for name in map(self._profile_name, self._entries()) if name is not None]
 
@@ -354,7 +354,7 @@ class ProfileStore:
 
     def _read(self, name: str) -> Profile:
         p = self.path(name)
-        if self._dir_stat() is None or not self.exists(name):
+        if self.folder_stat() is None or not self.exists(name):
             raise StreamsvError(f"no profile named {name!r} in {shown(self.dir)}")
         where = shown(p)
         raw, st = read_bounded(p, MAX_PROFILE_BYTES, where, follow_symlinks=False)
@@ -385,7 +385,7 @@ class ProfileStore:
         a chmod each change it), or why the folder is absent or cannot be read. A temp file being
         written does not count: its rename does."""
         try:
-            folder = self._dir_stat()
+            folder = self.folder_stat()
             if folder is None:
                 return (("absent",),)
             files = [("folder", folder.st_dev, folder.st_ino)]
@@ -433,7 +433,7 @@ class ProfileStore:
         return p
 
     def delete(self, name: str) -> None:
-        if self._dir_stat() is None or not self.exists(name):
+        if self.folder_stat() is None or not self.exists(name):
             raise StreamsvError(f"no profile named {name!r} in {shown(self.dir)}")
         try:
             self.path(name).unlink()

@@ -200,12 +200,20 @@ def install_signal_handlers(
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("signal handlers can only be installed from the main thread")
 
+    stopping = False
+
     def on_stop(signum: int, frame: Any) -> None:
-        if stop.is_set():
+        nonlocal stopping
+        if stopping or stop.is_set():
             os.write(2, b"streamsv: second stop signal, exiting now\n")
             os._exit(1)
+        stopping = True
         log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
+        # Not stop.set() here: the handler runs in the main thread, which may be inside
+        # stop.wait() holding the Event's (non-reentrant) lock at this very moment (the
+        # reconnect backoff waits on it): set() would wait for that lock forever. Another
+        # thread takes it as soon as the main thread lets go.
+        threading.Thread(target=stop.set, name="streamsv-stop", daemon=True).start()
 
     def on_hup(signum: int, frame: Any) -> None:
         if on_reload is not None:

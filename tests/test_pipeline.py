@@ -282,13 +282,13 @@ def test_an_unmounted_profiles_folder_keeps_the_profiles_and_an_emptied_one_forg
     store.save(new_profile("first", untrained.embed(speech_clips[0])[None], 3.0, untrained.fingerprint))
     load = app.profile_loader(store, untrained)
     assert list(load()) == ["first"]
-    real = app._folder_stat
-    monkeypatch.setattr(app, "_folder_stat", lambda path: os.stat_result(
-        (*real(path)[:2], real(path).st_dev + 1, *real(path)[3:])))   # another filesystem now
+    real = store.folder_stat
+    monkeypatch.setattr(store, "folder_stat", lambda: os.stat_result(
+        (*real()[:2], real().st_dev + 1, *real()[3:])))               # another filesystem now
     store.delete("first")
     with pytest.raises(StreamsvError, match="now an empty folder on another filesystem"):
         load()
-    monkeypatch.setattr(app, "_folder_stat", real)                   # mounted again: the same filesystem
+    monkeypatch.setattr(store, "folder_stat", real)                  # mounted again: the same filesystem
     store.save(new_profile("first", untrained.embed(speech_clips[0])[None], 3.0, untrained.fingerprint))
     assert list(load()) == ["first"]
     shutil.rmtree(store.dir)

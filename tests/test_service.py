@@ -885,3 +885,28 @@ def test_a_reload_to_no_profiles_is_a_warning(notify_socket, caplog, reloaded, l
     caplog.set_level("INFO", logger="streamsv")
     assert ServiceRunner(OneReload(), lambda e: None).run(install_signals=False) == 0
     assert line in [(r.levelname, r.getMessage()) for r in caplog.records]
+
+
+DEADLOCK_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    from streamsv.service import install_signal_handlers
+
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    with stop._cond:                         # as inside stop.wait(), where the reconnect backoff sleeps
+        os.kill(os.getpid(), signal.SIGTERM)   # the handler runs here, in this thread
+        time.sleep(0.05)
+    print("stopped" if stop.wait(5) else "not stopped", flush=True)
+    """
+)
+
+
+def test_sigterm_while_the_main_thread_waits_on_the_stop_event_does_not_deadlock(tmp_path):
+    # The full suite once hung a service test after "received SIGTERM, stopping": the handler's
+    # stop.set() waited for the Event's lock, held by the same (main) thread inside stop.wait().
+    script = tmp_path / "deadlock.py"
+    script.write_text(DEADLOCK_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=20)
+    assert done.stdout.strip() == "stopped", done.stderr
