@@ -289,7 +289,8 @@ def _num(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], float]:
             raise _Bad(f"expected a finite number, got {v}")
         if v < lo or v > hi or (lo_open and v == lo):
             bound = f"> {lo:g} and <= {hi:g}" if lo_open else f"{lo:g}..{hi:g}"
-            raise _Bad(f"out of range: {v:g} (allowed {bound})")
+            shown_v = f"{v:g}" if float(f"{v:g}") == v else repr(v)   # 3600.0001 is not "3600"
+            raise _Bad(f"out of range: {shown_v} (allowed {bound})")
         return v
 
     return check

@@ -122,6 +122,7 @@ def test_empty_file_and_empty_sections_are_defaults():
         ("output:\n  stats_interval_s: 0\n", "config: output.stats_interval_s: out of range"),
         ("profiles:\n  dir: 5\n", "config: profiles.dir: expected a string, got 5"),
         ("profiles:\n  watch_s: -1\n", "config: profiles.watch_s: out of range"),
+        ("profiles:\n  watch_s: 3600.0001\n", "config: profiles.watch_s: out of range: 3600.0001 (allowed 0..3600)"),
         ("profiles:\n  watch_s: .nan\n", "config: profiles.watch_s:"),
         ("model:\n  path: {a: 1}\n", "config: model.path: expected a string"),
         ("audoi:\n  device: 1\n", "config: audoi: unknown section (known: audio, vad, scoring"),
