@@ -459,8 +459,8 @@ class MqttSink:
                 if batch and batch[0].expires is not None and time.monotonic() > batch[0].expires:
                     self.dropped += 1
                     self.stale += 1
-                    warn, self._stale_told = not self._stale_told, True     # once a connection
-                    if warn:
+                    if not self._stale_told:                # once a connection
+                        self._stale_told = True
                         log.warning("mqtt: turn events older than %g s are dropped, not sent late (the broker "
                                     "was away)", self.event_max_age_s)
                     continue
