@@ -166,6 +166,25 @@ def _sampler(recipe: train.Recipe) -> train.CropSampler:
     return train.CropSampler(utts, waves, targets, noises, recipe, np.zeros(train.N_MELS, np.float32))
 
 
+def test_pseudo_speakers_give_clustered_unlabeled_clips_one_voice_per_crowd():
+    rng = np.random.default_rng(3)
+    voices = rng.standard_normal((3, 256))
+    # crowd "a": two voices of 8 clips and one stray clip; crowd "b": 8 clips of voice 0's direction
+    members = [("a", 0)] * 8 + [("a", 1)] * 8 + [("a", 2)] + [("b", 0)] * 8
+    utts = [datasets.Utterance(f"unl/{crowd}/{i}", Path(f"/unl/{i}"), "unl") for i, (crowd, _) in enumerate(members)]
+    utts.append(datasets.Utterance("so/7", Path("/so/7"), "so"))
+    targets = np.stack([voices[v] + 0.2 * rng.standard_normal(256) for _, v in members] + [voices[0]]).astype(np.float32)
+    out = train.pseudo_speakers(utts, targets, max_distance=0.3)
+    names = [u.speaker for u in out]
+    assert len(set(names[:8])) == 1 and len(set(names[8:16])) == 1 and names[0] != names[8]
+    assert names[16] == "unl/a/16"  # alone: no voice of its own, distillation only
+    assert len(set(names[17:25])) == 1 and names[17] != names[0]  # another crowd is never the same voice
+    assert names[25] == "so/7" and [u.path for u in out] == [u.path for u in utts]
+    sampler = train.CropSampler(out, [np.zeros(SR, np.float32)] * len(out), targets, [np.zeros(SR, np.float32)],
+                                train.Recipe(), np.zeros(train.N_MELS, np.float32))
+    assert sampler.n_speakers == 3 + 1  # the three voices join the AAM beside the labelled speaker
+
+
 def test_sampler_labels_only_labelled_speakers_and_is_seeded():
     recipe = train.Recipe(batch=48)
     a, b = _sampler(recipe), _sampler(recipe)

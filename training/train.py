@@ -42,6 +42,8 @@ ASC_CLIPS_PER_ITEM = 3  # ASC clips are 1 s keywords: join three of one speaker
 CORPUS_WEIGHTS = {"so": 0.25, "asc": 0.15, "ls": 0.2, "unl": 0.4}  # sampling share of each corpus per batch
 TRIM_FLOOR_DB = -35.0  # unlabeled clips: keep from the first to the last frame within 35 dB of the loudest
 TRIM_PAD_S = 0.15
+PSEUDO_SPEAKER_MIN_CLIPS = 8  # a smaller cluster stays distillation only: too few clips to trust as one voice
+PSEUDO_SPEAKER_PREFIX = "unl-voice/"
 MU_LAW_MU = 255.0
 ENVELOPE_FFT = 512  # keep_formants: 32 ms frames,
 ENVELOPE_HOP = 128  # a quarter apart,
@@ -80,6 +82,7 @@ class Recipe:
     freq_mask_prob: float = 0.5
     freq_mask_bands: int = 10  # one mask of up to this many mel bands
     gain_db: float = 8.0
+    pseudo_speakers: float = 0.0  # > 0: unlabeled clips clustered into voices at this cosine distance (pseudo_speakers)
     seed: int = 1234
 
 
@@ -230,6 +233,29 @@ def prepare_data(recipe: Recipe) -> tuple[list, list, np.ndarray, TeacherWindows
     return labelled + unlabeled, waves, targets, windows, noises
 
 
+def pseudo_speakers(utts: list[datasets.Utterance], targets: np.ndarray, max_distance: float,
+                    min_clips: int = PSEUDO_SPEAKER_MIN_CLIPS) -> list[datasets.Utterance]:
+    """The unlabeled clips given voices: within each unlabeled folder (one crowd each), clips whose
+    teacher embeddings join by average linkage under `max_distance` (cosine) form one pseudo-speaker,
+    an AAM class like a labelled speaker's; clusters under `min_clips` keep their own clip ids."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    out = list(utts)
+    folders: dict[str, list[int]] = {}
+    for i, u in enumerate(utts):
+        if u.corpus == "unl":
+            folders.setdefault(u.speaker.split("/")[1], []).append(i)
+    for folder, members in folders.items():
+        if len(members) < 2:
+            continue
+        clusters = fcluster(linkage(targets[members], "average", metric="cosine"), max_distance, "distance")
+        sizes = np.bincount(clusters)
+        for i, c in zip(members, clusters):
+            if sizes[c] >= min_clips:
+                out[i] = datasets.Utterance(f"{PSEUDO_SPEAKER_PREFIX}{folder}/{c}", utts[i].path, "unl")
+    return out
+
+
 def telephone_band(wave: np.ndarray) -> np.ndarray:
     """300-3400 Hz through an 8 kHz, 8-bit mu-law channel, back at 16 kHz."""
     narrow = sosfilt(_TELEPHONE_SOS, resample_poly(wave, TELEPHONE_RATE, SAMPLE_RATE))
@@ -294,14 +320,15 @@ def window_target(spans: np.ndarray, emb: np.ndarray, start: int, stop: int) -> 
 
 class CropSampler:
     """Draws augmented crops: log-mels in, the teacher's clean-utterance target out; a speaker label
-    for the labelled corpora, -1 for unlabeled speech (distillation only)."""
+    for the labelled corpora and unlabeled clips given a pseudo-speaker, -1 for the other unlabeled
+    speech (distillation only)."""
 
     def __init__(self, utts, waves, targets, noises, recipe: Recipe, mel_mean: np.ndarray,
                  windows: TeacherWindows | None = None):
         self.recipe, self.waves, self.targets, self.noises, self.windows = recipe, waves, targets, noises, windows
         self.mel_mean = np.asarray(mel_mean, np.float32)
         self.rng = np.random.default_rng(recipe.seed)
-        speakers = sorted({u.speaker for u in utts if u.corpus != "unl"})
+        speakers = sorted({u.speaker for u in utts if u.corpus != "unl" or u.speaker.startswith(PSEUDO_SPEAKER_PREFIX)})
         self.speaker_index = {s: i for i, s in enumerate(speakers)}
         self.by_corpus: dict[str, dict[str, list[int]]] = {}
         for i, u in enumerate(utts):
@@ -525,6 +552,9 @@ def main() -> None:
                     help="shares of crops through the telephone channel, a microphone EQ and a frequency mask")
     ap.add_argument("--unlabeled-share", type=float, default=Recipe.unlabeled_share,
                     help="share of each batch from the unlabeled speech (0: labelled speakers only)")
+    ap.add_argument("--pseudo-speakers", type=float, default=Recipe.pseudo_speakers, metavar="DISTANCE",
+                    help="cluster the unlabeled clips by their teacher embeddings (average linkage, cosine distance "
+                         f"under DISTANCE, >= {PSEUDO_SPEAKER_MIN_CLIPS} clips) into pseudo-speakers that join the AAM; 0: off")
     ap.add_argument("--crop-s", type=float, nargs=2, metavar=("MIN", "MAX"), default=(Recipe.min_crop_s, Recipe.max_crop_s),
                     help="each batch's crop length is drawn from [MIN, MAX] seconds")
     ap.add_argument("--utterance-targets", action="store_true",
@@ -548,11 +578,14 @@ def main() -> None:
                     pitch_keeps_formants=args.keep_formants,
                     unlabeled_share=args.unlabeled_share, telephone_prob=args.channel_prob[0],
                     eq_prob=args.channel_prob[1], freq_mask_prob=args.channel_prob[2],
-                    window_targets=not args.utterance_targets, min_crop_s=args.crop_s[0], max_crop_s=args.crop_s[1])
+                    window_targets=not args.utterance_targets, min_crop_s=args.crop_s[0], max_crop_s=args.crop_s[1],
+                    pseudo_speakers=args.pseudo_speakers)
     if not 0 < args.crop_s[0] <= args.crop_s[1]:
         raise SystemExit("error: --crop-s needs 0 < MIN <= MAX")
     if not 0 <= args.unlabeled_share < 1 or not all(0 <= x <= 1 for x in (args.pitch_prob, *args.channel_prob)):
         raise SystemExit("error: --unlabeled-share must be in [0, 1), --pitch-prob and --channel-prob in [0, 1]")
+    if not 0 <= args.pseudo_speakers < 2:
+        raise SystemExit("error: --pseudo-speakers is a cosine distance in [0, 2)")
     if args.width < 8 or args.width % ModelDimensions.groups or (args.blocks is not None and args.blocks < 1):
         raise SystemExit(f"error: --width must be a multiple of {ModelDimensions.groups} (>= 8) and --blocks >= 1")
     init = initial_student(args.init) if args.init is not None else None
@@ -571,6 +604,8 @@ def main() -> None:
         mel_mean, mel_std = init[0].stem.mel_mean.clone(), init[0].stem.mel_std.clone()
     else:
         mel_mean, mel_std = mel_statistics(waves, np.random.default_rng(recipe.seed))
+    if recipe.pseudo_speakers:
+        utts = pseudo_speakers(utts, targets, recipe.pseudo_speakers)
     sampler = CropSampler(utts, waves, targets, noises, recipe, mel_mean.numpy(), windows)
     print(f"data ready in {time.time() - started:.0f} s: {len(utts)} utterances, {sampler.n_speakers} speakers, "
           f"{sum(map(len, waves)) / SAMPLE_RATE / 3600:.1f} h", flush=True)
