@@ -261,6 +261,8 @@ def test_the_unlabeled_share_sets_the_batches_mix_and_keeps_the_labelled_ratios(
     assert (labels >= 0).all()
     half = _sampler(train.Recipe(unlabeled_share=0.5))
     assert dict(zip(half.corpora, half.corpus_p))["unl"] == pytest.approx(0.5)
+    asc_kept = _sampler(train.Recipe(unlabeled_share=0.3, labelled_shares=(0.25, 0.25, 0.2)))
+    assert dict(zip(asc_kept.corpora, asc_kept.corpus_p)) == pytest.approx({"so": 0.25, "asc": 0.25, "ls": 0.2, "unl": 0.3})
 
 
 @pytest.mark.parametrize("flags", [["--channel-prob", "2", "0", "0"], ["--unlabeled-share", "1"], ["--pitch-prob", "-0.1"]])

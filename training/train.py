@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "cache"
 ASC_CLIPS_PER_ITEM = 3  # ASC clips are 1 s keywords: join three of one speaker
 CORPUS_WEIGHTS = {"so": 0.25, "asc": 0.15, "ls": 0.2, "unl": 0.4}  # sampling share of each corpus per batch
+LABELLED_CORPORA = ("so", "asc", "ls")
 TRIM_FLOOR_DB = -35.0  # unlabeled clips: keep from the first to the last frame within 35 dB of the loudest
 TRIM_PAD_S = 0.15
 PSEUDO_SPEAKER_MIN_CLIPS = 8  # a smaller cluster stays distillation only: too few clips to trust as one voice
@@ -71,6 +72,7 @@ class Recipe:
     snr_db: tuple[float, float] = (0.0, 20.0)
     reverb_prob: float = 0.4
     unlabeled_share: float = CORPUS_WEIGHTS["unl"]  # of each batch; the labelled corpora keep their ratios
+    labelled_shares: tuple[float, float, float] | None = None  # so, asc, ls: their ratios in the labelled part; None: CORPUS_WEIGHTS
     pitch_prob: float = 0.5  # resampling: pitch and tempo move together
     pitch_semitones: float = 3.0  # +-3 semitones = +-16% tempo
     pitch_keeps_formants: bool = False  # the shifted crop gets its source's spectral envelope back (keep_formants)
@@ -336,8 +338,10 @@ class CropSampler:
         self.speakers = {c: sorted(spk) for c, spk in self.by_corpus.items()}
         self.corpora = sorted(self.by_corpus)
         shares = dict(CORPUS_WEIGHTS)
-        if recipe.unlabeled_share != CORPUS_WEIGHTS["unl"]:
-            labelled = sum(w for c, w in CORPUS_WEIGHTS.items() if c != "unl")
+        if recipe.labelled_shares is not None:
+            shares.update(zip(LABELLED_CORPORA, recipe.labelled_shares))
+        if recipe.unlabeled_share != CORPUS_WEIGHTS["unl"] or recipe.labelled_shares is not None:
+            labelled = sum(shares[c] for c in LABELLED_CORPORA)
             shares["unl"] = recipe.unlabeled_share * labelled / (1 - recipe.unlabeled_share)
         weights = np.array([shares[c] for c in self.corpora])
         self.corpus_p = weights / weights.sum()
@@ -552,6 +556,9 @@ def main() -> None:
                     help="shares of crops through the telephone channel, a microphone EQ and a frequency mask")
     ap.add_argument("--unlabeled-share", type=float, default=Recipe.unlabeled_share,
                     help="share of each batch from the unlabeled speech (0: labelled speakers only)")
+    ap.add_argument("--labelled-shares", type=float, nargs=3, metavar=("SO", "ASC", "LS"), default=None,
+                    help="the labelled corpora's ratios in a batch's labelled part (default "
+                         + " ".join(f"{CORPUS_WEIGHTS[c]:g}" for c in LABELLED_CORPORA) + ")")
     ap.add_argument("--pseudo-speakers", type=float, default=Recipe.pseudo_speakers, metavar="DISTANCE",
                     help="cluster the unlabeled clips by their teacher embeddings (average linkage, cosine distance "
                          f"under DISTANCE, >= {PSEUDO_SPEAKER_MIN_CLIPS} clips) into pseudo-speakers that join the AAM; 0: off")
@@ -579,11 +586,14 @@ def main() -> None:
                     unlabeled_share=args.unlabeled_share, telephone_prob=args.channel_prob[0],
                     eq_prob=args.channel_prob[1], freq_mask_prob=args.channel_prob[2],
                     window_targets=not args.utterance_targets, min_crop_s=args.crop_s[0], max_crop_s=args.crop_s[1],
-                    pseudo_speakers=args.pseudo_speakers)
+                    pseudo_speakers=args.pseudo_speakers,
+                    labelled_shares=None if args.labelled_shares is None else tuple(args.labelled_shares))
     if not 0 < args.crop_s[0] <= args.crop_s[1]:
         raise SystemExit("error: --crop-s needs 0 < MIN <= MAX")
     if not 0 <= args.unlabeled_share < 1 or not all(0 <= x <= 1 for x in (args.pitch_prob, *args.channel_prob)):
         raise SystemExit("error: --unlabeled-share must be in [0, 1), --pitch-prob and --channel-prob in [0, 1]")
+    if args.labelled_shares is not None and (min(args.labelled_shares) < 0 or sum(args.labelled_shares) <= 0):
+        raise SystemExit("error: --labelled-shares must be >= 0 with a positive sum")
     if not 0 <= args.pseudo_speakers < 2:
         raise SystemExit("error: --pseudo-speakers is a cosine distance in [0, 2)")
     if args.width < 8 or args.width % ModelDimensions.groups or (args.blocks is not None and args.blocks < 1):
