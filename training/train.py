@@ -11,7 +11,8 @@ formants kept; reverberation, noise, telephone band with mu-law, gain; on the lo
 microphone EQ and a frequency mask)
 and learns two things at once: to land near the teacher's CLEAN utterance embedding through a
 linear distillation head (1 - cosine), on every crop, and to separate the labelled training
-speakers with an additive-angular-margin softmax on its own embedding, on labelled crops only. Progress prints every few steps; a
+speakers with an additive-angular-margin softmax on its own embedding, on labelled crops only (with
+``--pseudo-speakers``, also on unlabeled clips clustered into voices). Progress prints every few steps; a
 checkpoint is written every ``--checkpoint-every`` steps so a stopped run resumes.
 """
 from __future__ import annotations
