@@ -94,6 +94,40 @@ def test_corrupt_profile_warns_and_others_load(tmp_path, caplog):
         store.load("bob")
 
 
+def test_load_all_parses_only_the_files_that_changed_since_its_last_call(tmp_path, monkeypatch):
+    # A daemon reloads all profiles whenever one changes; each 200-embedding file costs ~50 ms to
+    # parse in its audio loop. What changed must still be read: a rewrite in place of the same size
+    # and mtime, a replacement, a chmod that makes a file untrusted, a deletion.
+    import streamsv.profiles as profiles
+
+    parsed = []
+    real = profiles.parse_profile_json
+    monkeypatch.setattr(profiles, "parse_profile_json", lambda raw, where: parsed.append(where) or real(raw, where))
+    store = ProfileStore(tmp_path / "profiles")
+    for i, name in enumerate(("alice", "bob", "carol")):
+        store.save(prof(name, seed=i))
+    assert sorted(store.load_all("m1")) == ["alice", "bob", "carol"] and len(parsed) == 3
+    parsed.clear()
+    assert sorted(store.load_all("m1")) == ["alice", "bob", "carol"] and parsed == []
+
+    bob = store.path("bob")
+    before = os.stat(bob)
+    data = json.loads(bob.read_text())
+    data["created"] = 1234567890.0
+    bob.write_text(json.dumps(data, separators=(",", ":")).ljust(before.st_size))   # rewritten in place
+    os.utime(bob, ns=(before.st_atime_ns, before.st_mtime_ns))       # same size, same mtime: ctime moved
+    assert os.stat(bob).st_size == before.st_size and os.stat(bob).st_mtime_ns == before.st_mtime_ns
+    store.save(prof("carol", seed=7), force=True)                      # replaced by rename
+    loaded = store.load_all("m1")
+    assert sorted(os.path.basename(w) for w in parsed) == ["bob.json", "carol.json"]
+    assert loaded["bob"].created == 1234567890.0
+    assert np.allclose(loaded["carol"].embeddings, prof("carol", seed=7).embeddings)
+
+    os.chmod(store.path("alice"), 0o620)                              # group-writable: untrusted now
+    store.path("carol").unlink()
+    assert sorted(store.load_all("m1")) == ["bob"]
+
+
 def test_malformed_fields_refused(tmp_path):
     store = ProfileStore(tmp_path)
     path = store.save(prof())
