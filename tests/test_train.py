@@ -273,6 +273,13 @@ def test_shares_outside_their_range_are_one_error_line_before_anything_runs(flag
     assert not (tmp_path / "run").exists()
 
 
+def test_a_weight_decay_outside_0_to_1_is_one_error_line_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["train", "--out", str(tmp_path / "run"), "--weight-decay", "1.5"])
+    with pytest.raises(SystemExit, match="^error: --weight-decay must be in"):
+        train.main()
+    assert not (tmp_path / "run").exists()
+
+
 def test_resize_blocks_appends_identity_blocks_or_keeps_the_first_ones():
     from training.model import ModelDimensions, SpeakerEncoder, resize_blocks
 

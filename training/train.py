@@ -540,6 +540,7 @@ def main() -> None:
     ap.add_argument("--aam-weight", type=float, default=Recipe.aam_weight)
     ap.add_argument("--lr", type=float, default=Recipe.lr, help="peak learning rate")
     ap.add_argument("--warmup-steps", type=int, default=Recipe.warmup_steps)
+    ap.add_argument("--weight-decay", type=float, default=Recipe.weight_decay, help="AdamW's decoupled weight decay")
     ap.add_argument("--init", type=Path, metavar="WEIGHTS",
                     help="start the student from these weights (a .pt checkpoint or format-1 .npz, e.g. "
                          "tools/baseline/student.npz, the shipped model) instead of at random: a fine-tune; "
@@ -581,7 +582,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     recipe = Recipe(steps=args.steps, aam_weight=args.aam_weight, relation_weight=args.relation_weight,
-                    seed=args.seed, lr=args.lr, warmup_steps=args.warmup_steps,
+                    seed=args.seed, lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                     pitch_semitones=args.pitch_semitones, pitch_prob=args.pitch_prob,
                     pitch_keeps_formants=args.keep_formants,
                     unlabeled_share=args.unlabeled_share, telephone_prob=args.channel_prob[0],
@@ -591,6 +592,8 @@ def main() -> None:
                     labelled_shares=None if args.labelled_shares is None else tuple(args.labelled_shares))
     if not 0 < args.crop_s[0] <= args.crop_s[1]:
         raise SystemExit("error: --crop-s needs 0 < MIN <= MAX")
+    if not 0 <= args.weight_decay < 1:
+        raise SystemExit("error: --weight-decay must be in [0, 1)")
     if not 0 <= args.unlabeled_share < 1 or not all(0 <= x <= 1 for x in (args.pitch_prob, *args.channel_prob)):
         raise SystemExit("error: --unlabeled-share must be in [0, 1), --pitch-prob and --channel-prob in [0, 1]")
     if args.labelled_shares is not None and (min(args.labelled_shares) < 0 or sum(args.labelled_shares) <= 0):
