@@ -327,18 +327,19 @@ class ServiceRunner:
         self._monitor = threading.Thread(target=self._monitor_loop, name="streamsv-notify", daemon=True)
         self._monitor.start()
         self.notifier.status("starting audio")
+        outcome = "failed"
         try:
             self._loop()
-            self.notifier.stopping(status="stopped")
+            outcome = "stopped"
             return 0
-        except BaseException:
-            self.notifier.stopping(status="failed")
-            raise
         finally:
             self._finished = True
             self.stop.set()
             self._wake.set()
+            # STOPPING=1 is the last word: a STATUS= the monitor is still sending (the final stats
+            # woke it) must go out before it, or `systemctl status` shows a live figure after "stopped".
             self._monitor.join(timeout=2.0)
+            self.notifier.stopping(status=outcome)
             if restore is not None:
                 restore()
             self.notifier.close()

@@ -3,6 +3,7 @@ logging and the unit file."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -614,6 +615,27 @@ def test_without_reopen_a_failure_is_fatal_and_reported(notify_socket):
     t.join(5)
     assert isinstance(out.get("exc"), OSError)
     assert notify_socket.recv_all()[-1] == b"STOPPING=1\nSTATUS=failed"
+
+
+class SlowStatusNotifier(Notifier):
+    """A monitor thread caught in the middle of sending a STATUS=, as on a loaded machine."""
+
+    def status(self, text: str) -> bool:
+        time.sleep(0.2)
+        return super().status(text)
+
+
+def test_stopping_is_the_last_word_even_while_a_status_is_being_sent(notify_socket):
+    ticks = itertools.count(0.0, 10.0)   # a clock that makes every STATUS= due at once
+    pipe = PacedPipeline(chunk_s=0.001, limit_chunks=30)
+    runner = ServiceRunner(pipe, lambda e: None, notifier=SlowStatusNotifier(notify_socket.env), watchdog_s=None,
+                           clock=lambda: next(ticks))
+    t, out = run_in_thread(runner)
+    t.join(5)
+    assert out == {"rc": 0}
+    got = notify_socket.recv_all()
+    assert any(d.startswith(b"STATUS=listening, ") for d in got)   # the final stats' line went out...
+    assert got[-1] == b"STOPPING=1\nSTATUS=stopped"                # ...before the last word
 
 
 def test_source_end_without_reopen_exits_zero(notify_socket):
